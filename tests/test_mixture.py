@@ -1,0 +1,151 @@
+import math
+
+import pytest
+import torch
+
+import scoresde as sd
+
+
+def _autograd_score(mix, sde, x, t):
+    x = x.clone().requires_grad_(True)
+    lp = mix.log_prob_t(x, sde, t)
+    g, = torch.autograd.grad(lp.sum(), x)
+    return g
+
+
+@pytest.mark.parametrize("name", ["ring8", "aniso16"])
+@pytest.mark.parametrize("t", [1e-5, 1e-3, 0.1, 0.5, 1.0])
+def test_score_matches_autograd_of_log_prob_t(sde, name, t):
+    mix = sd.get_mixture(name)
+    g = torch.Generator().manual_seed(1)
+    x0 = mix.sample(64, generator=g, dtype=torch.float64)
+    xt = sde.perturb(x0, t, torch.randn(x0.shape, generator=g, dtype=torch.float64))
+    # points in between modes too, where the responsibilities are mixed
+    xt = torch.cat([xt, 0.5 * (xt[:16] + xt[16:32])])
+    ref = _autograd_score(mix, sde, xt, t)
+    got = mix.score_fn(sde)(xt, torch.full((xt.shape[0],), t, dtype=torch.float64))
+    torch.testing.assert_close(got, ref, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("t", [0.0, 0.05, 0.5])
+def test_log_prob_t_integrates_to_one_on_a_grid(sde, t):
+    mix = sd.ring8()
+    half = 6.0 if not isinstance(sde, sd.VESDE) or t < 0.1 else 6.0 + 8 * float(sde.std(torch.tensor([t])))
+    h = 0.02
+    ax = torch.arange(-half, half + h / 2, h, dtype=torch.float64)
+    xx, yy = torch.meshgrid(ax, ax, indexing="ij")
+    pts = torch.stack([xx.reshape(-1), yy.reshape(-1)], 1)
+    if t == 0.0:
+        lp = mix.log_prob(pts)
+    else:
+        lp = mix.log_prob_t(pts, sde, t)
+    total = float(lp.exp().sum() * h * h)
+    assert abs(total - 1.0) < 1e-6
+
+
+def test_log_prob_matches_torch_distributions():
+    mix = sd.get_mixture("aniso8")
+    comp = torch.distributions.MultivariateNormal(mix.means, covariance_matrix=mix.covs)
+    ref = torch.distributions.MixtureSameFamily(torch.distributions.Categorical(mix.weights), comp)
+    x = mix.sample(100, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    torch.testing.assert_close(mix.log_prob(x), ref.log_prob(x), rtol=1e-10, atol=1e-10)
+    # log_prob_t is the density of the explicitly diffused mixture
+    sde = sd.SubVPSDE()
+    torch.testing.assert_close(mix.log_prob_t(x, sde, 0.3), mix.marginal_t(sde, 0.3).log_prob(x), rtol=1e-10, atol=1e-10)
+
+
+def test_samples_have_the_mixture_moments():
+    mix = sd.get_mixture("aniso8")
+    n = 200_000
+    x, labels = mix.sample(n, generator=torch.Generator().manual_seed(0), dtype=torch.float64, return_labels=True)
+    frac = torch.bincount(labels, minlength=mix.n_components).double() / n
+    se = torch.sqrt(mix.weights * (1 - mix.weights) / n)
+    assert ((frac - mix.weights).abs() < 5 * se).all()
+    for k in range(mix.n_components):
+        xk = x[labels == k]
+        nk = xk.shape[0]
+        var = torch.diagonal(mix.covs[k])
+        assert ((xk.mean(0) - mix.means[k]).abs() < 5 * torch.sqrt(var / nk)).all()
+        cov = torch.cov(xk.T)
+        # se of a sample covariance entry: sqrt((C_ii C_jj + C_ij^2) / n)
+        se_c = torch.sqrt((var[:, None] * var[None, :] + mix.covs[k] ** 2) / nk)
+        assert ((cov - mix.covs[k]).abs() < 5 * se_c).all()
+
+
+def test_same_generator_seed_same_samples():
+    mix = sd.ring8()
+    a = mix.sample(10, generator=torch.Generator().manual_seed(7))
+    b = mix.sample(10, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(a, b)
+    assert a.dtype == torch.get_default_dtype() and a.shape == (10, 2)
+
+
+def test_score_is_stable_far_away_and_at_tiny_t(sde):
+    mix = sd.ring8()
+    x = torch.tensor([[1e3, -2e3], [4.0, 0.0], [0.0, 0.0]], dtype=torch.float32)
+    t = torch.full((3,), 1e-5)
+    s = mix.score_fn(sde)(x, t)
+    assert s.dtype == torch.float32 and torch.isfinite(s).all()
+    # far away only the nearest component matters: score = -(x - alpha mu_k) / (alpha^2 c + sigma^2)
+    a, sg = sde.mean_coef(t[:1].double()), sde.std(t[:1].double())
+    k = int(((x[0].double()[None] - mix.means) ** 2).sum(1).argmin())
+    mu = mix.means[k]
+    ref = -(x[0].double() - a * mu) / (a ** 2 * 0.0625 + sg ** 2)
+    torch.testing.assert_close(s[0].double(), ref, rtol=1e-5, atol=0)
+    # at a mode centre the score vanishes
+    assert s[1].abs().max() < 1e-3
+    # at the ring's centre all modes are equally likely: symmetric, so zero
+    assert s[2].abs().max() < 1e-3
+
+
+def test_image_shaped_event():
+    mix = sd.GaussianMixture(torch.ones(2), torch.randn(2, 16, dtype=torch.float64), torch.ones(2), event_shape=(1, 4, 4))
+    x = mix.sample(5, generator=torch.Generator().manual_seed(0))
+    assert x.shape == (5, 1, 4, 4)
+    s = mix.score_fn(sd.VPSDE())(x, torch.full((5,), 0.5))
+    assert s.shape == x.shape
+    with pytest.raises(ValueError, match="shape"):
+        mix.log_prob(torch.zeros(5, 3, 4, 4))
+
+
+def test_ring8_entropy_is_log8_plus_gaussian_entropy():
+    mix = sd.ring8()
+    exact = math.log(8) + float(mix.gaussian_entropies()[0])
+    h, se = mix.entropy(n=50_000, generator=torch.Generator().manual_seed(0))
+    assert abs(h - exact) < 5 * se
+
+
+def test_ready_made_anisotropic_mixture_is_anisotropic():
+    mix = sd.get_mixture("aniso16")
+    assert mix.dim == 16 and mix.n_components == 4
+    lam = torch.linalg.eigvalsh(mix.covs)
+    assert (lam.max(1).values / lam.min(1).values > 50).all()
+    off = mix.covs - torch.diag_embed(torch.diagonal(mix.covs, dim1=1, dim2=2))
+    assert off.abs().max() > 0.05        # rotated, not axis-aligned
+    assert len(set(mix.weights.tolist())) == 4
+
+
+@pytest.mark.parametrize("weights, means, covs, word", [
+    ([1.0, -1.0], [[0.0], [1.0]], [1.0, 1.0], "non-negative"),
+    ([0.0, 0.0], [[0.0], [1.0]], [1.0, 1.0], "all zero"),
+    ([1.0, 1.0], [[0.0, 0.0], [1.0, 1.0]], [[[1.0, 0.0], [0.0, 1.0]], [[1.0, 2.0], [2.0, 1.0]]], "positive definite"),
+    ([1.0, 1.0], [[0.0, 0.0], [1.0, 1.0]], [1.0, 0.0], "positive definite"),
+    ([1.0, 1.0], [[0.0, 0.0], [1.0, 1.0]], [[[1.0, 0.5], [0.0, 1.0]]] * 2, "symmetric"),
+    ([1.0, 1.0, 1.0], [[0.0, 0.0], [1.0, 1.0]], [1.0, 1.0], "means must have shape"),
+    ([1.0, 1.0], [[0.0, 0.0], [1.0, 1.0]], [[1.0, 1.0, 1.0]] * 2, "diagonal covs"),
+    ([[1.0, 1.0]], [[0.0, 0.0], [1.0, 1.0]], [1.0, 1.0], "weights must have shape"),
+])
+def test_bad_mixtures_raise_naming_the_problem(weights, means, covs, word):
+    with pytest.raises(ValueError, match=word):
+        sd.GaussianMixture(weights, means, covs)
+
+
+def test_wrong_data_shape_raises():
+    mix = sd.ring8()
+    with pytest.raises(ValueError, match=r"\[B, 2\]"):
+        mix.score_fn(sd.VPSDE())(torch.zeros(4, 3), torch.zeros(4))
+
+
+def test_unknown_mixture_name_lists_valid_ones():
+    with pytest.raises(ValueError, match="ring8"):
+        sd.get_mixture("ring9")
