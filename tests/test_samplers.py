@@ -57,6 +57,7 @@ CONFIGS = {
     "sde": ("sde", dict(steps=200)),
     "dpm_solver": ("dpm_solver", dict(steps=20)),
     "heun": ("heun", dict(steps=20)),
+    "unipc": ("unipc", dict(steps=20)),
 }
 
 
@@ -76,7 +77,7 @@ def test_sampler_matches_ring8_modes(config, sde):
     assert stats.weight_error <= weight_tolerance(mix, N)
 
 
-@pytest.mark.parametrize("config", ["pc_em", "ode", "sde", "dpm_solver", "heun"])
+@pytest.mark.parametrize("config", ["pc_em", "pc_ancestral", "ode", "sde", "dpm_solver", "heun", "unipc"])
 def test_sampler_matches_aniso8_modes(config):
     sampler, opts = CONFIGS[config]
     sde = sd.VPSDE()
@@ -122,6 +123,8 @@ NFE_CASES = [
     ("dpm_solver", dict(steps=6, order=3), 6),
     ("dpm_solver", dict(steps=6, denoise=True), 6),
     ("heun", dict(steps=4, denoise=True), 7),
+    ("unipc", dict(steps=6), 6),
+    ("unipc", dict(steps=6, order=3, variant="bh2"), 6),
     ("heun", dict(steps=4), 8),
 ]
 
@@ -198,7 +201,8 @@ def test_fast_solvers_converge_to_the_ode_solution(sde):
     z = sde.prior_sample((256, 2), generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     ref, _ = integrate_probability_flow(score, sde, z, sde.T, 1e-3, rtol=1e-10, atol=1e-10)
     errs = {}
-    for name, opts in (("dpm_solver", dict(order=3)), ("dpm_solver", dict(order=2)), ("heun", dict(denoise=False))):
+    for name, opts in (("dpm_solver", dict(order=3)), ("dpm_solver", dict(order=2)), ("heun", {}),
+                       ("unipc", {}), ("unipc", dict(order=2, variant="bh2"))):
         e = []
         for steps in (25, 100):
             out = sd.sample(score, sde, z.shape, sampler=name, x_init=z, dtype=torch.float64, steps=steps, **opts)
@@ -221,6 +225,7 @@ def test_fast_solvers_converge_to_the_ode_solution(sde):
     (dict(sampler="sde", method="rk4"), ["rk4", "euler", "srk", "reversible_heun"]),
     (dict(sampler="dpm_solver", grid="cosine"), ["cosine", "logsnr", "karras"]),
     (dict(sampler="dpm_solver", order=4), ["order"]),
+    (dict(sampler="unipc", variant="bh3"), ["bh3", "bh1", "bh2"]),
     (dict(sampler="heun", steps=0), ["steps"]),
     (dict(sampler="sde", steps=10, dt=0.1), ["steps", "dt"]),
     (dict(sampler="ode", steps=10), ["steps", "adaptive"]),
@@ -247,7 +252,7 @@ def test_build_sampler_is_reusable_and_lists_its_options():
 
 @pytest.mark.parametrize("sampler,opts", [("pc", dict(steps=6)), ("ode", dict(trajectory_points=11)),
                                           ("sde", dict(steps=6)), ("dpm_solver", dict(steps=6)),
-                                          ("heun", dict(steps=3, denoise=False))])
+                                          ("heun", dict(steps=3)), ("unipc", dict(steps=5))])
 def test_trajectory_runs_from_T_to_eps_and_ends_at_the_sample(sampler, opts):
     sde, mix = sd.VESDE(), sd.ring8()
     out = sd.sample(mix.score_fn(sde), sde, (10, 2), sampler=sampler, return_trajectory=True,
