@@ -261,8 +261,7 @@ def test_trajectory_runs_from_T_to_eps_and_ends_at_the_sample(sampler, opts):
     assert float(out.times[0]) == pytest.approx(sde.T) and float(out.times[-1]) == pytest.approx(1e-3)
     assert (out.times[1:] < out.times[:-1]).all()
     assert out.trajectory[0].std() > 10  # VE prior: std 50
-    if sampler != "pc":  # pc returns the denoised mean of the last step
-        assert torch.allclose(out.trajectory[-1], out.x, atol=1e-5)
+    assert torch.allclose(out.trajectory[-1], out.x, atol=1e-5)
     plain = sd.sample(mix.score_fn(sde), sde, (10, 2), sampler=sampler,
                       generator=torch.Generator().manual_seed(0), **opts)
     assert torch.allclose(plain.x, out.x, atol=1e-5) and plain.nfe == out.nfe
