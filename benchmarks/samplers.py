@@ -197,12 +197,15 @@ def write_outputs(b: Bench, out_dir: pathlib.Path, args, elapsed: float):
         import matplotlib.pyplot as plt
         sdes = sorted({r["sde"] for r in curve}, key=["vp", "subvp", "ve"].index)
         fig, axes = plt.subplots(1, len(sdes), figsize=(5 * len(sdes), 4), squeeze=False)
+        styles = {"dpm_solver": ("C0", "o-"), "unipc": ("C1", "s-"), "heun": ("C2", "^-"),
+                  "ode": ("C3", "D-"), "pc": ("C4", "v-"), "sde": ("C5", "x-")}
         for ax, s in zip(axes[0], sdes):
-            for fam in sorted({r["sampler"] + (" " + r["options"].split()[0] if r["sampler"] in ("pc", "sde") else "")
-                               for r in curve if r["sde"] == s}):
-                pts = sorted((r["nfe"], r["ratio"]) for r in curve if r["sde"] == s and
-                             (r["sampler"] + (" " + r["options"].split()[0] if r["sampler"] in ("pc", "sde") else "")) == fam)
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=fam.split(" ")[0])
+            for fam, (color, style) in styles.items():
+                pts = sorted((r["nfe"], r["ratio"]) for r in curve if r["sde"] == s and r["sampler"] == fam)
+                if pts:
+                    lab = {"pc": "pc (Euler-Maruyama)", "sde": "sde (torchsde euler)",
+                           "ode": "ode (dopri5, tol 1e-3..1e-5)"}.get(fam, fam)
+                    ax.plot([p[0] for p in pts], [p[1] for p in pts], style, color=color, label=lab)
             ax.axhline(1.0, color="k", lw=0.8)
             ax.axhline(1.2, color="k", lw=0.8, ls="--")
             ax.set_xscale("log"), ax.set_yscale("log")
