@@ -10,6 +10,7 @@ from .mixture import GaussianMixture, ring8, anisotropic, get_mixture
 from . import metrics
 from . import samplers
 from .samplers import sample, build_sampler, SampleResult
+from . import bench
 
 __version__ = "0.1.0"
 
@@ -18,4 +19,5 @@ __all__ = [
     "GaussianMixture", "ring8", "anisotropic", "get_mixture",
     "metrics",
     "samplers", "sample", "build_sampler", "SampleResult",
+    "bench",
 ]

@@ -1,0 +1,667 @@
+"""Benchmark engine: samplers on a grid of problem x SDE x sampler x NFE budget x seed.
+
+The library half of ``scoresde-bench`` (the Hydra app in :mod:`scoresde.apps.bench` is a thin
+layer over it), usable from a notebook:
+
+>>> import scoresde as sd
+>>> from scoresde import bench
+>>> cells = bench.expand_grid(["ring8"], ["vp"], [bench.SamplerSpec("dpm_solver", "dpm_solver")],
+...                           budgets=[10], seeds=[0])
+>>> rows = bench.Bench(n=500).run(cells, progress=False)     # doctest: +SKIP
+>>> bench.write_results(rows, "out/")                          # doctest: +SKIP
+
+A **sampler spec** names a sampler and its fixed options and says how an NFE budget becomes its
+options: ``steps = round(budget / nfe_per_step)`` (1 for Euler-type methods and DPM-Solver, 2 for
+Heun or a predictor with one corrector step, 4 for RK4 or torchsde's SRK), or, for adaptive ODE
+solvers, a list of tolerances (rtol = atol) in place of budgets.  The NFE reported is always the
+count the sampler's wrapper made, never the budget.
+
+For each **cell** the runner draws the prior noise z from a generator seeded by the cell's seed
+and runs the sampler from z (the same z for every sampler of that problem, SDE and seed), then
+records:
+
+* ``nfe``, wall ``seconds`` (the sampler's own timer), ``sec_per_nfe``;
+* ``score_seconds``: the median time of one score evaluation on a batch of the same shape, and
+  ``overhead`` = seconds / (nfe x score_seconds): 1 means the sampler costs nothing beyond its
+  score evaluations;
+* for mixture problems, the mode-by-mode ``w2`` and ``weight_error`` (:func:`metrics.mode_w2`),
+  the exact-sample floor ``w2_floor`` (:func:`metrics.exact_floor` at the same n) and their
+  ratio ``w2_ratio``;
+* ``sw2``: the sliced W2 (:func:`metrics.sliced_w2`) to n exact samples (mixtures) or held-out
+  data (checkpoints), beside ``sw2_floor``: the same distance between two independent exact (or
+  held-out and training) sets of that size, the best a sampler can score;
+* for deterministic solvers of the probability-flow ODE (``ode``, ``dpm_solver``, ``unipc``,
+  ``heun`` ending at eps), ``ode_err``: the mean over samples of |x - x_ref|, x_ref the solution
+  from the same z by dopri5 at rtol = atol = ``ref_tol`` (1e-9) in float64, and ``ode_err_med``,
+  its median.
+
+A **problem** is an exact-score Gaussian mixture by name (``ring8``, ``aniso16``, ...: every error
+is the sampler's) or the path of a trained checkpoint (:func:`scoresde.load_model`); a checkpoint
+brings its own SDE, and its samples are judged in data space against its data set's held-out split.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import statistics
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import torch
+
+from . import metrics
+from .mixture import MIXTURES, GaussianMixture, get_mixture
+from .samplers import build_sampler, integrate_probability_flow
+from .sde import SDE, get_sde
+
+Tensor = torch.Tensor
+
+__all__ = ["SamplerSpec", "Cell", "Problem", "load_problem", "expand_grid", "Bench", "aggregate",
+           "write_results", "write_csv", "write_markdown", "write_plots", "time_score", "DETERMINISTIC",
+           "FIELDS", "DEFAULT_SAMPLERS", "QUICK_SAMPLERS", "specs_from_config"]
+
+# samplers that solve the probability-flow ODE without noise: their error against a tight
+# reference solve from the same z is defined
+DETERMINISTIC = ("ode", "dpm_solver", "unipc", "heun")
+
+
+@dataclass
+class SamplerSpec:
+    """One sampler of the grid: ``name`` and fixed ``options``, and how a budget maps to steps.
+
+    ``tolerances`` (adaptive ODE solvers): rtol = atol values, one cell each, instead of budgets.
+    ``budgets``: this sampler's own budgets (default: the grid's), kept within
+    [``min_nfe``, ``max_nfe``].
+    """
+
+    label: str
+    name: str
+    options: Dict[str, Any] = field(default_factory=dict)
+    nfe_per_step: float = 1.0
+    budgets: Optional[List[int]] = None
+    min_nfe: int = 1
+    max_nfe: int = 10 ** 9
+    tolerances: Optional[List[float]] = None
+
+    def __post_init__(self):
+        build_sampler(self.name, **self.options)  # unknown names/options fail here, naming them
+        if not self.nfe_per_step > 0:
+            raise ValueError(f"nfe_per_step must be positive, got {self.nfe_per_step} ({self.label})")
+        if self.tolerances is not None and any(not tol > 0 for tol in self.tolerances):
+            raise ValueError(f"tolerances must be positive, got {self.tolerances} ({self.label})")
+
+    def settings(self, budgets: Sequence[int]) -> List[Tuple[Optional[int], Optional[float], Dict[str, Any]]]:
+        """``(budget, tol, options)`` for each cell of this sampler."""
+        if self.tolerances is not None:
+            return [(None, float(tol), {**self.options, "rtol": float(tol), "atol": float(tol)})
+                    for tol in self.tolerances]
+        out = []
+        for b in (self.budgets if self.budgets is not None else budgets):
+            b = int(b)
+            if not self.min_nfe <= b <= self.max_nfe:
+                continue
+            steps = max(1, int(round(b / self.nfe_per_step)))
+            out.append((b, None, {**self.options, "steps": steps}))
+        return out
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run: a problem, an SDE, a sampler with its options, a budget (or tolerance), a seed."""
+
+    problem: str
+    sde: str
+    label: str
+    sampler: str
+    options: Tuple[Tuple[str, Any], ...]
+    budget: Optional[int]
+    tol: Optional[float]
+    seed: int
+
+    @property
+    def opts(self) -> Dict[str, Any]:
+        return dict(self.options)
+
+
+def is_checkpoint(problem: str) -> bool:
+    """A problem name that is not a known mixture is a checkpoint path."""
+    return problem not in MIXTURES
+
+
+def expand_grid(problems: Sequence[str], sdes: Sequence[str], samplers: Sequence[SamplerSpec],
+                budgets: Sequence[int], seeds: Sequence[int]) -> List[Cell]:
+    """The grid's cells, in order problem, SDE, sampler, budget/tolerance, seed.
+
+    A checkpoint problem brings its own SDE: it gets one SDE entry, ``"checkpoint"``.
+    Unknown SDE names raise ValueError; a sampler whose budgets all fall outside its
+    [min_nfe, max_nfe] simply has no cells.
+    """
+    for s in sdes:
+        get_sde(s)  # names checked before any work
+    if not problems or not sdes or not samplers or not seeds:
+        raise ValueError("the grid needs at least one problem, SDE, sampler and seed")
+    labels = [s.label for s in samplers]
+    dup = sorted({x for x in labels if labels.count(x) > 1})
+    if dup:
+        raise ValueError(f"sampler labels must be unique; repeated: {dup}")
+    cells = []
+    for p in problems:
+        for s in (["checkpoint"] if is_checkpoint(p) else sdes):
+            for spec in samplers:
+                for budget, tol, opts in spec.settings(budgets):
+                    for seed in seeds:
+                        cells.append(Cell(p, s, spec.label, spec.name, tuple(sorted(opts.items())),
+                                          budget, tol, int(seed)))
+    return cells
+
+
+class Problem:
+    """What a cell samples: a score, an SDE, and exact (or held-out) samples to compare with.
+
+    ``mixture`` is set when the target is a known Gaussian mixture (mode-by-mode W2 applies);
+    ``to_data`` maps samples to the space of ``exact`` (identity for mixtures).
+    """
+
+    def __init__(self, name: str, shape: Tuple[int, ...], mixture: Optional[GaussianMixture] = None,
+                 model=None, sde: Optional[SDE] = None, held_out: Optional[Tensor] = None,
+                 train: Optional[Tensor] = None, to_data=None):
+        self.name, self.shape, self.mixture = name, tuple(shape), mixture
+        self.model, self.own_sde = model, sde
+        self.held_out, self.train = held_out, train
+        self.to_data = to_data or (lambda x: x)
+        self._scores: Dict[str, Any] = {}
+
+    @property
+    def dtype(self) -> torch.dtype:
+        # the exact mixture score runs in float64 for the reference solve; networks in float32
+        return torch.float64 if self.model is None else torch.float32
+
+    def sde(self, name: str) -> SDE:
+        return self.own_sde if self.own_sde is not None else get_sde(name)
+
+    def score_fn(self, sde_name: str):
+        if sde_name not in self._scores:
+            self._scores[sde_name] = (self.mixture.score_fn(self.sde(sde_name)) if self.model is None
+                                      else self.model)
+        return self._scores[sde_name]
+
+    def exact(self, n: int, seed: int, which: int = 0) -> Tensor:
+        """``n`` exact samples (mixtures) or data points (held-out for which=0, training for 1)."""
+        if self.model is None:
+            g = torch.Generator().manual_seed(10_000 * (which + 1) + seed)
+            return self.mixture.sample(n, generator=g, dtype=torch.float64)
+        pool = self.held_out if which == 0 else self.train
+        if pool is None or pool.shape[0] < n:
+            raise ValueError(f"problem {self.name!r}: need {n} data points to compare with, "
+                             f"have {0 if pool is None else pool.shape[0]}; lower n")
+        g = torch.Generator().manual_seed(seed)
+        return pool[torch.randperm(pool.shape[0], generator=g)[:n]].to(torch.float64)
+
+
+def load_problem(name: str, device=None) -> Problem:
+    """A mixture by name, or a checkpoint path (via :func:`scoresde.load_model`)."""
+    if not is_checkpoint(name):
+        mix = get_mixture(name)
+        return Problem(name, mix.event_shape if hasattr(mix, "event_shape") else (mix.dim,), mixture=mix)
+    path = Path(name).expanduser()
+    if not path.is_file():
+        raise ValueError(f"problem {name!r} is neither a mixture ({sorted(MIXTURES)}) nor a checkpoint file")
+    import scoresde as sd
+    if not hasattr(sd, "load_model"):  # pragma: no cover - until the training code is installed
+        raise ValueError("checkpoint problems need scoresde.load_model (the training module)")
+    model = sd.load_model(path, device=device) if device is not None else sd.load_model(path)
+    meta = model.checkpoint["data"]
+    shape = tuple(meta["event_shape"])
+    from .data import Scaler, build_dataset  # the training module's data sets
+    data_cfg = dict((model.checkpoint.get("config") or {}).get("data") or {})
+    data_name = data_cfg.pop("name", meta.get("name"))
+    data = build_dataset(data_name, **data_cfg)
+    scaler = Scaler(**meta["scaler"])
+    mixture = get_mixture(data_name) if data_name in MIXTURES else None
+    return Problem(name, shape, mixture=mixture, model=model, sde=model.sde,
+                   held_out=scaler.to_data(data.test).reshape(-1, *shape).cpu(),
+                   train=scaler.to_data(data.train).reshape(-1, *shape).cpu(),
+                   to_data=lambda x: scaler.to_data(x))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_score(score_fn, x: Tensor, eps: float, T: float, repeats: int = 9) -> float:
+    """Median wall time of one ``score_fn(x, t)`` call (t drawn in [eps, T]), after one warm-up."""
+    g = torch.Generator().manual_seed(0)
+    ts = (eps + (T - eps) * torch.rand(repeats + 1, generator=g, dtype=torch.float64)).tolist()
+    out = []
+    with torch.no_grad():
+        for i, tt in enumerate(ts):
+            t = torch.full((x.shape[0],), tt, dtype=x.dtype, device=x.device)
+            _sync(x.device)
+            t0 = time.perf_counter()
+            score_fn(x, t)
+            _sync(x.device)
+            if i:
+                out.append(time.perf_counter() - t0)
+    return statistics.median(out)
+
+
+FIELDS = ["problem", "sde", "label", "sampler", "options", "budget", "tol", "seed", "n", "nfe", "seconds",
+          "sec_per_nfe", "score_seconds", "overhead", "w2", "weight_error", "w2_floor", "w2_ratio", "sw2",
+          "sw2_floor", "ode_err", "ode_err_med"]
+
+
+def _fmt_options(opts: Dict[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in sorted(opts.items()))
+
+
+class Bench:
+    """Runs cells; caches what cells share (problems, floors, reference solves, score timings).
+
+    Args:
+        n: samples per cell (the batch size; overhead is meaningful from about 1,000).
+        eps: the time the samplers stop at.
+        device, dtype: where and in what precision the samplers run (float32 by default).
+        ref_tol: rtol = atol of the float64 dopri5 reference solve.
+        floor_repeats: exact-sample sets averaged for each floor.
+        n_proj: projections of the sliced W2.
+    """
+
+    def __init__(self, n: int = 10_000, eps: float = 1e-3, device=None, dtype: torch.dtype = torch.float32,
+                 ref_tol: float = 1e-9, floor_repeats: int = 5, n_proj: int = 256):
+        if n < 2:
+            raise ValueError(f"n must be at least 2, got {n}")
+        self.n, self.eps, self.dtype = int(n), float(eps), dtype
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.ref_tol, self.floor_repeats, self.n_proj = ref_tol, floor_repeats, n_proj
+        self.problems: Dict[str, Problem] = {}
+        self._floor: Dict[str, float] = {}
+        self._sw2_floor: Dict[str, float] = {}
+        self._noise: Dict[Tuple[str, str, int], Tensor] = {}
+        self._ref: Dict[Tuple[str, str, int], Tensor] = {}
+        self._score_t: Dict[Tuple[str, str], float] = {}
+
+    def problem(self, name: str) -> Problem:
+        if name not in self.problems:
+            self.problems[name] = load_problem(name, device=self.device if is_checkpoint(name) else None)
+        return self.problems[name]
+
+    def w2_floor(self, p: Problem) -> float:
+        """metrics.exact_floor at this n (the mode-by-mode W2 of exact samples)."""
+        if p.name not in self._floor:
+            self._floor[p.name] = metrics.exact_floor(p.mixture, self.n, repeats=self.floor_repeats)
+        return self._floor[p.name]
+
+    def sw2_floor(self, p: Problem) -> float:
+        """Mean sliced W2 between two independent exact (held-out and training) sets of size n."""
+        if p.name not in self._sw2_floor:
+            vals = [metrics.sliced_w2(p.exact(self.n, 100 + r, 0), p.exact(self.n, 100 + r, 1), self.n_proj,
+                                      torch.Generator().manual_seed(r)) for r in range(self.floor_repeats)]
+            self._sw2_floor[p.name] = float(sum(vals) / len(vals))
+        return self._sw2_floor[p.name]
+
+    def noise(self, p: Problem, sde_name: str, seed: int) -> Tensor:
+        """The prior draw z of (problem, SDE, seed), in float64 on the CPU (shared by all samplers)."""
+        key = (p.name, sde_name, seed)
+        if key not in self._noise:
+            g = torch.Generator().manual_seed(seed)
+            self._noise[key] = p.sde(sde_name).prior_sample((self.n,) + p.shape, generator=g,
+                                                            dtype=torch.float64)
+        return self._noise[key]
+
+    def reference(self, p: Problem, sde_name: str, seed: int) -> Tensor:
+        """The probability-flow ODE solution from the cell's z: dopri5, rtol = atol = ref_tol."""
+        key = (p.name, sde_name, seed)
+        if key not in self._ref:
+            sde = p.sde(sde_name)
+            z = self.noise(p, sde_name, seed).to(self.device, p.dtype)
+            with torch.no_grad():
+                x, _ = integrate_probability_flow(p.score_fn(sde_name), sde, z, sde.T, self.eps,
+                                                  rtol=self.ref_tol, atol=self.ref_tol)
+            self._ref[key] = x.to(torch.float64).cpu()
+        return self._ref[key]
+
+    def score_seconds(self, p: Problem, sde_name: str) -> float:
+        key = (p.name, sde_name)
+        if key not in self._score_t:
+            sde = p.sde(sde_name)
+            x = self.noise(p, sde_name, 0).to(self.device, self.dtype)
+            self._score_t[key] = time_score(p.score_fn(sde_name), x, self.eps, sde.T)
+        return self._score_t[key]
+
+    def run_cell(self, cell: Cell) -> Dict[str, Any]:
+        """Run one cell; returns its row (the keys of :data:`FIELDS`; NaN where a metric does not apply)."""
+        p = self.problem(cell.problem)
+        sde = p.sde(cell.sde)
+        score = p.score_fn(cell.sde)
+        sampler = build_sampler(cell.sampler, **cell.opts)
+        z = self.noise(p, cell.sde, cell.seed)
+        g = torch.Generator().manual_seed(1_000_003 + cell.seed)  # the sampler's own noise
+        out = sampler(score, sde, z.shape, generator=g, eps=self.eps, device=self.device, dtype=self.dtype,
+                      x_init=z.to(self.device, self.dtype))
+        x = out.x.detach().to(torch.float64).cpu()
+        nan = float("nan")
+        row: Dict[str, Any] = dict(problem=cell.problem, sde=cell.sde if p.own_sde is None else type(sde).__name__,
+                                   label=cell.label, sampler=cell.sampler, options=_fmt_options(cell.opts),
+                                   budget=cell.budget if cell.budget is not None else "",
+                                   tol=cell.tol if cell.tol is not None else "", seed=cell.seed, n=self.n,
+                                   nfe=int(out.nfe), seconds=out.seconds, sec_per_nfe=out.seconds / max(out.nfe, 1))
+        st = self.score_seconds(p, cell.sde)
+        row["score_seconds"] = st
+        row["overhead"] = out.seconds / (max(out.nfe, 1) * st)
+        deterministic = cell.sampler in DETERMINISTIC and not cell.opts.get("denoise", False)
+        if deterministic:
+            err = (x - self.reference(p, cell.sde, cell.seed)).reshape(self.n, -1).norm(dim=1)
+            err = torch.where(torch.isfinite(err), err, torch.full_like(err, math.inf))
+            row["ode_err"], row["ode_err_med"] = float(err.mean()), float(err.median())
+        else:
+            row["ode_err"] = row["ode_err_med"] = nan
+        xd = p.to_data(x)
+        if p.mixture is not None:
+            ms = metrics.mode_w2(xd, p.mixture)
+            floor = self.w2_floor(p)
+            row.update(w2=ms.w2, weight_error=ms.weight_error, w2_floor=floor, w2_ratio=ms.w2 / floor)
+        else:
+            row.update(w2=nan, weight_error=nan, w2_floor=nan, w2_ratio=nan)
+        if torch.isfinite(xd).all():
+            row["sw2"] = metrics.sliced_w2(xd, p.exact(self.n, cell.seed, 0), self.n_proj,
+                                           torch.Generator().manual_seed(cell.seed))
+        else:
+            row["sw2"] = math.inf
+        row["sw2_floor"] = self.sw2_floor(p)
+        return row
+
+    def run(self, cells: Iterable[Cell], progress: bool = True, on_row=None) -> List[Dict[str, Any]]:
+        """Run every cell under a tqdm bar; ``on_row(row)`` is called after each (e.g. to save)."""
+        from tqdm.auto import tqdm
+
+        cells = list(cells)
+        rows = []
+        bar = tqdm(cells, desc="bench", unit="cell", disable=not progress)
+        for cell in bar:
+            bar.set_postfix_str(f"{cell.problem} {cell.sde} {cell.label} "
+                                f"{cell.budget if cell.budget is not None else cell.tol}", refresh=False)
+            row = self.run_cell(cell)
+            rows.append(row)
+            if on_row is not None:
+                on_row(row)
+        return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# aggregation and writers
+
+_NUMERIC = ["nfe", "seconds", "sec_per_nfe", "score_seconds", "overhead", "w2", "weight_error", "w2_floor",
+            "w2_ratio", "sw2", "sw2_floor", "ode_err", "ode_err_med"]
+
+
+def _mean(vals: List[float]) -> float:
+    vals = [float(v) for v in vals]
+    return float(sum(vals) / len(vals)) if vals else float("nan")
+
+
+def aggregate(rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Rows averaged over seeds (same problem, SDE, label, budget, tol): means, plus ``seeds``
+    and ``w2_ratio_sd`` / ``sw2_sd`` (standard deviation over the seeds)."""
+    groups: Dict[tuple, List[Dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        groups[(r["problem"], r["sde"], r["label"], str(r["budget"]), str(r["tol"]))].append(r)
+    out = []
+    for rs in groups.values():
+        a = {k: rs[0][k] for k in ("problem", "sde", "label", "sampler", "options", "budget", "tol", "n")}
+        for k in _NUMERIC:
+            a[k] = _mean([r[k] for r in rs])
+        a["seeds"] = len(rs)
+        for k, sd_k in (("w2_ratio", "w2_ratio_sd"), ("sw2", "sw2_sd")):
+            vals = [float(r[k]) for r in rs]
+            a[sd_k] = statistics.stdev(vals) if len(vals) > 1 and all(map(math.isfinite, vals)) else float("nan")
+        out.append(a)
+    return out
+
+
+def write_csv(rows: Sequence[Dict[str, Any]], path: Union[str, Path]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    keys = list(rows[0].keys()) if rows else FIELDS
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    return path
+
+
+def _f(v, spec: str = ".3f") -> str:
+    if v is None or v == "" or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    if isinstance(v, float) and math.isinf(v):
+        return "inf"
+    return format(v, spec)
+
+
+def md_table(rows: Sequence[Dict[str, Any]], cols: Sequence[Tuple[str, Any]]) -> str:
+    """A Markdown table: ``cols`` are (header, row -> str)."""
+    head = "| " + " | ".join(c[0] for c in cols) + " |\n|" + "|".join("---" for _ in cols) + "|\n"
+    return head + "".join("| " + " | ".join(c[1](r) for c in cols) + " |\n" for r in rows)
+
+
+def _quality_key(rows) -> Tuple[str, str]:
+    """Which number measures quality: W2/floor for mixtures, else sliced W2."""
+    if any(math.isfinite(float(r["w2_ratio"])) or math.isinf(float(r["w2_ratio"])) for r in rows
+           if not (isinstance(r["w2_ratio"], float) and math.isnan(r["w2_ratio"]))):
+        return "w2_ratio", "W2 / exact floor"
+    return "sw2", "sliced W2"
+
+
+def headline(agg: Sequence[Dict[str, Any]]) -> str:
+    """Per problem and SDE: quality of each budgeted sampler (rows) at each NFE budget (columns),
+    and the adaptive solvers' tolerance, NFE and quality."""
+    out = []
+    for (prob, sde) in sorted({(r["problem"], r["sde"]) for r in agg}, key=lambda k: (k[0], _sde_order(k[1]))):
+        rs = [r for r in agg if r["problem"] == prob and r["sde"] == sde]
+        qk, qname = _quality_key(rs)
+        budgets = sorted({int(r["budget"]) for r in rs if r["budget"] != ""})
+        labels = list(dict.fromkeys(r["label"] for r in rs if r["budget"] != ""))
+        out.append(f"### {prob}, {sde}: {qname} by NFE budget\n")
+        if labels:
+            cells = {(r["label"], int(r["budget"])): r for r in rs if r["budget"] != ""}
+            cols = [("sampler", lambda lab: lab)] + [
+                (str(b), (lambda b: lambda lab: _f(cells[(lab, b)][qk], ".2f") if (lab, b) in cells else "")(b))
+                for b in budgets]
+            out.append(md_table(labels, cols))
+        adaptive = [r for r in rs if r["budget"] == ""]
+        if adaptive:
+            out.append("\n" + md_table(adaptive, [("adaptive sampler", lambda r: r["label"]),
+                                                  ("tol", lambda r: _f(r["tol"], "g")),
+                                                  ("NFE", lambda r: _f(r["nfe"], ".0f")),
+                                                  (qname, lambda r: _f(r[qk], ".2f")),
+                                                  ("ODE error", lambda r: _f(r["ode_err"], ".1e"))]))
+        out.append("")
+    return "\n".join(out)
+
+
+def overhead_table(rows: Sequence[Dict[str, Any]], min_n: int = 1000) -> List[Dict[str, Any]]:
+    """Per sampler label: the median overhead over its cells with n >= min_n and NFE >= 10."""
+    groups: Dict[str, List[Dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        if int(r["n"]) >= min_n and float(r["nfe"]) >= 10:
+            groups[r["label"]].append(r)
+    out = []
+    for lab, rs in groups.items():
+        ov = [float(r["overhead"]) for r in rs]
+        out.append(dict(label=lab, sampler=rs[0]["sampler"], cells=len(rs), median=statistics.median(ov),
+                        max=max(ov), score_ms=1e3 * statistics.median(float(r["score_seconds"]) for r in rs),
+                        met=statistics.median(ov) <= 1.1))
+    return out
+
+
+def write_markdown(rows: Sequence[Dict[str, Any]], path: Union[str, Path], title: str = "Sampler benchmark",
+                   preamble: str = "") -> Path:
+    """Headline tables, the overhead table, then every aggregated cell."""
+    path = Path(path)
+    agg = aggregate(rows)
+    md = [f"# {title}\n", preamble, "## Headline\n", headline(agg)]
+    ov = overhead_table(rows)
+    if ov:
+        md.append("## Sampler overhead: wall time / (NFE x one score evaluation), goal <= 1.1\n")
+        md.append(md_table(ov, [("sampler", lambda r: r["label"]), ("cells", lambda r: str(r["cells"])),
+                                ("median", lambda r: _f(r["median"], ".2f")), ("max", lambda r: _f(r["max"], ".2f")),
+                                ("one score eval (ms)", lambda r: _f(r["score_ms"], ".2f")),
+                                ("<= 1.1", lambda r: "yes" if r["met"] else "**no**")]))
+    md.append("## All cells (mean over seeds)\n")
+    for (prob, sde) in sorted({(r["problem"], r["sde"]) for r in agg}, key=lambda k: (k[0], _sde_order(k[1]))):
+        rs = [r for r in agg if r["problem"] == prob and r["sde"] == sde]
+        md.append(f"### {prob}, {sde}\n")
+        md.append(md_table(rs, [("sampler", lambda r: r["label"]), ("budget/tol", lambda r: str(r["budget"] or r["tol"])),
+                                ("NFE", lambda r: _f(r["nfe"], ".0f")), ("s", lambda r: _f(r["seconds"], ".2f")),
+                                ("ms/NFE", lambda r: _f(1e3 * r["sec_per_nfe"], ".2f")),
+                                ("overhead", lambda r: _f(r["overhead"], ".2f")),
+                                ("W2", lambda r: _f(r["w2"], ".4f")), ("W2/floor", lambda r: _f(r["w2_ratio"], ".2f")),
+                                ("sd", lambda r: _f(r["w2_ratio_sd"], ".2f")),
+                                ("weight err", lambda r: _f(r["weight_error"], ".4f")),
+                                ("SW2", lambda r: _f(r["sw2"], ".4f")), ("SW2 floor", lambda r: _f(r["sw2_floor"], ".4f")),
+                                ("ODE err", lambda r: _f(r["ode_err"], ".1e"))]))
+    floors = {r["problem"]: (r["w2_floor"], r["sw2_floor"]) for r in agg}
+    md.append("Floors (n = %s): " % (agg[0]["n"] if agg else "") + "; ".join(
+        f"{k}: W2 {_f(a, '.4f') or '-'}, SW2 {_f(b, '.4f')}" for k, (a, b) in floors.items()) + "\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(md))
+    return path
+
+
+def _sde_order(s: str) -> int:
+    order = ["vp", "subvp", "ve"]
+    return order.index(s) if s in order else len(order)
+
+
+def write_plots(rows: Sequence[Dict[str, Any]], out_dir: Union[str, Path], prefix: str = "bench") -> List[Path]:
+    """One PNG per problem: quality against NFE (top) and against seconds (bottom), a column per SDE,
+    a line per sampler (mean over seeds; adaptive solvers along their tolerances)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    agg = aggregate(rows)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    labels = list(dict.fromkeys(r["label"] for r in agg))
+    colors = {lab: f"C{i % 10}" for i, lab in enumerate(labels)}
+    marks = "os^vDx*<>ph"
+    for prob in dict.fromkeys(r["problem"] for r in agg):
+        prs = [r for r in agg if r["problem"] == prob]
+        qk, qname = _quality_key(prs)
+        sdes = sorted({r["sde"] for r in prs}, key=_sde_order)
+        fig, axes = plt.subplots(2, len(sdes), figsize=(5.2 * len(sdes), 8), squeeze=False)
+        for j, s in enumerate(sdes):
+            for i, (xk, xname) in enumerate((("nfe", "NFE"), ("seconds", "wall seconds"))):
+                ax = axes[i][j]
+                for li, lab in enumerate(labels):
+                    pts = sorted((float(r[xk]), float(r[qk])) for r in prs if r["sde"] == s and r["label"] == lab
+                                 and math.isfinite(float(r[qk])))
+                    if pts:
+                        ax.plot([a for a, _ in pts], [b for _, b in pts], "-" + marks[li % len(marks)],
+                                color=colors[lab], label=lab, ms=4)
+                floor = 1.0 if qk == "w2_ratio" else _mean([r["sw2_floor"] for r in prs])
+                ax.axhline(floor, color="k", lw=0.8)
+                ax.set_xscale("log"), ax.set_yscale("log")
+                ax.set_xlabel(xname), ax.set_ylabel(qname)
+                ax.set_title(f"{prob}, {s}: {qname} against {xname}", fontsize=9)
+                ax.grid(True, which="both", alpha=0.2)
+        axes[0][-1].legend(fontsize=7, loc="upper right")
+        fig.tight_layout()
+        p = out_dir / f"{prefix}_{Path(prob).stem}.png"
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        paths.append(p)
+    return paths
+
+
+def write_results(rows: Sequence[Dict[str, Any]], out_dir: Union[str, Path], prefix: str = "bench",
+                  title: str = "Sampler benchmark", preamble: str = "") -> List[Path]:
+    """CSV (every cell), Markdown (headline, overhead, all cells) and PNG plots into ``out_dir``."""
+    out_dir = Path(out_dir)
+    files = [write_csv(rows, out_dir / f"{prefix}.csv"),
+             write_markdown(rows, out_dir / f"{prefix}.md", title=title, preamble=preamble)]
+    return files + write_plots(rows, out_dir, prefix)
+
+
+# ---------------------------------------------------------------------------------------------
+# the default grid
+
+def _spec(label, name, nfe_per_step=1.0, min_nfe=1, max_nfe=10 ** 9, tolerances=None, **options):
+    return dict(label=label, name=name, options=options, nfe_per_step=nfe_per_step, min_nfe=min_nfe,
+                max_nfe=max_nfe, tolerances=tolerances)
+
+
+# label, sampler, how a budget maps to steps; options as measured best on the samplers benchmark
+DEFAULT_SAMPLERS: List[Dict[str, Any]] = [
+    _spec("pc euler_maruyama", "pc", min_nfe=20, predictor="euler_maruyama", corrector="none"),
+    _spec("pc ancestral", "pc", min_nfe=20, predictor="ancestral", corrector="none"),
+    _spec("pc reverse_diffusion+langevin", "pc", 2.0, min_nfe=20, predictor="reverse_diffusion",
+          corrector="langevin", langevin_norm="batch"),
+    _spec("sde euler", "sde", min_nfe=20, method="euler"),
+    _spec("sde srk", "sde", 4.0, min_nfe=20, method="srk"),
+    _spec("ode rk4", "ode", 4.0, min_nfe=10, max_nfe=200, method="rk4"),
+    _spec("ode dopri5", "ode", tolerances=[1e-3, 1e-4, 1e-5], method="dopri5"),
+    _spec("dpm_solver 2", "dpm_solver", max_nfe=100, order=2),
+    _spec("dpm_solver 3", "dpm_solver", max_nfe=100, order=3),
+    _spec("unipc", "unipc", max_nfe=100),
+    _spec("heun", "heun", 2.0, min_nfe=10, max_nfe=100),
+]
+QUICK_SAMPLERS = ["pc euler_maruyama", "sde euler", "ode dopri5", "dpm_solver 2", "heun"]
+
+
+def specs_from_config(items: Sequence[Dict[str, Any]]) -> List[SamplerSpec]:
+    """SamplerSpecs from plain dicts (a config list); unknown keys raise ValueError naming them."""
+    valid = set(SamplerSpec.__dataclass_fields__)
+    specs = []
+    for it in items:
+        it = dict(it)
+        bad = sorted(set(it) - valid)
+        if bad:
+            raise ValueError(f"unknown sampler spec key(s) {bad}; valid: {sorted(valid)}")
+        if "label" not in it or "name" not in it:
+            raise ValueError(f"a sampler spec needs a label and a name, got {it}")
+        it["options"] = dict(it.get("options") or {})
+        for k in ("budgets", "tolerances"):
+            if it.get(k) is not None:
+                it[k] = list(it[k])
+        specs.append(SamplerSpec(**it))
+    return specs
+
+
+def run_grid(out_dir: Union[str, Path], problems: Sequence[str] = ("ring8", "aniso16"),
+             sdes: Sequence[str] = ("vp", "subvp", "ve"), budgets: Sequence[int] = (5, 10, 20, 50, 100, 200, 500, 1000),
+             seeds: Sequence[int] = (0,), n: int = 10_000, eps: float = 1e-3, ref_tol: float = 1e-9,
+             floor_repeats: int = 5, device=None, samplers: Optional[Sequence[Dict[str, Any]]] = None,
+             only: Optional[Sequence[str]] = None, progress: bool = True, prefix: str = "bench",
+             title: str = "Sampler benchmark", preamble: str = "") -> Tuple[List[Dict[str, Any]], List[Path]]:
+    """Expand the grid, run every cell, write CSV, Markdown and PNGs into ``out_dir``.
+
+    ``samplers``: spec dicts (default :data:`DEFAULT_SAMPLERS`); ``only``: keep these labels.
+    The CSV is rewritten after every cell, so an interrupted run keeps what it measured.
+    Returns ``(rows, files)``.
+    """
+    specs = specs_from_config(samplers if samplers is not None else DEFAULT_SAMPLERS)
+    if only is not None:
+        known = [s.label for s in specs]
+        missing = sorted(set(only) - set(known))
+        if missing:
+            raise ValueError(f"unknown sampler label(s) {missing} in only; valid labels: {known}")
+        specs = [s for s in specs if s.label in set(only)]
+    cells = expand_grid(list(problems), list(sdes), specs, list(budgets), list(seeds))
+    bench = Bench(n=n, eps=eps, device=device, ref_tol=ref_tol, floor_repeats=floor_repeats)
+    out_dir = Path(out_dir)
+    rows: List[Dict[str, Any]] = []
+
+    def save(row):
+        rows.append(row)
+        write_csv(rows, out_dir / f"{prefix}.csv")
+
+    bench.run(cells, progress=progress, on_row=save)
+    return rows, write_results(rows, out_dir, prefix=prefix, title=title, preamble=preamble)
