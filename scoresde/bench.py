@@ -21,9 +21,11 @@ and runs the sampler from z (the same z for every sampler of that problem, SDE a
 records:
 
 * ``nfe``, wall ``seconds`` (the sampler's own timer), ``sec_per_nfe``;
-* ``score_seconds``: the median time of one score evaluation on a batch of the same shape, and
-  ``overhead`` = seconds / (nfe x score_seconds): 1 means the sampler costs nothing beyond its
-  score evaluations;
+* ``score_seconds``: the mean time of one score evaluation in that run (timed around each call),
+  and ``overhead`` = seconds / (nfe x score_seconds), the wall time over the time spent in the
+  score: 1 means the sampler costs nothing beyond its evaluations.  Timing the evaluations inside
+  the same run, rather than NFE x a separately timed evaluation, keeps the ratio steady on a
+  shared machine, where the time of one evaluation drifts by 30% from minute to minute;
 * for mixture problems, the mode-by-mode ``w2`` and ``weight_error`` (:func:`metrics.mode_w2`),
   the exact-sample floor ``w2_floor`` (:func:`metrics.exact_floor` at the same n) and their
   ratio ``w2_ratio``;
@@ -233,6 +235,23 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class TimedScore:
+    """Wraps ``score_fn`` and adds up the wall time spent inside it (synchronizing CUDA around each
+    call, so on a GPU it measures the evaluations but slows a sampler that overlaps them)."""
+
+    def __init__(self, score_fn, device: torch.device):
+        self.score_fn, self.device, self.seconds, self.calls = score_fn, device, 0.0, 0
+
+    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+        _sync(self.device)
+        t0 = time.perf_counter()
+        out = self.score_fn(x, t)
+        _sync(self.device)
+        self.seconds += time.perf_counter() - t0
+        self.calls += 1
+        return out
+
+
 def time_score(score_fn, x: Tensor, eps: float, T: float, repeats: int = 9) -> float:
     """Median wall time of one ``score_fn(x, t)`` call (t drawn in [eps, T]), after one warm-up."""
     g = torch.Generator().manual_seed(0)
@@ -260,7 +279,7 @@ def _fmt_options(opts: Dict[str, Any]) -> str:
 
 
 class Bench:
-    """Runs cells; caches what cells share (problems, floors, reference solves, score timings).
+    """Runs cells; caches what cells share (problems, floors, prior draws, reference solves).
 
     Args:
         n: samples per cell (the batch size; overhead is meaningful from about 1,000).
@@ -283,7 +302,6 @@ class Bench:
         self._sw2_floor: Dict[str, float] = {}
         self._noise: Dict[Tuple[str, str, int], Tensor] = {}
         self._ref: Dict[Tuple[str, str, int], Tensor] = {}
-        self._score_t: Dict[Tuple[str, str], float] = {}
 
     def problem(self, name: str) -> Problem:
         if name not in self.problems:
@@ -325,14 +343,6 @@ class Bench:
             self._ref[key] = x.to(torch.float64).cpu()
         return self._ref[key]
 
-    def score_seconds(self, p: Problem, sde_name: str) -> float:
-        key = (p.name, sde_name)
-        if key not in self._score_t:
-            sde = p.sde(sde_name)
-            x = self.noise(p, sde_name, 0).to(self.device, self.dtype)
-            self._score_t[key] = time_score(p.score_fn(sde_name), x, self.eps, sde.T)
-        return self._score_t[key]
-
     def run_cell(self, cell: Cell) -> Dict[str, Any]:
         """Run one cell; returns its row (the keys of :data:`FIELDS`; NaN where a metric does not apply)."""
         p = self.problem(cell.problem)
@@ -341,7 +351,8 @@ class Bench:
         sampler = build_sampler(cell.sampler, **cell.opts)
         z = self.noise(p, cell.sde, cell.seed)
         g = torch.Generator().manual_seed(1_000_003 + cell.seed)  # the sampler's own noise
-        out = sampler(score, sde, z.shape, generator=g, eps=self.eps, device=self.device, dtype=self.dtype,
+        timed = TimedScore(score, self.device)
+        out = sampler(timed, sde, z.shape, generator=g, eps=self.eps, device=self.device, dtype=self.dtype,
                       x_init=z.to(self.device, self.dtype))
         x = out.x.detach().to(torch.float64).cpu()
         nan = float("nan")
@@ -350,9 +361,10 @@ class Bench:
                                    budget=cell.budget if cell.budget is not None else "",
                                    tol=cell.tol if cell.tol is not None else "", seed=cell.seed, n=self.n,
                                    nfe=int(out.nfe), seconds=out.seconds, sec_per_nfe=out.seconds / max(out.nfe, 1))
-        st = self.score_seconds(p, cell.sde)
-        row["score_seconds"] = st
-        row["overhead"] = out.seconds / (max(out.nfe, 1) * st)
+        # overhead: the sampler's wall time over the time its evaluations took in the same run
+        # (on a shared machine this is far steadier than NFE x a separately timed evaluation)
+        row["score_seconds"] = timed.seconds / max(timed.calls, 1)
+        row["overhead"] = out.seconds / timed.seconds if timed.seconds > 0 else float("nan")
         deterministic = cell.sampler in DETERMINISTIC and not cell.opts.get("denoise", False)
         if deterministic:
             err = (x - self.reference(p, cell.sde, cell.seed)).reshape(self.n, -1).norm(dim=1)
