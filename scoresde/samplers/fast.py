@@ -35,7 +35,7 @@ import math
 
 import torch
 
-from ..sde import SDE, expand_to
+from ..sde import SDE
 from . import register_sampler
 
 Tensor = torch.Tensor
@@ -82,10 +82,12 @@ class _Denoiser:
         self.score_fn, self.sde = score_fn, sde
 
     def __call__(self, xt: Tensor, t: Tensor) -> Tensor:
-        tb = t.reshape(1).expand(xt.shape[0])
-        al, sg = self.sde.mean_coef(tb), self.sde.std(tb)
-        score = self.score_fn(xt * expand_to(al.to(xt.dtype), xt), tb.to(xt.dtype))
-        return xt + expand_to((sg ** 2 / al).to(xt.dtype), xt) * score
+        # the coefficients are computed once at [1] and broadcast, not per sample
+        t1 = t.reshape(1)
+        al, sg = self.sde.mean_coef(t1), self.sde.std(t1)
+        shape = (1,) * xt.dim()
+        score = self.score_fn(xt * al.to(xt.dtype).reshape(shape), t1.to(xt.dtype).expand(xt.shape[0]))
+        return xt + (sg ** 2 / al).to(xt.dtype).reshape(shape) * score
 
 
 def _check_steps(steps, least: int = 1) -> int:
@@ -149,7 +151,8 @@ def dpm_solver(score_fn, sde: SDE, x: Tensor, ctx, *, eps: float = 1e-3, steps: 
                 phi3 = phi2 / h - 0.5
                 xt = xt + phi2 * d1 - phi3 * d2
         hs.append(h)
-        ctx.record(t[i + 1], xt * al[i + 1].to(x.dtype))
+        if ctx.record_on:  # the unscaled state costs a pass over the batch: only when recorded
+            ctx.record(t[i + 1], xt * al[i + 1].to(x.dtype))
     if denoise:
         out = den(xt, t[-1])
         ctx.record(0.0, out)
@@ -194,7 +197,8 @@ def heun(score_fn, sde: SDE, x: Tensor, ctx, *, eps: float = 1e-3, steps: int = 
         xp = xt + (s1 - s0) * d
         dp = (xp - den(xp, t[i + 1])) / s1
         xt = xt + (s1 - s0) * 0.5 * (d + dp)
-        ctx.record(t[i + 1], xt * al[i + 1].to(x.dtype))
+        if ctx.record_on:  # the unscaled state costs a pass over the batch: only when recorded
+            ctx.record(t[i + 1], xt * al[i + 1].to(x.dtype))
     if denoise:
         out = den(xt, t[-1])
         ctx.record(0.0, out)
@@ -263,8 +267,9 @@ def unipc(score_fn, sde: SDE, x: Tensor, ctx, *, eps: float = 1e-3, steps: int =
             b.append(hphik * fact / B)
             fact *= j + 1
             hphik = hphik / hh - 1.0 / fact
-        R64 = torch.tensor(R, dtype=torch.float64)
-        b64 = torch.tensor(b, dtype=torch.float64)
+        if p > 1:  # order 1 has closed-form weights: no small solve (a few tensor ops) per step
+            R64 = torch.tensor(R, dtype=torch.float64)
+            b64 = torch.tensor(b, dtype=torch.float64)
         base = math.exp(-h) * xt - phi1 * Ds[-1]
         if D1s:
             rhos_p = [0.5] if p == 2 else torch.linalg.solve(R64[:-1, :-1], b64[:-1]).tolist()
@@ -282,5 +287,6 @@ def unipc(score_fn, sde: SDE, x: Tensor, ctx, *, eps: float = 1e-3, steps: int =
             lams.append(lam[i + 1])
             Ds, lams = Ds[-3:], lams[-3:]
         xt = xt_new
-        ctx.record(t[i + 1], xt * al[i + 1].to(x.dtype))
+        if ctx.record_on:  # the unscaled state costs a pass over the batch: only when recorded
+            ctx.record(t[i + 1], xt * al[i + 1].to(x.dtype))
     return xt * al[-1].to(x.dtype)
