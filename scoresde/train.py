@@ -85,7 +85,7 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = 6000
+    steps: int = 3000
     batch_size: int = 512
     ema_decay: float = 0.999        # EMA warms up as min(decay, (1 + step) / (10 + step))
     device: str = "auto"            # auto (CUDA when present) | cpu | cuda | cuda:N

@@ -153,6 +153,7 @@ def test_nan_loss_stops_without_overwriting_the_checkpoint(tmp_path):
 
 def test_load_model_returns_the_ema_score_model(tmp_path):
     cfg = tiny_config(6)
+    cfg["eval"] = {"n_nll": 0, "n_samples": 0}
     metrics = train(cfg, tmp_path)
     model = load_model(tmp_path / "checkpoints" / "last.pt")
     assert isinstance(model, sd.ScoreModel) and isinstance(model.sde, sd.VPSDE)
