@@ -208,6 +208,8 @@ def test_bad_options_are_value_errors(tmp_path):
         make_trainer({**tiny_config(), "train": {"setps": 3}}, tmp_path)
     with pytest.raises(ValueError, match="cosine"):
         make_trainer({**tiny_config(), "optim": {"schedule": "step"}}, tmp_path)
+    with pytest.raises(ValueError, match="dsm"):
+        make_trainer({**tiny_config(), "loss": {"name": "sliced"}}, tmp_path)
     with pytest.raises(ValueError, match="bf16"):
         make_trainer({**tiny_config(), "train": {"amp": "fp8"}}, tmp_path)
 
