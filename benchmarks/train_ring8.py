@@ -65,6 +65,7 @@ def run_once(overrides, run_dir: Path, stand_in: bool) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--note", default="", help="a remark written under the table (e.g. on the machine's load)")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides passed to the app")
     args = ap.parse_args()
     stand_in = not _has_likelihood()
@@ -103,6 +104,8 @@ def main() -> None:
         "|" + "---|" * len(cols),
     ]
     lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
+    if args.note:
+        lines += ["", args.note]
     lines += ["", "![samples](train_ring8_samples.png)", ""]
     (RESULTS / "train_ring8.md").write_text("\n".join(lines))
     print((RESULTS / "train_ring8.md").read_text())
