@@ -76,3 +76,14 @@ def test_app_runs_end_to_end_into_the_run_dir(tmp_path, monkeypatch):
     assert metrics["step"] == 6 and {"nll", "kl", "mode_w2", "heldout_loss"} <= set(metrics)
     model = sd.load_model(run_dir / "checkpoints" / "last.pt")
     assert model.checkpoint["config"]["seed"] == 5 and model.checkpoint["config"]["train"]["steps"] == 6
+
+
+def test_sampler_configs_name_real_samplers_and_their_options():
+    import inspect
+    from scoresde.samplers import SAMPLERS
+    for path in sorted((CONF / "sampler").glob("*.yaml")):
+        node = OmegaConf.to_container(OmegaConf.load(path))
+        name = node.pop("name")
+        assert name in SAMPLERS, path.name
+        params = inspect.signature(SAMPLERS[name]).parameters
+        assert set(node) <= set(params), (path.name, sorted(set(node) - set(params)))
