@@ -51,6 +51,16 @@ def test_every_option_of_every_group_composes_and_builds():
                     assert model(data.test[:2], torch.full((2,), 0.5)).shape == data.test[:2].shape
 
 
+def test_experiment_presets_compose_and_change_what_they_state():
+    presets = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+    assert "ring8_likelihood" in presets
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        for name in presets:
+            compose(config_name="train", overrides=[f"experiment={name}"])
+        cfg = compose(config_name="train", overrides=["experiment=ring8_likelihood"])
+    assert cfg.loss.weighting == "likelihood" and cfg.loss.importance_sampling
+
+
 def test_defaults_are_ring8_vp_mlp():
     cfg = _compose()
     assert (cfg.data.name, cfg.sde.name, cfg.model.name, cfg.seed) == ("ring8", "vp", "mlp", 0)
