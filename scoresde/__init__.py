@@ -12,6 +12,8 @@ from .score import ScoreModel, build_score_model
 from .losses import DSMLoss, dsm_loss
 from . import nn, data
 from .train import Trainer, load_model, train
+from . import samplers
+from .samplers import sample, build_sampler, SampleResult
 
 __version__ = "0.1.0"
 
@@ -20,4 +22,5 @@ __all__ = [
     "GaussianMixture", "ring8", "anisotropic", "get_mixture",
     "metrics",
     "ScoreModel", "build_score_model", "DSMLoss", "dsm_loss", "nn", "data", "Trainer", "load_model", "train",
+    "samplers", "sample", "build_sampler", "SampleResult",
 ]
