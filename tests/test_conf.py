@@ -43,6 +43,12 @@ def test_every_group_option_names_a_registered_constructor_and_uses_its_schema(g
         assert f"/schema/{group}/{opt}@_here_" in (CONF / group / f"{opt}.yaml").read_text()
 
 
+def test_every_registered_constructor_has_a_config():
+    for group, registry in SCHEMA_GROUPS.items():
+        names = {OmegaConf.load(f).get("name") for f in (CONF / group).glob("*.yaml")}
+        assert set(registry) <= names, (group, sorted(set(registry) - names))
+
+
 def test_every_sampler_config_builds_its_sampler_and_runs_on_the_exact_score():
     sde = sd.VPSDE()
     mix = sd.ring8()
@@ -50,7 +56,7 @@ def test_every_sampler_config_builds_its_sampler_and_runs_on_the_exact_score():
         cfg = OmegaConf.to_container(_compose("sample", ["checkpoint=x", f"sampler={opt}"]).sampler)
         name = cfg.pop("name")
         sd.build_sampler(name, **{k: v for k, v in cfg.items() if k != "eps"})
-        if name in ("dpm_solver", "heun"):   # cheap enough to run here
+        if name in ("dpm_solver", "heun", "unipc"):   # cheap enough to run here
             out = sd.sample(mix.score_fn(sde), sde, (4, 2), sampler=name, **cfg)
             assert out.x.shape == (4, 2) and out.nfe > 0
 
