@@ -8,12 +8,12 @@ functions plug into every sampler and into the likelihood alike.
 from .sde import SDE, VPSDE, SubVPSDE, VESDE, ReverseSDE, get_sde
 from .mixture import GaussianMixture, ring8, anisotropic, get_mixture
 from . import metrics
+from . import samplers
+from .samplers import sample, build_sampler, SampleResult
 from .score import ScoreModel, build_score_model
 from .losses import DSMLoss, dsm_loss
 from . import nn, data
-from .train import Trainer, load_model, train
-from . import samplers
-from .samplers import sample, build_sampler, SampleResult
+from .train import Trainer, load_model
 
 __version__ = "0.1.0"
 
@@ -21,6 +21,6 @@ __all__ = [
     "SDE", "VPSDE", "SubVPSDE", "VESDE", "ReverseSDE", "get_sde",
     "GaussianMixture", "ring8", "anisotropic", "get_mixture",
     "metrics",
-    "ScoreModel", "build_score_model", "DSMLoss", "dsm_loss", "nn", "data", "Trainer", "load_model", "train",
     "samplers", "sample", "build_sampler", "SampleResult",
+    "ScoreModel", "build_score_model", "DSMLoss", "dsm_loss", "nn", "data", "Trainer", "load_model",
 ]

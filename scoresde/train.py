@@ -85,7 +85,7 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = 6000
+    steps: int = 3000
     batch_size: int = 512
     ema_decay: float = 0.999        # EMA warms up as min(decay, (1 + step) / (10 + step))
     device: str = "auto"            # auto (CUDA when present) | cpu | cuda | cuda:N
@@ -614,7 +614,9 @@ def build_from_config(config: Dict[str, Any]):
     spec = {"sde": dict(config["sde"]), "model": model_cfg, **score_kw}
     model = build_score_model(spec)
     loss_cfg = dict(config.get("loss") or {})
-    loss_cfg.pop("name", None)
+    loss_name = loss_cfg.pop("name", "dsm")
+    if loss_name != "dsm":
+        raise ValueError(f"unknown loss {loss_name!r}; valid names: ['dsm']")
     loss = _as_config(DSMLoss, loss_cfg, "loss")
     return model, data, loss
 

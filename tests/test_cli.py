@@ -39,15 +39,16 @@ def test_config_path_falls_back_to_the_checkout():
 
 
 def test_every_option_of_every_group_composes_and_builds():
-    for group in GROUPS:
-        options = sorted(p.stem for p in (CONF / group).glob("*.yaml"))
-        assert options, group
-        for opt in options:
-            cfg = OmegaConf.to_container(_compose([f"{group}={opt}"]), resolve=True)
-            if group in ("sde", "model", "data", "loss"):
-                cfg["data"]["n_test"] = 8
-                model, data, loss = build_from_config(cfg)
-                assert model(data.test[:2], torch.full((2,), 0.5)).shape == data.test[:2].shape
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        for group in GROUPS:
+            options = sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+            assert options, group
+            for opt in options:
+                cfg = OmegaConf.to_container(compose(config_name="train", overrides=[f"{group}={opt}"]), resolve=True)
+                if group in ("sde", "model", "data", "loss"):
+                    cfg["data"]["n_test"] = 8
+                    model, data, loss = build_from_config(cfg)
+                    assert model(data.test[:2], torch.full((2,), 0.5)).shape == data.test[:2].shape
 
 
 def test_defaults_are_ring8_vp_mlp():

@@ -69,7 +69,8 @@ def test_importance_sampled_loss_is_unbiased_for_the_likelihood_weighted_loss(sd
     imp = dsm_loss(score, sde, x0, weighting="likelihood", importance_sampling=True, t=t, noise=z, eps=eps)
     se = math.sqrt(float(lik.var()) / n + float(imp.var()) / n)
     assert abs(float(lik.mean()) - float(imp.mean())) < 4 * se
-    assert float(imp.std()) < float(lik.std())              # and it has the lower variance
+    if not isinstance(sde, sd.VESDE):                       # for VE, q(t) is uniform: the same loss
+        assert float(imp.std()) < float(lik.std())          # and it has the lower variance
 
 
 def test_dsm_loss_with_the_exact_score_equals_its_minimum(sde):

@@ -93,3 +93,16 @@ def test_register_model_adds_a_network_by_name():
         assert torch.equal(net(x, torch.rand(3)), x)
     finally:
         MODELS.pop("_test_identity")
+
+
+def test_mlp_output_grows_linearly_far_from_the_data():
+    """No normalisation caps the output: far out the true noise grows like x, and a capped network
+    makes the probability-flow ODE throw prior-tail samples far away."""
+    torch.manual_seed(0)
+    net = MLPScoreNet(data_shape=2, width=32, depth=2)
+    torch.nn.init.normal_(net.out.weight, std=0.1)
+    x = torch.randn(16, 2)
+    t = torch.rand(16)
+    with torch.no_grad():
+        ratio = net(100 * x, t).norm() / net(10 * x, t).norm()
+    assert 5 < ratio < 20

@@ -2,9 +2,12 @@
 
     h_0 = W_in x
     h_{l+1} = h_l + W_2 SiLU(LN(W_1 SiLU(h_l) + E_l(temb)))      (l = 0 .. depth-1)
-    out = W_out SiLU(LN(h_L))                                       (reshaped to x's shape)
+    out = W_out SiLU(h_L)                                           (reshaped to x's shape)
 
-with ``temb = MLP(embedding(t))``.  The output layer starts at zero, so an untrained network
+with ``temb = MLP(embedding(t))``.  The residual stream and the output are not normalised, so the
+output can grow linearly in x far from the data, as the true noise (about x at large t for VP)
+does; a LayerNorm before the output would cap it, and the probability-flow ODE then throws
+samples from the prior's tails far out.  The output layer starts at zero, so an untrained network
 predicts zero noise (or zero score), the loss's neutral point.
 """
 
@@ -61,7 +64,6 @@ class MLPScoreNet(nn.Module):
                                         nn.Linear(emb_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.inp = nn.Linear(dim, width)
         self.blocks = nn.ModuleList([_ResBlock(width, emb_dim, norm) for _ in range(depth)])
-        self.out_norm = nn.LayerNorm(width) if norm else nn.Identity()
         self.out = nn.Linear(width, dim)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
@@ -74,4 +76,4 @@ class MLPScoreNet(nn.Module):
         h = self.inp(x.reshape(x.shape[0], -1))
         for block in self.blocks:
             h = block(h, temb)
-        return self.out(torch.nn.functional.silu(self.out_norm(h))).reshape(x.shape)
+        return self.out(torch.nn.functional.silu(h)).reshape(x.shape)
