@@ -16,7 +16,7 @@ import scoresde as sd
 from scoresde import cli  # noqa: F401  (stores the train schemas)
 from scoresde.apps import likelihood as likelihood_app, sample as sample_app  # noqa: F401
 from scoresde.apps.schema import SCHEMAS
-from scoresde.data import DATASETS, build_dataset
+from scoresde.data import DATASETS
 from scoresde.nn import MODELS
 from scoresde.train import build_from_config
 

@@ -3,7 +3,6 @@ sharded by rank, bit-exact resume; and, in one process, DDP equals the plain tra
 
 import json
 import socket
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +12,7 @@ from omegaconf import OmegaConf
 from scoresde import distributed
 from scoresde.train import Trainer, build_from_config, load_checkpoint
 
-from _tiny import CONF, ROOT, TINY, run as run_python
+from _tiny import CONF, TINY, run as run_python
 
 
 def _config(overrides=()):
