@@ -39,7 +39,8 @@ records:
 
 A **problem** is an exact-score Gaussian mixture by name (``ring8``, ``aniso16``, ...: every error
 is the sampler's) or the path of a trained checkpoint (:func:`scoresde.load_model`); a checkpoint
-brings its own SDE, and its samples are judged in data space against its data set's held-out split.
+brings its own SDE, and its samples are judged in its model space against its data set's held-out
+split (and its mixture, when the data set is one).
 """
 
 from __future__ import annotations
@@ -164,17 +165,15 @@ def expand_grid(problems: Sequence[str], sdes: Sequence[str], samplers: Sequence
 class Problem:
     """What a cell samples: a score, an SDE, and exact (or held-out) samples to compare with.
 
-    ``mixture`` is set when the target is a known Gaussian mixture (mode-by-mode W2 applies);
-    ``to_data`` maps samples to the space of ``exact`` (identity for mixtures).
+    ``mixture`` is set when the target is a Gaussian mixture (mode-by-mode W2 applies; exact
+    samples come from it).  A checkpoint's samples are compared in its model space (where its
+    data set's held-out split and mixture live).
     """
 
     def __init__(self, name: str, shape: Tuple[int, ...], mixture: Optional[GaussianMixture] = None,
-                 model=None, sde: Optional[SDE] = None, held_out: Optional[Tensor] = None,
-                 train: Optional[Tensor] = None, to_data=None):
+                 model=None, sde: Optional[SDE] = None, data=None):
         self.name, self.shape, self.mixture = name, tuple(shape), mixture
-        self.model, self.own_sde = model, sde
-        self.held_out, self.train = held_out, train
-        self.to_data = to_data or (lambda x: x)
+        self.model, self.own_sde, self.data = model, sde, data
         self._scores: Dict[str, Any] = {}
 
     @property
@@ -192,42 +191,37 @@ class Problem:
         return self._scores[sde_name]
 
     def exact(self, n: int, seed: int, which: int = 0) -> Tensor:
-        """``n`` exact samples (mixtures) or data points (held-out for which=0, training for 1)."""
-        if self.model is None:
-            g = torch.Generator().manual_seed(10_000 * (which + 1) + seed)
+        """``n`` exact samples (``which`` tells independent sets apart): from the mixture, else the
+        held-out split (which=0) and fresh data or the training split (which=1)."""
+        g = torch.Generator().manual_seed(10_000 * (which + 1) + seed)
+        if self.mixture is not None:
             return self.mixture.sample(n, generator=g, dtype=torch.float64)
-        pool = self.held_out if which == 0 else self.train
+        d = self.data
+        if which == 1 and d.sampler is not None:
+            return d.sampler(n, g).to(torch.float64).cpu()
+        pool = d.test if which == 0 else d.train
         if pool is None or pool.shape[0] < n:
             raise ValueError(f"problem {self.name!r}: need {n} data points to compare with, "
                              f"have {0 if pool is None else pool.shape[0]}; lower n")
-        g = torch.Generator().manual_seed(seed)
-        return pool[torch.randperm(pool.shape[0], generator=g)[:n]].to(torch.float64)
+        return pool[torch.randperm(pool.shape[0], generator=g)[:n]].to(torch.float64).cpu()
 
 
 def load_problem(name: str, device=None) -> Problem:
-    """A mixture by name, or a checkpoint path (via :func:`scoresde.load_model`)."""
+    """A mixture by name, or a checkpoint path (:func:`scoresde.load_model`, data set rebuilt
+    from its config)."""
     if not is_checkpoint(name):
         mix = get_mixture(name)
-        return Problem(name, mix.event_shape if hasattr(mix, "event_shape") else (mix.dim,), mixture=mix)
+        return Problem(name, mix.event_shape, mixture=mix)
     path = Path(name).expanduser()
     if not path.is_file():
         raise ValueError(f"problem {name!r} is neither a mixture ({sorted(MIXTURES)}) nor a checkpoint file")
-    import scoresde as sd
-    if not hasattr(sd, "load_model"):  # pragma: no cover - until the training code is installed
-        raise ValueError("checkpoint problems need scoresde.load_model (the training module)")
-    model = sd.load_model(path, device=device) if device is not None else sd.load_model(path)
-    meta = model.checkpoint["data"]
-    shape = tuple(meta["event_shape"])
-    from .data import Scaler, build_dataset  # the training module's data sets
+    from .data import build_dataset
+    from .train import load_model
+
+    model = load_model(path, device=device)
     data_cfg = dict((model.checkpoint.get("config") or {}).get("data") or {})
-    data_name = data_cfg.pop("name", meta.get("name"))
-    data = build_dataset(data_name, **data_cfg)
-    scaler = Scaler(**meta["scaler"])
-    mixture = get_mixture(data_name) if data_name in MIXTURES else None
-    return Problem(name, shape, mixture=mixture, model=model, sde=model.sde,
-                   held_out=scaler.to_data(data.test).reshape(-1, *shape).cpu(),
-                   train=scaler.to_data(data.train).reshape(-1, *shape).cpu(),
-                   to_data=lambda x: scaler.to_data(x))
+    data = build_dataset(data_cfg.pop("name"), **data_cfg)
+    return Problem(name, tuple(data.event_shape), mixture=data.mixture, model=model, sde=model.sde, data=data)
 
 
 def _sync(device: torch.device) -> None:
@@ -372,7 +366,7 @@ class Bench:
             row["ode_err"], row["ode_err_med"] = float(err.mean()), float(err.median())
         else:
             row["ode_err"] = row["ode_err_med"] = nan
-        xd = p.to_data(x)
+        xd = x
         if p.mixture is not None:
             ms = metrics.mode_w2(xd, p.mixture)
             floor = self.w2_floor(p)

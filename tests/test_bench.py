@@ -175,3 +175,18 @@ def test_quick_app_run_writes_results_within_two_minutes(tmp_path):
     with open(tmp_path / "bench.csv") as f:
         got = list(csv.DictReader(f))
     assert len(got) == 18 and {r["sde"] for r in got} == {"vp", "ve"}
+
+
+@pytest.mark.slow
+def test_a_trained_checkpoint_is_a_problem_with_its_own_sde(tmp_path):
+    from tests._tiny import TINY, run
+
+    run(["-m", "scoresde.cli"] + TINY + [f"hydra.run.dir={tmp_path / 'train'}"], cwd=ROOT)
+    ckpt = tmp_path / "train" / "checkpoints" / "last.pt"
+    assert ckpt.is_file()
+    cells = bench.expand_grid([str(ckpt)], ["vp", "ve"], [bench.SamplerSpec("dpm", "dpm_solver")], [6], [0])
+    assert len(cells) == 1
+    row = bench.Bench(n=64, floor_repeats=1).run_cell(cells[0])
+    model = sd.load_model(ckpt)
+    assert row["sde"] == type(model.sde).__name__ and row["nfe"] == 6
+    assert math.isfinite(row["sw2"]) and math.isfinite(row["sw2_floor"]) and math.isfinite(row["ode_err"])

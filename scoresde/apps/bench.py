@@ -30,12 +30,13 @@ _KEYS = ("quick", "problems", "sdes", "budgets", "seeds", "n", "eps", "ref_tol",
 
 
 def config_path() -> str:
-    """conf/ of the installed package or of the source checkout (shared with the other apps)."""
-    try:
-        from ..cli import config_path as shared
-        return shared()
-    except ImportError:  # the other apps' module is not there yet: the checkout's conf/
-        return str(Path(__file__).resolve().parents[2] / "conf")
+    """conf/ of this source checkout when it is one (so a checkout's bench.yaml wins over that of
+    an installed copy), else the installed package's (:func:`scoresde.cli.config_path`)."""
+    local = Path(__file__).resolve().parents[2] / "conf"
+    if (local / "bench.yaml").is_file():
+        return str(local)
+    from ..cli import config_path as shared
+    return shared()
 
 
 def _load_average() -> str:
