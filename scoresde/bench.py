@@ -604,15 +604,17 @@ def _spec(label, name, nfe_per_step=1.0, min_nfe=1, max_nfe=10 ** 9, tolerances=
                 max_nfe=max_nfe, tolerances=tolerances)
 
 
-# label, sampler, how a budget maps to steps; options as measured best on the samplers benchmark
+# label, sampler, how a budget maps to steps.  Only the two first-order stochastic samplers go up to
+# 1,000 evaluations (the reference points); the others stop where they have converged, so the full
+# grid fits in about 15 minutes on one CPU core.
 DEFAULT_SAMPLERS: List[Dict[str, Any]] = [
     _spec("pc euler_maruyama", "pc", min_nfe=20, predictor="euler_maruyama", corrector="none"),
-    _spec("pc ancestral", "pc", min_nfe=20, predictor="ancestral", corrector="none"),
-    _spec("pc reverse_diffusion+langevin", "pc", 2.0, min_nfe=20, predictor="reverse_diffusion",
+    _spec("pc ancestral", "pc", min_nfe=20, max_nfe=200, predictor="ancestral", corrector="none"),
+    _spec("pc reverse_diffusion+langevin", "pc", 2.0, min_nfe=20, max_nfe=200, predictor="reverse_diffusion",
           corrector="langevin", langevin_norm="batch"),
     _spec("sde euler", "sde", min_nfe=20, method="euler"),
-    _spec("sde srk", "sde", 4.0, min_nfe=20, method="srk"),
-    _spec("ode rk4", "ode", 4.0, min_nfe=10, max_nfe=200, method="rk4"),
+    _spec("sde srk", "sde", 4.0, min_nfe=20, max_nfe=200, method="srk"),
+    _spec("ode rk4", "ode", 4.0, min_nfe=20, max_nfe=200, method="rk4"),
     _spec("ode dopri5", "ode", tolerances=[1e-3, 1e-4, 1e-5], method="dopri5"),
     _spec("dpm_solver 2", "dpm_solver", max_nfe=100, order=2),
     _spec("dpm_solver 3", "dpm_solver", max_nfe=100, order=3),
@@ -671,3 +673,131 @@ def run_grid(out_dir: Union[str, Path], problems: Sequence[str] = ("ring8", "ani
 
     bench.run(cells, progress=progress, on_row=save)
     return rows, write_results(rows, out_dir, prefix=prefix, title=title, preamble=preamble)
+
+
+# ---------------------------------------------------------------------------------------------
+# likelihood benchmark
+
+def _resolve(ref):
+    """A callable, or ``"module:function"`` imported (e.g. the reference method of
+    benchmarks/likelihood.py)."""
+    if ref is None or callable(ref):
+        return ref
+    import importlib
+
+    mod, _, fn = str(ref).partition(":")
+    if not fn:
+        raise ValueError(f"reference must be 'module:function', got {ref!r}")
+    return getattr(importlib.import_module(mod), fn)
+
+
+def likelihood_rows(problems: Sequence[str] = ("ring8", "aniso16"), sdes: Sequence[str] = ("vp", "subvp", "ve"),
+                    n: int = 500, tolerances: Sequence[float] = (1e-3, 1e-4, 1e-5, 1e-6),
+                    probes: Sequence[int] = (1, 2, 4, 8), probe_tol: float = 1e-5, eps: float = 1e-5,
+                    reference=None, seed: int = 0, progress: bool = True) -> List[Dict[str, Any]]:
+    """Probability-flow log-likelihoods of n exact mixture samples against their exact log p_eps.
+
+    Per problem and SDE (the prior term is the exact log p_T, so the error is the solver's):
+
+    * ``exact`` divergence at each tolerance (rtol = atol): mean and max |logp - exact|, NFE,
+      seconds, seconds per sample;
+    * ``hutchinson`` with each number of probes at ``probe_tol``: the same, plus ``sd``: the
+      standard deviation over samples of (Hutchinson - exact-trace) log p, the estimator's noise;
+    * ``reference``: the reference method (Song et al.'s likelihood.py: scipy RK45 over a
+      NumPy-flattened state with one probe), when given as ``reference(score_fn, sde, x, eps=,
+      rtol=, atol=, generator=) -> (logp [B], nfe, seconds)`` or ``"module:function"``, at each
+      tolerance.
+    """
+    import scoresde as sd
+
+    log_likelihood = getattr(sd, "log_likelihood", None)
+    if log_likelihood is None:  # pragma: no cover - until the likelihood module is installed
+        raise ValueError("the likelihood benchmark needs scoresde.log_likelihood")
+    ref_fn = _resolve(reference)
+    from tqdm.auto import tqdm
+
+    jobs = [(p, s) for p in problems for s in sdes]
+    rows: List[Dict[str, Any]] = []
+    for prob, sde_name in tqdm(jobs, desc="likelihood", disable=not progress):
+        mix, sde = get_mixture(prob), get_sde(sde_name)
+        score = mix.score_fn(sde)
+        x = mix.sample(n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        exact = mix.log_prob_t(x, sde, eps)
+        prior = lambda z, mix=mix, sde=sde: mix.log_prob_t(z, sde, sde.T)  # noqa: E731
+
+        def row(method, tol, k, logp, nfe, seconds, trace=None):
+            err = (logp.double().cpu() - exact).abs()
+            r = dict(problem=prob, sde=sde_name, method=method, tol=tol, probes=k, n=n, nfe=int(nfe),
+                      seconds=seconds, sec_per_sample=seconds / n, err_mean=float(err.mean()),
+                      err_max=float(err.max()), sd=float("nan"))
+            if trace is not None:
+                r["sd"] = float((logp.double().cpu() - trace).std())
+            rows.append(r)
+
+        trace = None
+        for tol in tolerances:
+            res = log_likelihood(score, sde, x, divergence="exact", rtol=tol, atol=tol, eps=eps, prior_logp=prior)
+            row("exact trace", tol, 0, res.logp, res.nfe, res.seconds)
+            if tol == probe_tol:
+                trace = res.logp.double().cpu()
+        if trace is None:
+            trace = log_likelihood(score, sde, x, divergence="exact", rtol=probe_tol, atol=probe_tol, eps=eps,
+                                   prior_logp=prior).logp.double().cpu()
+        for k in probes:
+            res = log_likelihood(score, sde, x, divergence="hutchinson", probes=int(k), rtol=probe_tol,
+                                 atol=probe_tol, eps=eps, prior_logp=prior,
+                                 generator=torch.Generator().manual_seed(seed + 1))
+            row("hutchinson", probe_tol, int(k), res.logp, res.nfe, res.seconds, trace)
+        if ref_fn is not None:
+            for tol in tolerances:
+                logp, nfe, seconds = ref_fn(score, sde, x, eps=eps, rtol=tol, atol=tol,
+                                            generator=torch.Generator().manual_seed(seed + 1))
+                row("reference (scipy RK45, 1 probe)", tol, 1, torch.as_tensor(logp), nfe, seconds, trace)
+    return rows
+
+
+def write_likelihood(rows: Sequence[Dict[str, Any]], out_dir: Union[str, Path], prefix: str = "likelihood",
+                     preamble: str = "") -> List[Path]:
+    """likelihood.csv, likelihood.md (per problem and SDE) and likelihood.png (error against NFE)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    csv_path = write_csv(rows, out_dir / f"{prefix}.csv")
+    md = ["# Likelihood benchmark\n", preamble]
+    cols = [("method", lambda r: r["method"]), ("tol", lambda r: _f(r["tol"], "g")),
+            ("probes", lambda r: str(r["probes"]) if r["probes"] else "exact"), ("NFE", lambda r: str(r["nfe"])),
+            ("mean abs err (nats)", lambda r: _f(r["err_mean"], ".2e")),
+            ("max abs err", lambda r: _f(r["err_max"], ".2e")),
+            ("sd vs exact trace", lambda r: _f(r["sd"], ".3f")), ("s", lambda r: _f(r["seconds"], ".2f")),
+            ("ms / sample", lambda r: _f(1e3 * r["sec_per_sample"], ".3f"))]
+    keys = sorted({(r["problem"], r["sde"]) for r in rows}, key=lambda k: (k[0], _sde_order(k[1])))
+    for prob, s in keys:
+        md += [f"## {prob}, {s}\n", md_table([r for r in rows if r["problem"] == prob and r["sde"] == s], cols)]
+    md_path = out_dir / f"{prefix}.md"
+    md_path.write_text("\n".join(md))
+    probs = list(dict.fromkeys(k[0] for k in keys))
+    sdes = sorted({k[1] for k in keys}, key=_sde_order)
+    fig, axes = plt.subplots(len(probs), len(sdes), figsize=(4.8 * len(sdes), 3.8 * len(probs)), squeeze=False)
+    for i, prob in enumerate(probs):
+        for j, s in enumerate(sdes):
+            ax = axes[i][j]
+            rs = [r for r in rows if r["problem"] == prob and r["sde"] == s]
+            for m, style in (("exact trace", "o-"), ("reference (scipy RK45, 1 probe)", "s--")):
+                pts = sorted((r["nfe"], r["err_mean"]) for r in rs if r["method"] == m)
+                if pts:
+                    ax.plot([a for a, _ in pts], [b for _, b in pts], style, label=m)
+            for r in rs:
+                if r["method"] == "hutchinson":
+                    ax.plot([r["nfe"]], [r["err_mean"]], "^", color="C2", alpha=0.4 + 0.6 * min(r["probes"], 8) / 8)
+            ax.set_xscale("log"), ax.set_yscale("log")
+            ax.set_xlabel("NFE"), ax.set_ylabel("mean |log p - exact| (nats)")
+            ax.set_title(f"{prob}, {s} (triangles: Hutchinson)", fontsize=9)
+            ax.grid(True, which="both", alpha=0.2)
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    png = out_dir / f"{prefix}.png"
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return [csv_path, md_path, png]

@@ -26,7 +26,7 @@ log = logging.getLogger("scoresde")
 __all__ = ["run_bench", "main", "config_path"]
 
 _KEYS = ("quick", "problems", "sdes", "budgets", "seeds", "n", "eps", "ref_tol", "floor_repeats", "device",
-         "threads", "samplers", "only", "progress", "out_dir", "quick_settings")
+         "threads", "samplers", "only", "progress", "out_dir", "quick_settings", "likelihood")
 
 
 def config_path() -> str:
@@ -76,6 +76,14 @@ def run_bench(cfg: Dict[str, Any], out_dir: Path):
                                  progress=bool(cfg.get("progress", True)), preamble=preamble)
     with open(files[1], "a") as f:
         f.write(f"\nLoad average at the end: {_load_average()}.\n")
+    lk = dict(cfg.get("likelihood") or {})
+    if lk.pop("enabled", False):
+        lk_rows = bench.likelihood_rows(progress=bool(cfg.get("progress", True)), **lk)
+        files += bench.write_likelihood(lk_rows, out, prefix="bench_likelihood", preamble=(
+            f"Measured with `scoresde-bench likelihood.enabled=true`: torch {torch.__version__}, {threads} thread(s), "
+            f"load average {_load_average()}.  Error = |log p - exact log p_eps| in nats with the exact prior "
+            "term (the solver's error alone); sd = standard deviation over samples of the Hutchinson estimate "
+            "minus the exact-trace value.\n"))
     log.info("%d cells written to %s", len(rows), out)
     return rows, files
 
