@@ -37,6 +37,12 @@ records:
   from the same z by dopri5 at rtol = atol = ``ref_tol`` (1e-9) in float64, and ``ode_err_med``,
   its median.
 
+The **likelihood benchmark** (:func:`likelihood_rows`, :func:`write_likelihood`) computes
+``sd.log_likelihood`` of exact mixture samples against their exact log p_eps: error against
+tolerance and NFE, the exact trace against Hutchinson with 1..K probes (the estimator's spread and
+its time), time per sample, and beside them a reference method passed in as a callable (Song et
+al.'s scipy RK45 over a flattened NumPy state, re-created in benchmarks/likelihood.py).
+
 A **problem** is an exact-score Gaussian mixture by name (``ring8``, ``aniso16``, ...: every error
 is the sampler's) or the path of a trained checkpoint (:func:`scoresde.load_model`); a checkpoint
 brings its own SDE, and its samples are judged in its model space against its data set's held-out
@@ -285,12 +291,13 @@ class Bench:
     """
 
     def __init__(self, n: int = 10_000, eps: float = 1e-3, device=None, dtype: torch.dtype = torch.float32,
-                 ref_tol: float = 1e-9, floor_repeats: int = 5, n_proj: int = 256):
+                 ref_tol: float = 1e-9, floor_repeats: int = 5, n_proj: int = 256, quality: bool = True):
         if n < 2:
             raise ValueError(f"n must be at least 2, got {n}")
         self.n, self.eps, self.dtype = int(n), float(eps), dtype
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.ref_tol, self.floor_repeats, self.n_proj = ref_tol, floor_repeats, n_proj
+        self.quality = quality  # False: NFE and timings only (no reference solve, no distances)
         self.problems: Dict[str, Problem] = {}
         self._floor: Dict[str, float] = {}
         self._sw2_floor: Dict[str, float] = {}
@@ -359,6 +366,11 @@ class Bench:
         # (on a shared machine this is far steadier than NFE x a separately timed evaluation)
         row["score_seconds"] = timed.seconds / max(timed.calls, 1)
         row["overhead"] = out.seconds / timed.seconds if timed.seconds > 0 else float("nan")
+        nan = float("nan")
+        if not self.quality:
+            row.update({k: nan for k in ("ode_err", "ode_err_med", "w2", "weight_error", "w2_floor", "w2_ratio",
+                                         "sw2", "sw2_floor")})
+            return row
         deterministic = cell.sampler in DETERMINISTIC and not cell.opts.get("denoise", False)
         if deterministic:
             err = (x - self.reference(p, cell.sde, cell.seed)).reshape(self.n, -1).norm(dim=1)
@@ -604,15 +616,15 @@ def _spec(label, name, nfe_per_step=1.0, min_nfe=1, max_nfe=10 ** 9, tolerances=
                 max_nfe=max_nfe, tolerances=tolerances)
 
 
-# label, sampler, how a budget maps to steps.  Only the two first-order stochastic samplers go up to
-# 1,000 evaluations (the reference points); the others stop where they have converged, so the full
-# grid fits in about 15 minutes on one CPU core.
+# label, sampler, how a budget maps to steps.  Only Euler-Maruyama goes up to 1,000 evaluations (the
+# reference point); the others stop where they have converged, so the full grid fits in about 15
+# minutes on one CPU core.
 DEFAULT_SAMPLERS: List[Dict[str, Any]] = [
     _spec("pc euler_maruyama", "pc", min_nfe=20, predictor="euler_maruyama", corrector="none"),
     _spec("pc ancestral", "pc", min_nfe=20, max_nfe=200, predictor="ancestral", corrector="none"),
     _spec("pc reverse_diffusion+langevin", "pc", 2.0, min_nfe=20, max_nfe=200, predictor="reverse_diffusion",
           corrector="langevin", langevin_norm="batch"),
-    _spec("sde euler", "sde", min_nfe=20, method="euler"),
+    _spec("sde euler", "sde", min_nfe=20, max_nfe=500, method="euler"),
     _spec("sde srk", "sde", 4.0, min_nfe=20, max_nfe=200, method="srk"),
     _spec("ode rk4", "ode", 4.0, min_nfe=20, max_nfe=200, method="rk4"),
     _spec("ode dopri5", "ode", tolerances=[1e-3, 1e-4, 1e-5], method="dopri5"),
@@ -801,3 +813,66 @@ def write_likelihood(rows: Sequence[Dict[str, Any]], out_dir: Union[str, Path], 
     fig.savefig(png, dpi=110)
     plt.close(fig)
     return [csv_path, md_path, png]
+
+
+# ---------------------------------------------------------------------------------------------
+# sampler overhead
+
+def overhead_rows(batches: Sequence[int] = (1000, 10_000, 50_000), budget: int = 50, problem: str = "ring8",
+                  sde: str = "vp", samplers: Optional[Sequence[Dict[str, Any]]] = None, repeats: int = 2,
+                  only: Optional[Sequence[str]] = None, progress: bool = True) -> List[Dict[str, Any]]:
+    """Overhead (wall time / time inside the score) of each sampler at ``budget`` NFE, per batch size.
+
+    Each sampler runs ``repeats`` times per batch size; the row keeps the smallest overhead (the
+    run least disturbed by other jobs).  Adaptive samplers run at their tightest tolerance.
+    """
+    from tqdm.auto import tqdm
+
+    specs = specs_from_config(samplers if samplers is not None else DEFAULT_SAMPLERS)
+    if only is not None:
+        specs = [s for s in specs if s.label in set(only)]
+    out = []
+    jobs = []
+    for b in batches:
+        runner = Bench(n=int(b), quality=False)
+        for spec in specs:
+            if spec.tolerances is not None:
+                tol = min(spec.tolerances)
+                opts = {**spec.options, "rtol": tol, "atol": tol}
+            else:
+                opts = {**spec.options, "steps": max(1, int(round(budget / spec.nfe_per_step)))}
+            jobs.append((runner, Cell(problem, sde, spec.label, spec.name, tuple(sorted(opts.items())),
+                                      None if spec.tolerances is not None else budget,
+                                      min(spec.tolerances) if spec.tolerances is not None else None, 0)))
+    for runner, c in tqdm(jobs, desc="overhead", disable=not progress):
+        rows = [runner.run_cell(c) for _ in range(repeats)]
+        out.append(min(rows, key=lambda r: r["overhead"]))
+    return out
+
+
+def write_overhead(rows: Sequence[Dict[str, Any]], out_dir: Union[str, Path], prefix: str = "bench_overhead",
+                   preamble: str = "") -> List[Path]:
+    """A table sampler x batch size of overheads (goal <= 1.1), as CSV and Markdown."""
+    out_dir = Path(out_dir)
+    csv_path = write_csv(rows, out_dir / f"{prefix}.csv")
+    batches = sorted({int(r["n"]) for r in rows})
+    labels = list(dict.fromkeys(r["label"] for r in rows))
+    by = {(r["label"], int(r["n"])): r for r in rows}
+
+    def cell_str(lab, b):
+        r = by.get((lab, b))
+        if r is None:
+            return ""
+        v = float(r["overhead"])
+        return f"{v:.3f}" if v <= 1.1 else f"**{v:.3f}**"
+
+    cols = [("sampler", lambda lab: lab), ("NFE", lambda lab: str(by[(lab, batches[0])]["nfe"]))]
+    cols += [(f"n = {b:,}", (lambda b: lambda lab: cell_str(lab, b))(b)) for b in batches]
+    cols += [(f"score ms (n = {b:,})", (lambda b: lambda lab: _f(1e3 * float(by[(lab, b)]["score_seconds"]), ".2f"))(b))
+             for b in batches[-1:]]
+    md = ["# Sampler overhead: wall time / (NFE x time of one score evaluation), goal <= 1.1\n", preamble,
+          md_table(labels, cols), "Bold: above the goal.  The score evaluations are timed inside the run "
+          "(scoresde.bench.TimedScore), so the ratio does not drift with the machine's load.\n"]
+    md_path = out_dir / f"{prefix}.md"
+    md_path.write_text("\n".join(md))
+    return [csv_path, md_path]

@@ -143,6 +143,7 @@ def test_writers_produce_csv_markdown_and_plots(tmp_path):
 def test_app_runs_a_tiny_grid(tmp_path):
     cmd = [sys.executable, "-m", "scoresde.apps.bench", "problems=[ring8]", "sdes=[vp]", "budgets=[10]",
            "seeds=[0]", "n=300", "floor_repeats=1", "only=[dpm_solver 2,heun]", "progress=false",
+           "overhead.batches=[300]", "overhead.budget=10",
            f"hydra.run.dir={tmp_path}"]
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
@@ -150,6 +151,7 @@ def test_app_runs_a_tiny_grid(tmp_path):
         got = list(csv.DictReader(f))
     assert [(r["label"], r["nfe"]) for r in got] == [("dpm_solver 2", "10"), ("heun", "10")]
     assert (tmp_path / "bench.md").exists() and (tmp_path / "bench_ring8.png").exists()
+    assert "| heun | 10 |" in (tmp_path / "bench_overhead.md").read_text()
 
 
 def test_bench_config_composes_and_rejects_unknown_labels_and_keys(tmp_path):
@@ -223,3 +225,20 @@ def test_likelihood_rows_measure_error_against_the_exact_density(monkeypatch, tm
     files = bench.write_likelihood(rows, tmp_path)
     assert [f.name for f in files] == ["likelihood.csv", "likelihood.md", "likelihood.png"]
     assert "| reference (scipy RK45, 1 probe) | 0.001 | 1 | 77 |" in (tmp_path / "likelihood.md").read_text()
+
+
+def test_overhead_rows_time_each_sampler_per_batch_without_quality_metrics(tmp_path):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        specs = [s for s in bench.DEFAULT_SAMPLERS if s["label"] in ("heun", "ode dopri5")]
+        rows = bench.overhead_rows(batches=[200, 400], budget=10, samplers=specs, repeats=1, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert [(r["label"], r["n"]) for r in rows] == [("ode dopri5", 200), ("heun", 200), ("ode dopri5", 400),
+                                                    ("heun", 400)]
+    heun = rows[1]
+    assert heun["nfe"] == 10 and heun["overhead"] > 1.0 and math.isnan(heun["w2"]) and math.isnan(heun["ode_err"])
+    assert heun["overhead"] == pytest.approx(heun["seconds"] / (heun["nfe"] * heun["score_seconds"]), rel=1e-12)
+    files = bench.write_overhead(rows, tmp_path)
+    assert "| heun | 10 |" in files[1].read_text()

@@ -26,7 +26,7 @@ log = logging.getLogger("scoresde")
 __all__ = ["run_bench", "main", "config_path"]
 
 _KEYS = ("quick", "problems", "sdes", "budgets", "seeds", "n", "eps", "ref_tol", "floor_repeats", "device",
-         "threads", "samplers", "only", "progress", "out_dir", "quick_settings", "likelihood")
+         "threads", "samplers", "only", "progress", "out_dir", "quick_settings", "likelihood", "overhead")
 
 
 def config_path() -> str:
@@ -76,6 +76,13 @@ def run_bench(cfg: Dict[str, Any], out_dir: Path):
                                  progress=bool(cfg.get("progress", True)), preamble=preamble)
     with open(files[1], "a") as f:
         f.write(f"\nLoad average at the end: {_load_average()}.\n")
+    ov = dict(cfg.get("overhead") or {})
+    if ov.pop("enabled", False):
+        ov_rows = bench.overhead_rows(samplers=cfg.get("samplers"), only=cfg.get("only"), progress=bool(cfg.get("progress", True)), **ov)
+        files += bench.write_overhead(ov_rows, out, preamble=(
+            f"Measured with `scoresde-bench`: {ov.get('problem', 'ring8')}, {ov.get('sde', 'vp')}, exact mixture "
+            f"score, torch {torch.__version__}, {threads} thread(s), load average {_load_average()}; the smaller "
+            "of two runs.\n"))
     lk = dict(cfg.get("likelihood") or {})
     if lk.pop("enabled", False):
         lk_rows = bench.likelihood_rows(progress=bool(cfg.get("progress", True)), **lk)
