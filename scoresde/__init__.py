@@ -8,6 +8,7 @@ functions plug into every sampler and into the likelihood alike.
 from .sde import SDE, VPSDE, SubVPSDE, VESDE, ReverseSDE, get_sde
 from .mixture import GaussianMixture, ring8, anisotropic, get_mixture
 from . import metrics
+from .likelihood import log_likelihood, bits_per_dim, LikelihoodResult, BitsPerDimResult
 
 __version__ = "0.1.0"
 
@@ -15,4 +16,5 @@ __all__ = [
     "SDE", "VPSDE", "SubVPSDE", "VESDE", "ReverseSDE", "get_sde",
     "GaussianMixture", "ring8", "anisotropic", "get_mixture",
     "metrics",
+    "log_likelihood", "bits_per_dim", "LikelihoodResult", "BitsPerDimResult",
 ]
