@@ -12,7 +12,10 @@ carries p_eps to p_T, and along one of its paths the instantaneous change of var
 
 ``log_likelihood`` integrates the augmented state [x, Delta] with torchdiffeq on the data's device,
 replaces log p_T by the prior ``sde.prior_logp`` and reports log p_eps(x) in nats.  With the exact
-score of p_t the only errors are the solver's and the prior's (p_T is not exactly N(0, prior_std^2)).
+score of p_t the only errors are the solver's and the prior's: p_T is not exactly N(0, prior_std^2),
+and for VE with sigma_max = 50 that mismatch alone is about 1.4e-3 nats/dim on the 2-d ring and
+1.8e-3 on the 16-d mixture (5e-4 and less for VP).  ``prior_logp=`` takes the exact p_T where it is
+known, to measure or remove it.
 
 **The time variable.**  ``time_variable="t"`` integrates (1) as written, as Song et al. do.  The
 default ``"vp"`` integrates the same ODE after an exact change of variables that puts every linear
