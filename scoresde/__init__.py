@@ -14,6 +14,7 @@ from .score import ScoreModel, build_score_model
 from .losses import DSMLoss, dsm_loss
 from . import nn, data
 from .train import Trainer, load_model
+from .likelihood import log_likelihood, bits_per_dim, LikelihoodResult, BitsPerDimResult
 from . import bench
 
 __version__ = "0.1.0"
@@ -24,5 +25,6 @@ __all__ = [
     "metrics",
     "samplers", "sample", "build_sampler", "SampleResult",
     "ScoreModel", "build_score_model", "DSMLoss", "dsm_loss", "nn", "data", "Trainer", "load_model",
+    "log_likelihood", "bits_per_dim", "LikelihoodResult", "BitsPerDimResult",
     "bench",
 ]

@@ -717,8 +717,9 @@ def likelihood_rows(problems: Sequence[str] = ("ring8", "aniso16"), sdes: Sequen
       standard deviation over samples of (Hutchinson - exact-trace) log p, the estimator's noise;
     * ``reference``: the reference method (Song et al.'s likelihood.py: scipy RK45 over a
       NumPy-flattened state with one probe), when given as ``reference(score_fn, sde, x, eps=,
-      rtol=, atol=, generator=) -> (logp [B], nfe, seconds)`` or ``"module:function"``, at each
-      tolerance.
+      rtol=, atol=, generator=) -> (logp [B], z, nfe, seconds)`` or ``"module:function"``
+      (:func:`song_reference`: the re-creation in benchmarks/likelihood.py), at each tolerance;
+      its prior term is swapped for the exact one too.
     """
     import scoresde as sd
 
@@ -762,9 +763,12 @@ def likelihood_rows(problems: Sequence[str] = ("ring8", "aniso16"), sdes: Sequen
             row("hutchinson", probe_tol, int(k), res.logp, res.nfe, res.seconds, trace)
         if ref_fn is not None:
             for tol in tolerances:
-                logp, nfe, seconds = ref_fn(score, sde, x, eps=eps, rtol=tol, atol=tol,
-                                            generator=torch.Generator().manual_seed(seed + 1))
-                row("reference (scipy RK45, 1 probe)", tol, 1, torch.as_tensor(logp), nfe, seconds, trace)
+                logp, z, nfe, seconds = ref_fn(score, sde, x, eps=eps, rtol=tol, atol=tol,
+                                               generator=torch.Generator().manual_seed(seed + 1))
+                # the same exact prior term as ours, so both errors are the solvers' alone
+                logp = (torch.as_tensor(logp).double().cpu() - sde.prior_logp(z.double()).cpu()
+                        + prior(z.double()).cpu())
+                row("reference (scipy RK45, 1 probe)", tol, 1, logp, nfe, seconds, trace)
     return rows
 
 
@@ -876,3 +880,22 @@ def write_overhead(rows: Sequence[Dict[str, Any]], out_dir: Union[str, Path], pr
     md_path = out_dir / f"{prefix}.md"
     md_path.write_text("\n".join(md))
     return [csv_path, md_path]
+
+
+def song_reference(score_fn, sde: SDE, x: Tensor, *, eps: float, rtol: float, atol: float,
+                   generator: Optional[torch.Generator] = None):
+    """The reference method re-created in benchmarks/likelihood.py (scipy RK45 over a flattened
+    NumPy state, one Rademacher probe), in :func:`likelihood_rows`' interface:
+    ``(logp [B], z, nfe, seconds)``.  Needs a source checkout (benchmarks/ is not installed)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "likelihood.py"
+    if not path.is_file():
+        raise ValueError(f"the reference method lives in {path}, which this installation lacks")
+    spec = importlib.util.spec_from_file_location("_scoresde_benchmarks_likelihood", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    probe = (torch.randint(0, 2, tuple(x.shape), generator=generator) * 2 - 1).to(torch.float32)
+    t0 = time.perf_counter()
+    logp, z, nfe = mod.reference_log_likelihood(score_fn, sde, x.float(), probe, rtol=rtol, atol=atol, eps=eps)
+    return logp, z, int(nfe), time.perf_counter() - t0

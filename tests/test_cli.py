@@ -24,15 +24,6 @@ def _compose(overrides=()):
         return compose(config_name="train", overrides=list(overrides))
 
 
-@pytest.fixture(autouse=True)
-def eval_functions(monkeypatch):
-    import _eval_fallback as fb
-    if not hasattr(sd, "sample"):
-        monkeypatch.setattr(sd, "sample", fb.sample, raising=False)
-    if not hasattr(sd, "log_likelihood"):
-        monkeypatch.setattr(sd, "log_likelihood", fb.log_likelihood, raising=False)
-
-
 def test_config_path_falls_back_to_the_checkout():
     path = cli.config_path()
     assert path == "pkg://scoresde.conf" or Path(path) == CONF
@@ -110,15 +101,11 @@ from scoresde.apps import likelihood as likelihood_app, sample as sample_app  # 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A run directory trained for a few steps (ring8, VP), with its checkpoint."""
-    import _eval_fallback as fb
     run_dir = tmp_path_factory.mktemp("trained")
     cfg = OmegaConf.to_container(_compose(TINY + ["eval.n_nll=16", "eval.rtol=1e-4", "eval.atol=1e-4",
                                                   "eval.eps=1e-5"]), resolve=True)
-    with pytest.MonkeyPatch.context() as mp:
-        if not hasattr(sd, "log_likelihood"):
-            mp.setattr(sd, "log_likelihood", fb.log_likelihood, raising=False)
-        from scoresde.train import train
-        train(cfg, run_dir)
+    from scoresde.train import train
+    train(cfg, run_dir)
     return run_dir
 
 
@@ -153,25 +140,21 @@ def test_sample_app_matches_the_library_call(trained, tmp_path, monkeypatch):
 
 
 def test_likelihood_app_reproduces_the_trainers_nll_and_reports_kl(trained, tmp_path, monkeypatch):
-    import _eval_fallback as fb
-    if not hasattr(sd, "log_likelihood"):
-        monkeypatch.setattr(sd, "log_likelihood", fb.log_likelihood, raising=False)
     ckpt = trained / "checkpoints" / "last.pt"
     _app(monkeypatch, likelihood_app.main, [f"checkpoint={ckpt}", f"hydra.run.dir={tmp_path}", "n=16",
                                             "batch_size=8", "rtol=1e-4", "atol=1e-4"])
     out = json.loads((tmp_path / "likelihood.json").read_text())
     metrics = json.loads((trained / "metrics.json").read_text())
-    # the same 16 held-out points, tolerances and eps as the trainer's evaluation (two batches here)
+    # the same 16 held-out points, tolerances and eps as the trainer's evaluation (two batches here);
+    # the adaptive solver picks other steps for other batches, so the two agree to the solver's
+    # tolerance (rtol=1e-4 of |log p| ~ 12), while a different set of points would differ by ~1 nat
     assert out["n"] == 16 and out["split"] == "test" and len(out["nfe_per_batch"]) == 2
-    assert out["nll"] == pytest.approx(metrics["nll"], abs=1e-4)
-    assert out["kl"] == pytest.approx(metrics["kl"], abs=1e-4)
+    assert out["nll"] == pytest.approx(metrics["nll"], abs=5e-3)
+    assert out["kl"] == pytest.approx(metrics["kl"], abs=5e-3)
     assert out["bits_per_dim"] is None and out["seconds"] > 0 and out["nfe"] == sum(out["nfe_per_batch"])
 
 
 def test_likelihood_app_train_split_of_a_toy_set_draws_fresh_points(trained, tmp_path, monkeypatch):
-    import _eval_fallback as fb
-    if not hasattr(sd, "log_likelihood"):
-        monkeypatch.setattr(sd, "log_likelihood", fb.log_likelihood, raising=False)
     res = likelihood_app.checkpoint_likelihood(trained / "checkpoints" / "last.pt", split="train", n=8,
                                                rtol=1e-3, atol=1e-3)
     assert res["n"] == 8 and res["split"] == "train"

@@ -12,17 +12,6 @@ from scoresde.train import (CheckpointError, Trainer, TrainingDiverged, build_fr
                             load_model, resolve_device, save_checkpoint, train)
 
 
-@pytest.fixture(autouse=True)
-def eval_functions(monkeypatch):
-    """sd.sample / sd.log_likelihood come from the samplers and likelihood branches; until they
-    are on main, the evaluation runs on the tests' tiny stand-ins."""
-    import _eval_fallback as fb
-    if not hasattr(sd, "sample"):
-        monkeypatch.setattr(sd, "sample", fb.sample, raising=False)
-    if not hasattr(sd, "log_likelihood"):
-        monkeypatch.setattr(sd, "log_likelihood", fb.log_likelihood, raising=False)
-
-
 def tiny_config(steps=12, **train_kw):
     return {
         "seed": 3,

@@ -20,7 +20,6 @@ these, the NFE (summed over batches, and per batch) and the seconds.
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import math
@@ -93,8 +92,6 @@ def checkpoint_likelihood(checkpoint, split: str = "test", n: Optional[int] = 20
         raise ValueError(f"n must be positive or null (the whole split), got {n}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    if not hasattr(sd, "log_likelihood"):
-        raise ValueError("sd.log_likelihood is not available in this installation of scoresde")
     model = (checkpoint if isinstance(checkpoint, torch.nn.Module)
              else load_model(checkpoint_path(str(checkpoint)), device=resolve_device(device), ema=ema))
     dev = next(model.parameters()).device
@@ -102,9 +99,7 @@ def checkpoint_likelihood(checkpoint, split: str = "test", n: Optional[int] = 20
     data = build_dataset(data_cfg.pop("name"), **data_cfg)
     g = cpu_generator(seed)
     x = _points(data, split, n, g)
-    kwargs: Dict[str, Any] = dict(divergence=divergence, rtol=rtol, atol=atol, eps=eps)
-    if "generator" in inspect.signature(sd.log_likelihood).parameters:
-        kwargs["generator"] = g
+    kwargs: Dict[str, Any] = dict(divergence=divergence, rtol=rtol, atol=atol, eps=eps, generator=g)
     logps, nfes = [], []
     t0 = time.perf_counter()
     for start in range(0, x.shape[0], batch_size):
