@@ -441,6 +441,22 @@ def aggregate(rows: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
     return out
 
 
+def read_csv(path: Union[str, Path]) -> List[Dict[str, Any]]:
+    """Rows written by :func:`write_csv`, numbers as numbers (to redraw tables and plots)."""
+    out = []
+    with open(path, newline="") as f:
+        for r in csv.DictReader(f):
+            for k, v in r.items():
+                if k in _NUMERIC or k in ("n", "seed"):
+                    r[k] = float(v) if v != "" else float("nan")
+                elif k in ("budget",) and v != "":
+                    r[k] = int(float(v))
+                elif k in ("tol",) and v != "":
+                    r[k] = float(v)
+            out.append(r)
+    return out
+
+
 def write_csv(rows: Sequence[Dict[str, Any]], path: Union[str, Path]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -568,7 +584,8 @@ def write_plots(rows: Sequence[Dict[str, Any]], out_dir: Union[str, Path], prefi
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     labels = list(dict.fromkeys(r["label"] for r in agg))
-    colors = {lab: f"C{i % 10}" for i, lab in enumerate(labels)}
+    cmap = plt.get_cmap("tab10" if len(labels) <= 10 else "tab20")
+    colors = {lab: cmap(i % cmap.N) for i, lab in enumerate(labels)}
     marks = "os^vDx*<>ph"
     for prob in dict.fromkeys(r["problem"] for r in agg):
         prs = [r for r in agg if r["problem"] == prob]
