@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from scoresde.data.images import (DIGITS_LEVELS, from_model_range, load_digits, load_image_folder,
+from scoresde.data.images import (DIGITS_LEVELS, digits_split, from_model_range, load_digits, load_image_folder,
                                   load_torchvision, to_model_range)
 
 
@@ -74,6 +74,20 @@ def test_digits_dequantized_stay_in_their_bins(gen):
     kk = from_model_range(k, DIGITS_LEVELS).float()
     assert ((x + 1) * DIGITS_LEVELS / 2 - kk).min() >= 0
     assert ((x + 1) * DIGITS_LEVELS / 2 - kk).max() < 1
+
+
+def test_digits_split_is_a_fixed_disjoint_partition():
+    xtr, ytr, xte, yte = digits_split(n_test=300, seed=0)
+    assert xtr.shape == (1497, 1, 8, 8) and xte.shape == (300, 1, 8, 8)
+    again = digits_split(n_test=300, seed=0)
+    assert torch.equal(again[2], xte) and torch.equal(again[3], yte)
+    x, y = load_digits()
+    assert sorted(torch.cat([ytr, yte]).tolist()) == sorted(y.tolist())
+    # every class appears in the held-out set (about 30 each)
+    assert torch.bincount(yte, minlength=10).min() > 10
+    assert not torch.equal(digits_split(n_test=300, seed=1)[2], xte)
+    with pytest.raises(ValueError, match="n_test"):
+        digits_split(n_test=0)
 
 
 def _pattern(h, w, c, seed):

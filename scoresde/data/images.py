@@ -33,7 +33,7 @@ import torch
 Tensor = torch.Tensor
 
 __all__ = [
-    "to_model_range", "from_model_range", "load_digits", "load_image_folder",
+    "to_model_range", "from_model_range", "load_digits", "digits_split", "load_image_folder",
     "load_torchvision", "IMAGE_EXTENSIONS", "DIGITS_LEVELS",
 ]
 
@@ -97,6 +97,21 @@ def load_digits(dequantize: bool = False, generator: Optional[torch.Generator] =
     k = torch.from_numpy(d.images.astype(np.float32)).unsqueeze(1)
     x = to_model_range(k, levels=DIGITS_LEVELS, dequantize=dequantize, generator=generator)
     return x, torch.from_numpy(d.target.astype(np.int64))
+
+
+def digits_split(n_test: int = 300, seed: int = 0, dequantize: bool = False,
+                 generator: Optional[torch.Generator] = None) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The digits shuffled by ``seed`` and split: ``(x_train, y_train, x_test, y_test)``.
+
+    The same ``(n_test, seed)`` always gives the same split, so a model trained on ``x_train`` and
+    a classifier judging its samples can share one held-out set (``benchmarks/digits.py``).
+    """
+    x, y = load_digits(dequantize=dequantize, generator=generator)
+    if not 0 < n_test < x.shape[0]:
+        raise ValueError(f"n_test must lie in [1, {x.shape[0] - 1}], got {n_test}")
+    perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))
+    tr, te = perm[:-n_test], perm[-n_test:]
+    return x[tr], y[tr], x[te], y[te]
 
 
 def _channels_mode(channels: int) -> str:
