@@ -8,6 +8,8 @@ functions plug into every sampler and into the likelihood alike.
 from .sde import SDE, VPSDE, SubVPSDE, VESDE, ReverseSDE, get_sde
 from .mixture import GaussianMixture, ring8, anisotropic, get_mixture
 from . import metrics
+from . import samplers
+from .samplers import sample, build_sampler, SampleResult
 
 __version__ = "0.1.0"
 
@@ -15,4 +17,5 @@ __all__ = [
     "SDE", "VPSDE", "SubVPSDE", "VESDE", "ReverseSDE", "get_sde",
     "GaussianMixture", "ring8", "anisotropic", "get_mixture",
     "metrics",
+    "samplers", "sample", "build_sampler", "SampleResult",
 ]

@@ -1,0 +1,241 @@
+"""Samplers for score-based generative models: one entry point, one registry, exact NFE.
+
+>>> import torch, scoresde as sd
+>>> sde, mix = sd.VPSDE(), sd.ring8()
+>>> out = sd.sample(mix.score_fn(sde), sde, (500, 2), sampler="dpm_solver", steps=10,
+...                 generator=torch.Generator().manual_seed(0))
+>>> out.x.shape, out.nfe
+(torch.Size([500, 2]), 10)
+
+Every sampler is a function ``fn(score_fn, sde, x, ctx, *, eps, **options) -> Tensor`` that
+integrates from the prior draw ``x`` at ``t = T`` down to ``eps`` (time runs from 0 = data to
+T = noise).  Its options are plain keyword arguments with defaults, so a config can build any
+sampler through :func:`build_sampler` (``_target_: scoresde.samplers.build_sampler``).  The score
+function reaches a sampler only through a counting wrapper, so ``nfe`` is the number of calls
+actually made, never a formula.  Randomness comes only from the caller's ``generator``.
+
+Names: ``"pc"`` (predictor-corrector, :mod:`.pc`), ``"ode"`` (probability-flow ODE through
+torchdiffeq, :mod:`.ode`), ``"sde"`` (reverse-time SDE through torchsde, :mod:`.sde`),
+``"dpm_solver"`` (DPM-Solver++ multistep) and ``"heun"`` (EDM's Heun), the few-step solvers of
+:mod:`.fast`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Optional, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from ..sde import SDE, ScoreFn, as_time
+
+Tensor = torch.Tensor
+
+__all__ = ["SampleResult", "Sampler", "sample", "build_sampler", "SAMPLERS", "register_sampler",
+           "sampler_options", "SamplerContext", "CountingScore"]
+
+
+@dataclass
+class SampleResult:
+    """What :func:`sample` returns.
+
+    ``x``: the samples ``[B, ...]``;  ``nfe``: the exact number of score evaluations;
+    ``seconds``: wall-clock time of the sampling loop (after a CUDA synchronize);
+    ``trajectory`` ``[n_times, B, ...]`` and ``times`` ``[n_times]`` (forward time t, from T down
+    to eps) when ``return_trajectory=True``, else None;  ``sampler`` and ``options``: what ran.
+    """
+
+    x: Tensor
+    nfe: int
+    seconds: float
+    trajectory: Optional[Tensor] = None
+    times: Optional[Tensor] = None
+    sampler: str = ""
+    options: dict = field(default_factory=dict)
+
+
+class CountingScore:
+    """Wraps ``score_fn``: counts its calls, broadcasts ``t`` to ``[B]`` in x's dtype, ticks the bar."""
+
+    def __init__(self, score_fn: ScoreFn, bar=None):
+        self.score_fn = score_fn
+        self.calls = 0
+        self.bar = bar
+
+    def __call__(self, x: Tensor, t) -> Tensor:
+        self.calls += 1
+        if self.bar is not None:
+            self.bar.update(1)
+        return self.score_fn(x, as_time(t, x))
+
+
+class SamplerContext:
+    """What every sampler gets besides its options: randomness, trajectory recording, the bar."""
+
+    def __init__(self, generator: Optional[torch.Generator], record: bool, bar=None):
+        self.generator = generator
+        self.record_on = record
+        self.bar = bar
+        self.times: list = []
+        self.states: list = []
+
+    def randn_like(self, x: Tensor) -> Tensor:
+        """Standard normal noise shaped like ``x``, drawn from the caller's generator.
+
+        The noise is drawn on the generator's device (so a CPU generator gives the same numbers
+        whatever device the samples live on) and moved to x's device.
+        """
+        if self.generator is None:
+            return torch.randn_like(x)
+        z = torch.randn(x.shape, generator=self.generator, dtype=x.dtype, device=self.generator.device)
+        return z.to(x.device)
+
+    def record(self, t, x: Tensor) -> None:
+        if self.record_on:
+            self.times.append(torch.as_tensor(t, dtype=torch.float64).reshape(()).cpu())
+            self.states.append(x.detach().clone())
+
+    def expect_nfe(self, n: Optional[int]) -> None:
+        """Tell the progress bar how many evaluations to expect (None: unknown, adaptive)."""
+        if self.bar is not None:
+            self.bar.total = n
+            self.bar.refresh()
+
+
+# name -> sampler function; filled by the submodules below
+SAMPLERS: Dict[str, Callable] = {}
+
+
+def register_sampler(name: str):
+    """Decorator adding a sampler function to :data:`SAMPLERS` under ``name``."""
+
+    def deco(fn):
+        SAMPLERS[name] = fn
+        return fn
+
+    return deco
+
+
+_COMMON = ("score_fn", "sde", "x", "ctx", "eps")
+
+
+def sampler_options(name: str) -> Dict[str, object]:
+    """The options of sampler ``name`` with their defaults."""
+    fn = _lookup(name)
+    return {p.name: p.default for p in inspect.signature(fn).parameters.values()
+            if p.name not in _COMMON}
+
+
+def _lookup(name: str) -> Callable:
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; valid samplers: {sorted(SAMPLERS)}")
+    return SAMPLERS[name]
+
+
+class Sampler:
+    """A sampler with its options fixed; call it like :func:`sample` without ``sampler=``.
+
+    Built by :func:`build_sampler`, which checks the name and the option names at once.
+    """
+
+    def __init__(self, name: str, **options):
+        self.fn = _lookup(name)
+        valid = sampler_options(name)
+        unknown = sorted(set(options) - set(valid))
+        if unknown:
+            raise ValueError(f"unknown option(s) {unknown} for sampler {name!r}; "
+                             f"valid options: {sorted(valid)}")
+        self.name = name
+        self.options = dict(options)
+
+    def __repr__(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+        return f"Sampler({self.name!r}{', ' if opts else ''}{opts})"
+
+    def __call__(self, score_fn: ScoreFn, sde: SDE, shape: Sequence[int],
+                 generator: Optional[torch.Generator] = None, eps: float = 1e-3,
+                 progress: bool = False, device=None, dtype: torch.dtype = torch.float32,
+                 return_trajectory: bool = False, x_init: Optional[Tensor] = None) -> SampleResult:
+        if not 0 < eps < sde.T:
+            raise ValueError(f"eps must lie in (0, T={sde.T}), got {eps}")
+        shape = tuple(int(s) for s in shape)
+        if len(shape) < 1 or min(shape) < 1:
+            raise ValueError(f"shape must be [B, ...] with positive sizes, got {shape}")
+        if device is None:
+            device = (x_init.device if x_init is not None
+                      else generator.device if generator is not None else torch.device("cpu"))
+        device = torch.device(device)
+        if x_init is None:
+            x = sde.prior_sample(shape, generator=generator, dtype=dtype,
+                                 device=generator.device if generator is not None else device).to(device)
+        else:
+            if tuple(x_init.shape) != shape:
+                raise ValueError(f"x_init has shape {tuple(x_init.shape)}, expected {shape}")
+            x = x_init.to(device=device, dtype=dtype)
+        bar = tqdm(total=None, desc=self.name, unit="nfe", leave=False) if progress else None
+        counter = CountingScore(score_fn, bar)
+        ctx = SamplerContext(generator, return_trajectory, bar)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        try:
+            with torch.no_grad():
+                out = self.fn(counter, sde, x, ctx, eps=float(eps), **self.options)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+        finally:
+            if bar is not None:
+                bar.close()
+        seconds = time.perf_counter() - start
+        traj = times = None
+        if return_trajectory:
+            traj = torch.stack(ctx.states) if ctx.states else out[None]
+            times = torch.stack(ctx.times) if ctx.times else torch.tensor([eps], dtype=torch.float64)
+        return SampleResult(out, counter.calls, seconds, traj, times, self.name, dict(self.options))
+
+
+def build_sampler(name: str, **options) -> Sampler:
+    """Build sampler ``name`` with its options (plain keyword arguments; see :func:`sampler_options`).
+
+    Unknown names or options raise ValueError listing the valid ones.  This is the target a
+    Hydra ``sampler`` config calls.
+    """
+    return Sampler(name, **options)
+
+
+def sample(score_fn: ScoreFn, sde: SDE, shape: Sequence[int], sampler: str = "pc",
+           generator: Optional[torch.Generator] = None, eps: float = 1e-3, progress: bool = False,
+           device=None, dtype: torch.dtype = torch.float32, return_trajectory: bool = False,
+           x_init: Optional[Tensor] = None, **options) -> SampleResult:
+    """Draw samples of shape ``shape`` by integrating the reverse process from T down to ``eps``.
+
+    Args:
+        score_fn: ``score_fn(x, t) -> Tensor`` with ``x [B, ...]`` and ``t [B]``.
+        sde: the forward SDE (its prior gives the starting noise).
+        shape: ``[B, ...]``, the shape of the returned samples.
+        sampler: a name from :data:`SAMPLERS`; ``options`` are its keyword arguments.
+        generator: the only source of randomness (prior draw and every noise); the same seed
+            gives the same samples.
+        eps: the smallest time reached (Song et al.: 1e-3).
+        progress: show a tqdm bar counting score evaluations.
+        device: where the samples live (default: the generator's device, else CPU).
+        dtype: the samples' dtype.
+        return_trajectory: also return the states along the way (``.trajectory``, ``.times``).
+        x_init: start from this prior draw instead of drawing one.
+
+    Returns:
+        :class:`SampleResult` with ``.x``, ``.nfe``, ``.seconds`` and optionally the trajectory.
+    """
+    return build_sampler(sampler, **options)(score_fn, sde, shape, generator=generator, eps=eps,
+                                             progress=progress, device=device, dtype=dtype,
+                                             return_trajectory=return_trajectory, x_init=x_init)
+
+
+# the registry is filled as the sampler modules are imported
+from . import pc, ode, sde as sde_sampler, fast  # noqa: E402,F401
+from .ode import integrate_probability_flow  # noqa: E402
+
+__all__ += ["integrate_probability_flow"]

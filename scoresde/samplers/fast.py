@@ -1,0 +1,195 @@
+"""Few-step deterministic solvers of the probability-flow ODE: DPM-Solver++ and EDM's Heun.
+
+Both work in the scaled variables of Karras et al. (2022, "EDM") that make every linear SDE a
+variance-exploding one:  x~ = x / alpha(t),  sigma~ = sigma(t) / alpha(t) = exp(-lambda(t))
+(lambda the log-SNR), with the denoiser (Tweedie's E[x0 | x_t])
+
+    D(x~, t) = (x + sigma^2 score(x, t)) / alpha = x~ + (sigma^2 / alpha) score(alpha x~, t).
+
+The probability-flow ODE is then  dx~/dsigma~ = (x~ - D) / sigma~  for VP, sub-VP and VE alike;
+the SDE only fixes the range of sigma~ (t = t_from_log_snr(-log sigma~) in closed form).
+
+Time grids (``grid``), from T down to eps, with ``steps`` steps:
+
+* ``"logsnr"``: uniform in lambda (DPM-Solver's default).
+* ``"karras"``: sigma~_i^(1/rho) uniform, rho = ``rho`` (EDM, eq. 5; rho = 7).
+* ``"time_uniform"``: uniform in t.
+* ``"time_quadratic"``: uniform in sqrt(t) (DPM-Solver's ``time_quadratic``).
+* ``"vp_quadratic"``: uniform in sqrt(t_VP), where t_VP is the time at which Song et al.'s default
+  VP SDE reaches the same sigma~.  This is DPM-Solver's ``time_quadratic`` for VP carried over to
+  every SDE through sigma~ (the probability-flow ODE in (x~, sigma~) does not depend on the SDE,
+  so a grid in sigma~ should not either).  Its log-steps are shortest around sigma~ ~ 1 and grow
+  towards both ends, where D varies slowly in lambda; it measured best (the default).
+
+End of the trajectory (``denoise``).  False: the last step lands on eps and the sample is
+x = alpha(eps) x~ (like the ODE sampler).  True: the grid ends at eps one step earlier and a last
+step goes to sigma~ = 0; along the exact flow that is the denoiser itself, x0 = D(x~, eps), a
+first-order step that costs no extra evaluation for DPM-Solver++ (it reuses D at eps) and one Euler
+step for Heun (EDM's Algorithm 1 does the same).  The defaults are the choices that measured best
+in benchmarks/samplers.py (see benchmarks/results/samplers.md).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..sde import SDE, expand_to
+from . import register_sampler
+
+Tensor = torch.Tensor
+
+GRIDS = ("logsnr", "karras", "time_uniform", "time_quadratic", "vp_quadratic")
+
+
+def time_grid(sde: SDE, n: int, eps: float, grid: str = "logsnr", rho: float = 7.0,
+              device=None) -> Tensor:
+    """``n + 1`` times (float64) from T down to eps spaced by ``grid`` (see the module docstring)."""
+    if grid not in GRIDS:
+        raise ValueError(f"unknown grid {grid!r}; valid grids: {list(GRIDS)}")
+    if int(n) != n or n < 1:
+        raise ValueError(f"the grid needs at least one step, got {n}")
+    ends = torch.tensor([sde.T, eps], dtype=torch.float64, device=device)
+    u = torch.linspace(0.0, 1.0, int(n) + 1, dtype=torch.float64, device=device)
+    if grid == "time_uniform":
+        t = ends[0] + u * (ends[1] - ends[0])
+    elif grid == "time_quadratic":
+        r = ends.sqrt()
+        t = (r[0] + u * (r[1] - r[0])) ** 2
+    else:
+        lam = sde.log_snr(ends)
+        if grid == "vp_quadratic":
+            from ..sde import VPSDE
+            vp = VPSDE()
+            r = vp.t_from_log_snr(lam).sqrt()
+            t = sde.t_from_log_snr(vp.log_snr((r[0] + u * (r[1] - r[0])) ** 2))
+        elif grid == "logsnr":
+            t = sde.t_from_log_snr(lam[0] + u * (lam[1] - lam[0]))
+        else:
+            if not rho > 0:
+                raise ValueError(f"rho must be positive, got {rho}")
+            s = torch.exp(-lam / rho)
+            t = sde.t_from_log_snr(-rho * torch.log(s[0] + u * (s[1] - s[0])))
+    t[0], t[-1] = sde.T, eps  # exact ends despite the round trip through lambda
+    return t
+
+
+class _Denoiser:
+    """D(x~, t) in the scaled variables, from the score (see the module docstring)."""
+
+    def __init__(self, score_fn, sde: SDE):
+        self.score_fn, self.sde = score_fn, sde
+
+    def __call__(self, xt: Tensor, t: Tensor) -> Tensor:
+        tb = t.reshape(1).expand(xt.shape[0])
+        al, sg = self.sde.mean_coef(tb), self.sde.std(tb)
+        score = self.score_fn(xt * expand_to(al.to(xt.dtype), xt), tb.to(xt.dtype))
+        return xt + expand_to((sg ** 2 / al).to(xt.dtype), xt) * score
+
+
+def _check_steps(steps, least: int = 1) -> int:
+    if int(steps) != steps or steps < least:
+        raise ValueError(f"steps must be an integer >= {least}, got {steps}")
+    return int(steps)
+
+
+@register_sampler("dpm_solver")
+def dpm_solver(score_fn, sde: SDE, x: Tensor, ctx, *, eps: float = 1e-3, steps: int = 20,
+               order: int = 2, grid: str = "vp_quadratic", rho: float = 7.0, denoise: bool = False,
+               lower_order_final: bool = True) -> Tensor:
+    """DPM-Solver++ multistep (Lu et al. 2022, "DPM-Solver++", Alg. 2 and its 3rd-order form).
+
+    One evaluation a step: D_i = D(x~_i, t_i); with h = lambda_{i+1} - lambda_i, r_k = h_{i-k} / h,
+
+        x~_{i+1} = e^{-h} x~_i - phi_1 D_i + phi_2 D1 - phi_3 D2,
+        phi_1 = expm1(-h),  phi_2 = phi_1 / h + 1,  phi_3 = phi_2 / h - 1/2,
+
+    where D1, D2 are the first and second divided differences of the past D in lambda (order 2:
+    D1 = (D_i - D_{i-1}) / r_0 and D2 = 0; order 1: DDIM, D1 = D2 = 0).  The first steps warm up
+    with lower orders; ``lower_order_final`` also lowers the order of the last steps (order k at
+    most k-th from last), as DPM-Solver's code does for few steps; here always, because the last
+    steps are the longest in lambda (sub-VP's sigma~(eps) ~ 1e-4) and high order hurts there.
+    NFE = ``steps``.
+    """
+    steps = _check_steps(steps)
+    if order not in (1, 2, 3):
+        raise ValueError(f"order must be 1, 2 or 3, got {order}")
+    ctx.expect_nfe(steps)
+    den = _Denoiser(score_fn, sde)
+    n_grid = steps - 1 if denoise else steps
+    if n_grid < 1:
+        raise ValueError("denoise=True needs steps >= 2")
+    t = time_grid(sde, n_grid, eps, grid, rho, device=x.device)
+    lam = sde.log_snr(t).tolist()  # one host copy of the scalars, not a sync per step
+    al = sde.mean_coef(t)
+    xt = x / al[0].to(x.dtype)
+    ctx.record(t[0], x)
+    Ds, hs = [], []
+    for i in range(n_grid):
+        Ds.append(den(xt, t[i]))
+        Ds = Ds[-3:]
+        h = lam[i + 1] - lam[i]
+        o = min(order, len(Ds))
+        if lower_order_final:
+            o = min(o, n_grid - i)
+        phi1 = math.expm1(-h)
+        xt = math.exp(-h) * xt - phi1 * Ds[-1]
+        if o >= 2:
+            r0 = hs[-1] / h
+            d1_0 = (Ds[-1] - Ds[-2]) / r0
+            phi2 = phi1 / h + 1.0
+            if o == 2:
+                xt = xt - 0.5 * phi1 * d1_0
+            else:
+                r1 = hs[-2] / h
+                d1_1 = (Ds[-2] - Ds[-3]) / r1
+                d1 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)
+                d2 = (d1_0 - d1_1) / (r0 + r1)
+                phi3 = phi2 / h - 0.5
+                xt = xt + phi2 * d1 - phi3 * d2
+        hs.append(h)
+        ctx.record(t[i + 1], xt * al[i + 1].to(x.dtype))
+    if denoise:
+        out = den(xt, t[-1])
+        ctx.record(0.0, out)
+        return out
+    return xt * al[-1].to(x.dtype)
+
+
+@register_sampler("heun")
+def heun(score_fn, sde: SDE, x: Tensor, ctx, *, eps: float = 1e-3, steps: int = 10,
+         grid: str = "karras", rho: float = 7.0, denoise: bool = True) -> Tensor:
+    """Heun's second-order method (Karras et al. 2022, EDM, Algorithm 1), in sigma~.
+
+    With d(x~, sigma~) = (x~ - D) / sigma~ and a step from sigma~_i to sigma~_{i+1}:
+
+        x' = x~ + (sigma~_{i+1} - sigma~_i) d(x~, sigma~_i),
+        x~ <- x~ + (sigma~_{i+1} - sigma~_i) [d(x~, sigma~_i) + d(x', sigma~_{i+1})] / 2,
+
+    except for a last step to sigma~ = 0 (``denoise=True``), which is the Euler step x~ <- D, as in
+    EDM.  NFE = 2 ``steps`` - 1 with ``denoise``, 2 ``steps`` without.
+    """
+    steps = _check_steps(steps)
+    n_grid = steps - 1 if denoise else steps
+    if n_grid < 1:
+        raise ValueError("denoise=True needs steps >= 2")
+    ctx.expect_nfe(2 * steps - 1 if denoise else 2 * steps)
+    den = _Denoiser(score_fn, sde)
+    t = time_grid(sde, n_grid, eps, grid, rho, device=x.device)
+    sig = torch.exp(-sde.log_snr(t)).tolist()
+    al = sde.mean_coef(t)
+    xt = x / al[0].to(x.dtype)
+    ctx.record(t[0], x)
+    for i in range(n_grid):
+        s0, s1 = sig[i], sig[i + 1]
+        d = (xt - den(xt, t[i])) / s0
+        xp = xt + (s1 - s0) * d
+        dp = (xp - den(xp, t[i + 1])) / s1
+        xt = xt + (s1 - s0) * 0.5 * (d + dp)
+        ctx.record(t[i + 1], xt * al[i + 1].to(x.dtype))
+    if denoise:
+        out = den(xt, t[-1])
+        ctx.record(0.0, out)
+        return out
+    return xt * al[-1].to(x.dtype)

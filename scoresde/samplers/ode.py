@@ -1,0 +1,201 @@
+"""The probability-flow ODE through torchdiffeq (Song et al., ICLR 2021, Sec. 4.3, eq. 13).
+
+    dx/dt = f(t) x - 1/2 g(t)^2 score(x, t),
+
+integrated from T down to eps (sampling) or either way (encoding, likelihoods).  Any torchdiffeq
+method works: adaptive ones (``dopri5``, the default, with rtol = atol = 1e-5 as Song et al.'s
+RK45) pick their own steps; fixed-grid ones (``euler``, ``midpoint``, ``rk4``, ...) take ``steps``
+equal steps of the chosen time variable.
+
+Time variable.  Every linear SDE with the same (alpha, sigma) has the same probability-flow ODE,
+and in the scaled variables x~ = x / alpha, sigma~ = sigma / alpha (the noise level of the
+equivalent VE process) it reads, with D the denoiser (Tweedie's E[x0 | x]),
+
+    dx~/dsigma~ = (x~ - D) / sigma~ = -sigma(t) score(x, t),
+    dx~/drho    = x~ - D           = -(sigma(t)^2 / alpha(t)) score(x, t),     rho = log sigma~,
+
+where rho = -lambda is minus the log-SNR and t = t_from_log_snr(-rho) in closed form.
+``time_variable`` picks ``"t"`` (the equation above, as in Song et al.), ``"sigma"`` (EDM's
+x~ against sigma~) or ``"log_sigma"`` (x~ against rho).  The default, ``"log_sigma"``, spends the
+same accuracy on fewer evaluations: benchmarks/samplers.py measures all three (see
+benchmarks/results/samplers.md).  The log scale follows the noise level over its four decades
+(sigma~ from about 150 for VP at T down to 0.01 at eps), where t crowds the whole data-scale
+part of the trajectory into t < 0.1.
+
+Adaptive solvers probe beyond the interval while they pick their first step (torchdiffeq's
+initial-step heuristic evaluates at t0 + h0); there the SDE may be undefined (VP's beta(t) < 0 for
+t < -b0/(b1 - b0), so g(t) is NaN).  The right-hand side therefore clamps its time into the
+integration interval: a probe outside it sees the value at the end, and no solution point lies
+outside.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+from torchdiffeq import odeint
+
+from ..sde import SDE, expand_to
+from . import register_sampler
+
+Tensor = torch.Tensor
+
+TIME_VARIABLES = ("t", "sigma", "log_sigma")
+# torchdiffeq's solvers (0.2.x): adaptive and fixed-grid
+ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun", "tsit5")
+FIXED_METHODS = ("euler", "midpoint", "heun3", "rk4", "explicit_adams", "implicit_adams",
+                 "fixed_adams", "heun2", "ralston")
+
+
+def _valid_methods() -> List[str]:
+    try:
+        from torchdiffeq._impl.odeint import SOLVERS
+        return sorted(SOLVERS)
+    except Exception:  # pragma: no cover - private API moved
+        return sorted(ADAPTIVE_METHODS + FIXED_METHODS)
+
+
+class _Coords:
+    """Maps between (t, x) and the integration variables (u, y) for one time variable."""
+
+    def __init__(self, sde: SDE, variable: str, dtype, device):
+        self.sde, self.variable, self.dtype, self.device = sde, variable, dtype, device
+
+    def _t64(self, t: float) -> Tensor:
+        return torch.tensor([float(t)], dtype=torch.float64, device=self.device)
+
+    def u_of_t(self, t: float) -> float:
+        if self.variable == "t":
+            return float(t)
+        lam = float(self.sde.log_snr(self._t64(t)))
+        return math.exp(-lam) if self.variable == "sigma" else -lam
+
+    def t_of_u(self, u: Tensor) -> Tensor:
+        if self.variable == "t":
+            return u
+        lam = -torch.log(u) if self.variable == "sigma" else -u
+        return self.sde.t_from_log_snr(lam)
+
+    def alpha(self, t: Tensor) -> Tensor:
+        return self.sde.mean_coef(t)
+
+    def to_y(self, x: Tensor, t: float) -> Tensor:
+        if self.variable == "t":
+            return x
+        return x / float(self.alpha(self._t64(t)))
+
+    def to_x(self, y: Tensor, t: float) -> Tensor:
+        if self.variable == "t":
+            return y
+        return y * float(self.alpha(self._t64(t)))
+
+
+def integrate_probability_flow(score_fn, sde: SDE, x: Tensor, t_start: float, t_end: float, *,
+                               method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5,
+                               steps: Optional[int] = None, time_variable: str = "log_sigma",
+                               times: Optional[Sequence[float]] = None,
+                               options: Optional[dict] = None) -> Tuple[Tensor, Optional[Tuple[Tensor, Tensor]]]:
+    """Solve the probability-flow ODE from ``x`` at ``t_start`` to ``t_end`` (either direction).
+
+    Args:
+        score_fn: the score; count its calls by wrapping it (see :class:`CountingScore`).
+        method: a torchdiffeq method; ``steps`` equal steps of ``time_variable`` for fixed-grid
+            methods (default 100), tolerances ``rtol``/``atol`` for adaptive ones.
+        time_variable: ``"t"``, ``"sigma"`` or ``"log_sigma"`` (see the module docstring).
+        times: extra output times (forward time t, between the ends) for a trajectory; the
+            solvers interpolate there, so they cost no evaluation.
+        options: passed to torchdiffeq as ``options``.
+
+    Returns:
+        ``(x_end, trajectory)`` with trajectory ``(times [n], states [n, B, ...])`` when ``times``
+        was given, else None.
+    """
+    if time_variable not in TIME_VARIABLES:
+        raise ValueError(f"unknown time_variable {time_variable!r}; valid: {list(TIME_VARIABLES)}")
+    valid = _valid_methods()
+    if method not in valid:
+        raise ValueError(f"unknown ODE method {method!r}; valid torchdiffeq methods: {valid}")
+    if t_start == t_end:
+        raise ValueError("t_start and t_end are equal")
+    for name, tt in (("t_start", t_start), ("t_end", t_end)):
+        if not 0 <= tt <= sde.T:
+            raise ValueError(f"{name}={tt} lies outside [0, T={sde.T}]")
+    if time_variable != "t" and min(t_start, t_end) <= 0:
+        raise ValueError(f"time_variable={time_variable!r} needs times > 0 (sigma~ = 0 at t = 0); "
+                         "use time_variable='t'")
+    fixed = method not in ADAPTIVE_METHODS
+    if steps is not None and (int(steps) != steps or steps < 1):
+        raise ValueError(f"steps must be a positive integer, got {steps}")
+    if steps is not None and not fixed:
+        raise ValueError(f"steps applies to fixed-grid methods, not the adaptive {method!r}; "
+                         "set rtol/atol instead")
+    co = _Coords(sde, time_variable, x.dtype, x.device)
+    u0, u1 = co.u_of_t(t_start), co.u_of_t(t_end)
+    lo, hi = min(u0, u1), max(u0, u1)
+    shape = x.shape
+
+    def rhs(u: Tensor, y: Tensor) -> Tensor:
+        # clamp: adaptive solvers probe beyond the interval when choosing the first step
+        u = u.to(torch.float64).clamp(lo, hi)
+        t = co.t_of_u(u.reshape(1)).expand(shape[0])
+        if time_variable == "t":
+            f = sde.drift_coef(t)
+            g2 = sde.diffusion(t) ** 2
+            score = score_fn(y, t.to(y.dtype))
+            return expand_to(f.to(y.dtype), y) * y - expand_to((0.5 * g2).to(y.dtype), y) * score
+        al, sg = sde.mean_coef(t), sde.std(t)
+        xx = y * expand_to(al.to(y.dtype), y)
+        score = score_fn(xx, t.to(y.dtype))
+        c = sg if time_variable == "sigma" else sg ** 2 / al
+        return -expand_to(c.to(y.dtype), y) * score
+
+    out_u = [u0]
+    if times is not None:
+        out_u += [co.u_of_t(float(tt)) for tt in times]
+    out_u.append(u1)
+    u_grid = torch.tensor(out_u, dtype=torch.float64, device=x.device)
+    if x.dtype != torch.float64:
+        # torchdiffeq keeps the time in the state's dtype for its arithmetic
+        u_grid = u_grid.to(x.dtype)
+    opts = dict(options or {})
+    if fixed:
+        n = int(steps) if steps is not None else 100
+        g0, g1 = u_grid[0], u_grid[-1]
+        opts.setdefault("grid_constructor",
+                        lambda func, y0, t: torch.linspace(float(g0), float(g1), n + 1,
+                                                           dtype=t.dtype, device=t.device))
+    y0 = co.to_y(x, t_start)
+    ys = odeint(rhs, y0, u_grid, rtol=rtol, atol=atol, method=method, options=opts)
+    x_end = co.to_x(ys[-1], t_end)
+    traj = None
+    if times is not None:
+        all_t = [float(t_start)] + [float(tt) for tt in times] + [float(t_end)]
+        states = torch.stack([co.to_x(ys[i], all_t[i]) for i in range(len(all_t))])
+        traj = (torch.tensor(all_t, dtype=torch.float64), states)
+    return x_end, traj
+
+
+@register_sampler("ode")
+def ode(score_fn, sde: SDE, x: Tensor, ctx, *, eps: float = 1e-3, method: str = "dopri5",
+        rtol: float = 1e-5, atol: float = 1e-5, steps: Optional[int] = None,
+        time_variable: str = "log_sigma", trajectory_points: int = 101) -> Tensor:
+    """Probability-flow ODE sampler: torchdiffeq from T down to eps (see the module docstring).
+
+    With ``return_trajectory`` the states come at ``trajectory_points`` times evenly spaced in
+    ``time_variable`` (interpolated by the solver: no extra evaluations).
+    """
+    times = None
+    if ctx.record_on:
+        co = _Coords(sde, time_variable, torch.float64, x.device)
+        u = torch.linspace(co.u_of_t(sde.T), co.u_of_t(eps), int(trajectory_points),
+                           dtype=torch.float64, device=x.device)[1:-1]
+        times = co.t_of_u(u).tolist()
+    x_end, traj = integrate_probability_flow(score_fn, sde, x, sde.T, eps, method=method, rtol=rtol,
+                                             atol=atol, steps=steps, time_variable=time_variable,
+                                             times=times)
+    if traj is not None:
+        for tt, xs in zip(traj[0], traj[1]):
+            ctx.record(tt, xs)
+    return x_end
