@@ -32,7 +32,7 @@ with attention at 4x4 has about 0.9 M parameters; for 32x32 RGB DDPM++'s CIFAR-1
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -42,7 +42,7 @@ from ._unet_embeddings import GaussianFourierEmbedding, SinusoidalEmbedding
 
 Tensor = torch.Tensor
 
-__all__ = ["UNet", "ResBlock", "AttnBlock", "count_parameters"]
+__all__ = ["UNet", "ResBlock", "AttnBlock", "count_parameters", "unet"]
 
 _SQRT_HALF = 1.0 / math.sqrt(2.0)
 
@@ -143,7 +143,8 @@ class UNet(nn.Module):
         nf: base width; level i has ``nf * ch_mult[i]`` channels.
         ch_mult: width multipliers, one per resolution level.
         num_res_blocks: residual blocks per level in the encoder (the decoder has one more).
-        attn_resolutions: feature-map sides at which self-attention follows each residual block.
+        attn_resolutions: feature-map sides at which self-attention follows each residual block;
+            None puts it at image_size / 2 (DDPM++: 16 for 32x32), or nowhere with one level.
         dropout: dropout rate inside the residual blocks.
         embedding: ``"fourier"`` (Gaussian Fourier features of t) or ``"sinusoidal"`` (of 1000 t).
         fourier_scale: std s of the Fourier frequencies W ~ N(0, s^2).
@@ -152,11 +153,13 @@ class UNet(nn.Module):
 
     def __init__(self, image_size: int = 8, channels: int = 1, nf: int = 32,
                  ch_mult: Sequence[int] = (1, 2, 2), num_res_blocks: int = 2,
-                 attn_resolutions: Sequence[int] = (4,), dropout: float = 0.1,
+                 attn_resolutions: Optional[Sequence[int]] = None, dropout: float = 0.1,
                  embedding: str = "fourier", fourier_scale: float = 16.0,
                  skip_rescale: bool = True):
         super().__init__()
         ch_mult = tuple(int(m) for m in ch_mult)
+        if attn_resolutions is None:
+            attn_resolutions = (image_size // 2,) if len(ch_mult) > 1 else ()
         attn_resolutions = tuple(int(r) for r in attn_resolutions)
         if not ch_mult or min(ch_mult) < 1:
             raise ValueError(f"ch_mult must be a non-empty list of positive integers, got {ch_mult}")
@@ -244,3 +247,11 @@ class UNet(nn.Module):
         for m in self.up:
             h = m(torch.cat([h, skips.pop()], dim=1), temb) if isinstance(m, ResBlock) else m(h)
         return self.conv_out(F.silu(self.norm_out(h)))
+
+
+def unet(data_shape: Sequence[int], **kwargs) -> UNet:
+    """Registry factory: a :class:`UNet` for samples of shape ``data_shape = [C, H, W]`` (H = W)."""
+    shape = tuple(int(d) for d in data_shape)
+    if len(shape) != 3 or shape[1] != shape[2]:
+        raise ValueError(f"the U-Net needs square images, data_shape [C, H, H]; got {list(shape)}")
+    return UNet(image_size=shape[1], channels=shape[0], **kwargs)
