@@ -61,7 +61,9 @@ def to_model_range(k: Tensor, levels: int = 256, dequantize: bool = False,
                          f"expected integers in [0, {levels - 1}]")
     if not dequantize:
         return kf * (2.0 / (levels - 1)) - 1.0
-    u = torch.rand(kf.shape, generator=generator, dtype=dtype, device="cpu").to(kf.device)
+    # drawn on the generator's device (a CUDA generator draws on CUDA), then moved to k's
+    u = torch.rand(kf.shape, generator=generator, dtype=dtype,
+                   device=generator.device if generator is not None else kf.device).to(kf.device)
     return (kf + u) * (2.0 / levels) - 1.0
 
 
@@ -91,12 +93,17 @@ def load_digits(dequantize: bool = False, generator: Optional[torch.Generator] =
     ``levels=17``: 0 -> -1 (background), 16 -> 1 (ink).  Returns ``(x [1797, 1, 8, 8] float32,
     y [1797] int64)`` in scikit-learn's order (shuffle or split it yourself).
     """
+    k, y = _digits_levels()
+    return to_model_range(k, levels=DIGITS_LEVELS, dequantize=dequantize, generator=generator), y
+
+
+def _digits_levels() -> Tuple[Tensor, Tensor]:
+    """The digits as uint8 levels 0..16 ``[1797, 1, 8, 8]`` and their labels."""
     from sklearn.datasets import load_digits as _sk_load_digits
 
     d = _sk_load_digits()
-    k = torch.from_numpy(d.images.astype(np.float32)).unsqueeze(1)
-    x = to_model_range(k, levels=DIGITS_LEVELS, dequantize=dequantize, generator=generator)
-    return x, torch.from_numpy(d.target.astype(np.int64))
+    k = torch.from_numpy(d.images.astype(np.uint8)).unsqueeze(1)
+    return k, torch.from_numpy(d.target.astype(np.int64))
 
 
 def digits_split(n_test: int = 300, seed: int = 0, dequantize: bool = False,
@@ -149,6 +156,13 @@ def load_image_folder(root: Union[str, os.PathLike], size: int, channels: int = 
     class (images directly in ``root`` get class 0 and the class list is empty if there are no
     sub-directories).  Returns ``(x [N, C, size, size], y [N] int64, class_names)``.
     """
+    k, y, class_names = _read_image_folder(root, size, channels, extensions, recursive)
+    return to_model_range(k, levels=256, dequantize=dequantize, generator=generator), y, class_names
+
+
+def _read_image_folder(root, size: int, channels: int, extensions: Sequence[str] = IMAGE_EXTENSIONS,
+                       recursive: bool = True) -> Tuple[Tensor, Tensor, List[str]]:
+    """:func:`load_image_folder` before scaling: uint8 levels ``[N, C, size, size]``, labels, classes."""
     from PIL import Image, UnidentifiedImageError
 
     root = Path(root)
@@ -173,8 +187,7 @@ def load_image_folder(root: Union[str, os.PathLike], size: int, channels: int = 
             raise ValueError(f"cannot read image {str(p)!r}: {e}") from e
         parts = p.relative_to(root).parts
         labels.append(index[parts[0]] if len(parts) > 1 else 0)
-    x = to_model_range(torch.stack(levels), levels=256, dequantize=dequantize, generator=generator)
-    return x, torch.tensor(labels, dtype=torch.int64), class_names
+    return torch.stack(levels), torch.tensor(labels, dtype=torch.int64), class_names
 
 
 def load_torchvision(name: str, root: Union[str, os.PathLike], train: bool = True,
@@ -190,6 +203,14 @@ def load_torchvision(name: str, root: Union[str, os.PathLike], train: bool = Tru
     (default: as stored).  Returns ``(x [N, C, H, W], y [N] int64)``.  Needs torchvision
     (``pip install torchvision``); without it this raises ImportError.
     """
+    k, y = _read_torchvision(name, root, train, size, channels, dataset_kwargs)
+    return to_model_range(k, levels=256, dequantize=dequantize, generator=generator), y
+
+
+def _read_torchvision(name: str, root, train: bool = True, size: Optional[int] = None,
+                      channels: Optional[int] = None, dataset_kwargs: Optional[dict] = None,
+                      ) -> Tuple[Tensor, Tensor]:
+    """:func:`load_torchvision` before scaling: uint8 levels ``[N, C, H, W]`` and labels."""
     try:
         import torchvision.datasets as tvd
     except ImportError as e:
@@ -224,5 +245,4 @@ def load_torchvision(name: str, root: Union[str, os.PathLike], train: bool = Tru
     shapes = {tuple(v.shape) for v in levels}
     if len(shapes) > 1:
         raise ValueError(f"torchvision data set {name} has images of several sizes {sorted(shapes)}; pass size=")
-    x = to_model_range(torch.stack(levels), levels=256, dequantize=dequantize, generator=generator)
-    return x, torch.tensor(labels, dtype=torch.int64)
+    return torch.stack(levels), torch.tensor(labels, dtype=torch.int64)
