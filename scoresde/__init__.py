@@ -10,6 +10,10 @@ from .mixture import GaussianMixture, ring8, anisotropic, get_mixture
 from . import metrics
 from . import samplers
 from .samplers import sample, build_sampler, SampleResult
+from .score import ScoreModel, build_score_model
+from .losses import DSMLoss, dsm_loss
+from . import nn, data
+from .train import Trainer, load_model
 
 __version__ = "0.1.0"
 
@@ -18,4 +22,5 @@ __all__ = [
     "GaussianMixture", "ring8", "anisotropic", "get_mixture",
     "metrics",
     "samplers", "sample", "build_sampler", "SampleResult",
+    "ScoreModel", "build_score_model", "DSMLoss", "dsm_loss", "nn", "data", "Trainer", "load_model",
 ]

@@ -16,8 +16,8 @@ actually made, never a formula.  Randomness comes only from the caller's ``gener
 
 Names: ``"pc"`` (predictor-corrector, :mod:`.pc`), ``"ode"`` (probability-flow ODE through
 torchdiffeq, :mod:`.ode`), ``"sde"`` (reverse-time SDE through torchsde, :mod:`.sde`),
-``"dpm_solver"`` (DPM-Solver++ multistep) and ``"heun"`` (EDM's Heun), the few-step solvers of
-:mod:`.fast`.
+``"dpm_solver"`` (DPM-Solver++ multistep), ``"unipc"`` (UniPC) and ``"heun"`` (EDM's Heun), the
+few-step solvers of :mod:`.fast`.
 """
 
 from __future__ import annotations

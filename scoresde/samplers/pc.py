@@ -135,4 +135,6 @@ def pc(score_fn, sde: SDE, x: Tensor, ctx, *, eps: float = 1e-3, predictor: str 
             ctx.record(grid[i + 1], x)
         else:
             ctx.record(grid[i], x)
+    if denoise and ctx.states:
+        ctx.states[-1] = mean.detach().clone()  # the trajectory ends at the returned sample
     return mean if denoise else x

@@ -8,7 +8,8 @@ torchsde integrates forward in its time, so we use tau = T - t in [0, T - eps]:
 
 The noise is additive (g does not depend on x), so the Ito and Stratonovich forms coincide and every
 torchsde method applies: ``euler`` (Euler-Maruyama), ``milstein`` (derivative-free; equal to Euler
-here), ``srk`` (Roessler's SRI2, strong order 1.0, 3 evaluations a step), and the Stratonovich
+here), ``srk`` (Roessler's SRI2, strong order 1.0, 4 evaluations a step once torchsde's recomputed
+stages are cached), and the Stratonovich
 ``heun``, ``midpoint``, ``euler_heun`` and ``reversible_heun``.  The state is flattened to
 ``[B, D]`` with diagonal noise, so any data shape works without a ``D x D`` diffusion matrix.
 
@@ -42,24 +43,26 @@ class _ReverseTimeSDE:
 
     def __init__(self, sde: SDE, score_fn, shape, sde_type: str):
         self.sde, self.score_fn, self.shape, self.sde_type = sde, score_fn, tuple(shape), sde_type
-        # torchsde's contract check evaluates f(ts[0], y0) once before the first step asks for
-        # the same value; a one-entry cache keeps that to a single score evaluation
-        self._cache = None
+        # torchsde asks for f at the same (tau, y) more than once: its contract check evaluates
+        # f(ts[0], y0) before the first step does, and its SRK step recomputes earlier stages.
+        # A small cache keyed on (tau, the state tensor) makes each point one score evaluation.
+        self._cache: list = []
 
     def _t(self, tau: Tensor, y: Tensor) -> Tensor:
         return (self.sde.T - torch.as_tensor(tau, dtype=torch.float64, device=y.device)).reshape(1).expand(y.shape[0])
 
     def f(self, tau, y: Tensor) -> Tensor:
         key = (float(tau), id(y), y._version)
-        if self._cache is not None and self._cache[0] == key:
-            return self._cache[1]
+        for k, out, _ in self._cache:
+            if k == key:
+                return out
         t = self._t(tau, y)
         x = y.reshape(self.shape)
         score = self.score_fn(x, t.to(y.dtype))
         coef = self.sde.drift_coef(t).to(y.dtype)
         g2 = (self.sde.diffusion(t) ** 2).to(y.dtype)
         out = (expand_to(g2, x) * score - expand_to(coef, x) * x).reshape(y.shape)
-        self._cache = (key, out, y)  # keep y alive so its id is not reused
+        self._cache = self._cache[-3:] + [(key, out, y)]  # holding y keeps its id from reuse
         return out
 
     def g(self, tau, y: Tensor) -> Tensor:
@@ -104,7 +107,7 @@ def sde(score_fn, sde: SDE, x: Tensor, ctx, *, eps: float = 1e-3, method: str = 
         n_out = (n if n is not None else max(int(round(span / step)), 1)) + 1
     ts = torch.linspace(0.0, span, n_out, dtype=torch.float64, device=y0.device)
     if n is not None:
-        ctx.expect_nfe(n * {"srk": 3, "heun": 2, "midpoint": 2, "euler_heun": 1}.get(method, 1))
+        ctx.expect_nfe(n * {"srk": 4, "heun": 2, "midpoint": 2, "euler_heun": 1}.get(method, 1))
     options = {"grad_free": True} if method == "milstein" else None
     ys = torchsde.sdeint(_ReverseTimeSDE(sde, score_fn, shape, sde_type), y0, ts, bm=bm,
                          method=method, dt=step, options=options)

@@ -1,0 +1,146 @@
+"""Continuous-time denoising score matching (Song et al. 2021, eq. 7; Vincent 2011).
+
+For data x0, t ~ U(eps, T), z ~ N(0, I) and x_t = alpha(t) x0 + sigma(t) z, the per-sample loss is
+
+    l(x0, t, z) = lambda(t) * R( s(x_t, t) + z / sigma(t) )^2
+
+where z / sigma = -grad log p(x_t | x0) and R reduces the squared error over the data dims:
+``"mean"`` averages (Song et al.'s ``reduce_mean=True``), ``"sum"`` takes ``1/2 sum`` (their
+``reduce_mean=False``, the 1/2 of the likelihood bound).  Weightings:
+
+* ``"sigma2"``: lambda = sigma(t)^2, so l = R(sigma s + z)^2, the noise-prediction loss of DDPM.
+* ``"likelihood"``: lambda = g(t)^2, the weighting under which the time integral of the loss
+  bounds the negative log-likelihood (Song, Durkan, Murray & Ermon 2021, "Maximum likelihood
+  training of score-based diffusion models", Thm. 1).
+
+Every loss here estimates the same quantity, the time average E_{t ~ U(eps, T)} E[l], so their
+values compare.  With ``importance_sampling=True`` (likelihood weighting only) t is drawn instead
+from q(t) proportional to g(t)^2 / sigma(t)^2, which removes the 1/t spike of the likelihood
+weighting at small t (Song et al. 2021, Sec. 5).  For any linear SDE
+g^2 = d sigma^2/dt - 2 f sigma^2, hence g^2 / sigma^2 = -2 d lambda_snr / dt with the log-SNR
+lambda_snr = log(alpha / sigma): q is uniform in log-SNR, sampled exactly by inverting the
+log-SNR, and has normaliser Z = 2 (lambda_snr(eps) - lambda_snr(T)).  The importance weight is
+lambda / ((T - eps) q) = Z sigma^2 / (T - eps), so
+
+    l_IS = Z / (T - eps) * R(sigma s + z)^2,      E_q[l_IS] = E_{U(eps, T)}[l_likelihood].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Tuple
+
+import torch
+
+from .sde import SDE, expand_to
+
+Tensor = torch.Tensor
+
+__all__ = ["dsm_loss", "DSMLoss", "sample_time", "importance_time", "importance_norm",
+           "WEIGHTINGS", "REDUCTIONS"]
+
+WEIGHTINGS = ("sigma2", "likelihood")
+REDUCTIONS = ("mean", "sum")
+
+
+def _check(sde: SDE, eps: float, weighting: str, reduction: str, importance_sampling: bool) -> None:
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"unknown weighting {weighting!r}; valid names: {list(WEIGHTINGS)}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"unknown reduction {reduction!r}; valid names: {list(REDUCTIONS)}")
+    if not 0 < eps < sde.T:
+        raise ValueError(f"eps must lie in (0, T={sde.T}), got {eps}")
+    if importance_sampling and weighting != "likelihood":
+        raise ValueError("importance_sampling is defined for weighting='likelihood' only "
+                         f"(got weighting={weighting!r})")
+
+
+def sample_time(sde: SDE, n: int, eps: float = 1e-5, generator: Optional[torch.Generator] = None,
+                dtype=None, device=None) -> Tensor:
+    """t ~ U(eps, T), shape ``[n]``."""
+    device = device if device is not None else (generator.device if generator is not None else None)
+    u = torch.rand(n, generator=generator, dtype=dtype, device=device)
+    return eps + (sde.T - eps) * u
+
+
+def _log_snr_range(sde: SDE, eps: float) -> Tuple[Tensor, Tensor]:
+    ends = sde.log_snr(torch.tensor([eps, sde.T], dtype=torch.float64))
+    return ends[0], ends[1]
+
+
+def importance_norm(sde: SDE, eps: float = 1e-5) -> float:
+    """Z = int_eps^T g(t)^2 / sigma(t)^2 dt = 2 (log_snr(eps) - log_snr(T))."""
+    hi, lo = _log_snr_range(sde, eps)
+    return float(2.0 * (hi - lo))
+
+
+def importance_time(sde: SDE, n: int, eps: float = 1e-5, generator: Optional[torch.Generator] = None,
+                    dtype=None, device=None) -> Tensor:
+    """t ~ q(t) proportional to g(t)^2 / sigma(t)^2 on [eps, T], shape ``[n]`` (uniform in log-SNR)."""
+    device = device if device is not None else (generator.device if generator is not None else None)
+    hi, lo = _log_snr_range(sde, eps)
+    u = torch.rand(n, generator=generator, dtype=torch.float64, device=device)
+    lam = hi.to(u.device) + u * (lo - hi).to(u.device)
+    t = sde.t_from_log_snr(lam).clamp(eps, sde.T)
+    return t.to(dtype or torch.get_default_dtype())
+
+
+def dsm_loss(score_fn: Callable[[Tensor, Tensor], Tensor], sde: SDE, x0: Tensor, *,
+             weighting: str = "sigma2", importance_sampling: bool = False, eps: float = 1e-5,
+             reduction: str = "mean", generator: Optional[torch.Generator] = None,
+             t: Optional[Tensor] = None, noise: Optional[Tensor] = None) -> Tensor:
+    """Per-sample denoising score-matching losses ``[B]`` (see the module docstring).
+
+    ``t`` and ``noise`` may be given (common random numbers in tests); otherwise they are drawn
+    with ``generator`` on x0's device.
+    """
+    _check(sde, eps, weighting, reduction, importance_sampling)
+    B = x0.shape[0]
+    if t is None:
+        draw = importance_time if importance_sampling else sample_time
+        t = draw(sde, B, eps, generator=generator, dtype=x0.dtype, device=x0.device)
+    if noise is None:
+        noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+    xt = sde.perturb(x0, t, noise)
+    # the squared error in at least float32, also under autocast (half-precision scores)
+    ct = torch.promote_types(x0.dtype, torch.float32)
+    score = score_fn(xt, t).to(ct)
+    noise, tc = noise.to(ct), t.to(ct)
+    sigma = sde.std(tc)
+    err = expand_to(sigma, score) * score + noise              # sigma s + z
+    if weighting == "likelihood" and not importance_sampling:
+        err = expand_to(sde.diffusion(tc) / sigma, score) * err  # g (s + z / sigma)
+    sq = err.pow(2).reshape(B, -1)
+    per = sq.mean(1) if reduction == "mean" else 0.5 * sq.sum(1)
+    if importance_sampling:
+        per = per * (importance_norm(sde, eps) / (sde.T - eps))
+    return per
+
+
+@dataclass
+class DSMLoss:
+    """The training loss as a callable ``loss(score_model, x0, generator) -> scalar``.
+
+    ``score_model`` needs ``.sde``; the batch mean of :func:`dsm_loss` is returned.
+    """
+
+    weighting: str = "sigma2"
+    importance_sampling: bool = False
+    eps: float = 1e-5
+    reduction: str = "mean"
+
+    def __post_init__(self):
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"unknown weighting {self.weighting!r}; valid names: {list(WEIGHTINGS)}")
+        if self.reduction not in REDUCTIONS:
+            raise ValueError(f"unknown reduction {self.reduction!r}; valid names: {list(REDUCTIONS)}")
+        if self.importance_sampling and self.weighting != "likelihood":
+            raise ValueError("importance_sampling is defined for weighting='likelihood' only")
+
+    def per_sample(self, score_model, x0: Tensor, generator: Optional[torch.Generator] = None, **kw) -> Tensor:
+        return dsm_loss(score_model, score_model.sde, x0, weighting=self.weighting,
+                        importance_sampling=self.importance_sampling, eps=self.eps,
+                        reduction=self.reduction, generator=generator, **kw)
+
+    def __call__(self, score_model, x0: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+        return self.per_sample(score_model, x0, generator).mean()

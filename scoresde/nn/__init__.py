@@ -1,0 +1,39 @@
+"""Score networks.  A network is any ``nn.Module`` with ``net(x, t) -> Tensor`` of x's shape
+(``x [B, ...]``, ``t [B]``); :class:`scoresde.ScoreModel` turns its output into a score.
+
+Networks are built by name from a registry, so configs stay plain data::
+
+    net = build_model("mlp", data_shape=(2,), width=256, depth=4)
+
+``data_shape`` (the shape of one sample) is passed by the caller (the trainer takes it from the
+data set).  Add a network with ``@register_model("name")`` on its class or factory.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict
+
+from torch import nn
+
+from .embeddings import GaussianFourierProjection, SinusoidalEmbedding, build_time_embedding
+from .mlp import MLPScoreNet
+
+__all__ = ["MODELS", "register_model", "build_model", "MLPScoreNet", "GaussianFourierProjection",
+           "SinusoidalEmbedding", "build_time_embedding"]
+
+MODELS: Dict[str, Callable[..., nn.Module]] = {"mlp": MLPScoreNet}
+
+
+def register_model(name: str):
+    """Decorator: register a network class or factory under ``name``."""
+    def deco(fn):
+        MODELS[name] = fn
+        return fn
+    return deco
+
+
+def build_model(name: str, **kwargs) -> nn.Module:
+    """Build a registered network by name (``"mlp"``, ...) with its keyword arguments."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; valid names: {sorted(MODELS)}")
+    return MODELS[name](**kwargs)

@@ -1,0 +1,89 @@
+"""ScoreModel: a network and an SDE joined into a score function ``score_fn(x, t)``.
+
+Parameterizations (Song et al. 2021, ``mutils.get_score_fn``):
+
+* ``"noise"``: the network predicts the standardized noise eps of x_t = alpha x0 + sigma eps, and
+  the score is ``-net(x, t) / sigma(t)`` (exact for the Gaussian transition: grad log p(x_t | x0)
+  = -eps / sigma).  The denoising loss with sigma^2 weighting is then ||net - eps||^2.
+* ``"score"``: the network output is the score itself.
+
+The network sees the time through ``time_input``: ``"t"`` (the time itself, default),
+``"log_sigma"`` (log sigma(t), as Song et al.'s NCSN++ for VE) or ``"log_snr"``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+import torch
+from torch import nn
+
+from .sde import SDE, as_time, expand_to, get_sde
+
+Tensor = torch.Tensor
+
+__all__ = ["ScoreModel", "build_score_model", "PARAMETERIZATIONS", "TIME_INPUTS"]
+
+PARAMETERIZATIONS = ("noise", "score")
+TIME_INPUTS = ("t", "log_sigma", "log_snr")
+
+
+class ScoreModel(nn.Module):
+    """``score_fn(x, t) -> grad_x log p_t(x)`` from a network ``net(x, c) -> Tensor`` and an SDE.
+
+    It is an ``nn.Module`` (so it trains, moves and saves like one) and a score function: pass it
+    to every sampler and to ``log_likelihood`` as it is.  ``.sde`` is its SDE.
+    """
+
+    def __init__(self, net: nn.Module, sde: SDE, parameterization: str = "noise", time_input: str = "t"):
+        super().__init__()
+        if parameterization not in PARAMETERIZATIONS:
+            raise ValueError(f"unknown parameterization {parameterization!r}; valid names: {list(PARAMETERIZATIONS)}")
+        if time_input not in TIME_INPUTS:
+            raise ValueError(f"unknown time_input {time_input!r}; valid names: {list(TIME_INPUTS)}")
+        if not isinstance(sde, SDE):
+            raise ValueError(f"sde must be an SDE instance, got {type(sde).__name__}")
+        self.net = net
+        self.sde = sde
+        self.parameterization = parameterization
+        self.time_input = time_input
+        self.spec: Optional[Dict[str, Any]] = None   # set by build_score_model, saved in checkpoints
+
+    def conditioning(self, t: Tensor) -> Tensor:
+        """What the network is given as its time input."""
+        if self.time_input == "t":
+            return t
+        if self.time_input == "log_sigma":
+            return torch.log(self.sde.std(t))
+        return self.sde.log_snr(t)
+
+    def forward(self, x: Tensor, t) -> Tensor:
+        t = as_time(t, x)
+        out = self.net(x, self.conditioning(t))
+        if self.parameterization == "noise":
+            return -out / expand_to(self.sde.std(t), x)
+        return out
+
+    def extra_repr(self) -> str:
+        return f"sde={self.sde!r}, parameterization={self.parameterization!r}, time_input={self.time_input!r}"
+
+
+def build_score_model(spec: Dict[str, Any]) -> ScoreModel:
+    """A :class:`ScoreModel` from a plain spec (the form checkpoints store)::
+
+        {"sde": {"name": "vp", ...kwargs}, "model": {"name": "mlp", "data_shape": [2], ...},
+         "parameterization": "noise", "time_input": "t"}
+    """
+    from .nn import build_model
+
+    for key in ("sde", "model"):
+        if key not in spec or "name" not in spec[key]:
+            raise ValueError(f"model spec needs {key!r} with a 'name'; got {spec!r}")
+    sde_kw = {k: v for k, v in spec["sde"].items() if k != "name"}
+    net_kw = {k: v for k, v in spec["model"].items() if k != "name"}
+    sde = get_sde(spec["sde"]["name"], **sde_kw)
+    net = build_model(spec["model"]["name"], **net_kw)
+    model = ScoreModel(net, sde, spec.get("parameterization", "noise"), spec.get("time_input", "t"))
+    model.spec = {"sde": dict(spec["sde"]), "model": dict(spec["model"]),
+                  "parameterization": model.parameterization, "time_input": model.time_input}
+    return model

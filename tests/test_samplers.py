@@ -1,0 +1,305 @@
+"""Samplers against the exact Gaussian-mixture oracle: quality, exact NFE, seeds, reversibility, errors.
+
+Quality tolerance.  ``metrics.exact_floor(mix, n)`` is the mean mode-by-mode W2 of n fresh exact
+samples; a set of exact samples itself scatters around it (at n = 3000, 40 exact sets scored
+W2 / floor in 0.75-1.20 with standard deviation 0.10, on ring8 and on aniso8 alike).  We accept
+W2 <= C * floor with C = 1.6: six standard deviations above an exact sampler, room for the small
+discretization error of the settings tested, while a sampler whose modes are 15% too wide, or
+shifted by a tenth of their std, scores above the bound at this n (checked in
+``test_quality_tolerance_rejects_a_slightly_wrong_sampler``).  The mode
+weights: total variation <= 3 standard errors of a multinomial proportion sum.
+"""
+
+import math
+
+import pytest
+import torch
+
+import scoresde as sd
+from scoresde import metrics
+from scoresde.samplers import SAMPLERS, build_sampler, integrate_probability_flow, sampler_options
+from scoresde.samplers.fast import time_grid
+
+N = 3000
+C = 1.6
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # the mixture score is a few small ops: threads only contend on a shared 2-core machine
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+_FLOORS = {}
+
+
+def floor(mix_name: str, n: int = N) -> float:
+    if (mix_name, n) not in _FLOORS:
+        _FLOORS[(mix_name, n)] = metrics.exact_floor(sd.get_mixture(mix_name), n, repeats=10)
+    return _FLOORS[(mix_name, n)]
+
+
+def weight_tolerance(mix, n: int) -> float:
+    # TV = 1/2 sum_k |p^_k - w_k|; E|p^_k - w_k| <= sqrt(w_k (1 - w_k) / n)
+    w = mix.weights
+    return 3 * 0.5 * float(torch.sqrt(w * (1 - w) / n).sum())
+
+
+CONFIGS = {
+    "pc_em": ("pc", dict(steps=200)),
+    "pc_rd_langevin": ("pc", dict(predictor="reverse_diffusion", corrector="langevin", steps=100,
+                                  langevin_norm="batch")),
+    "pc_ancestral": ("pc", dict(predictor="ancestral", steps=200)),
+    "ode": ("ode", {}),
+    "sde": ("sde", dict(steps=200)),
+    "dpm_solver": ("dpm_solver", dict(steps=20)),
+    "heun": ("heun", dict(steps=20)),
+    "unipc": ("unipc", dict(steps=20)),
+}
+
+
+def run(sampler, opts, sde, mix_name, n=N, seed=0):
+    mix = sd.get_mixture(mix_name)
+    out = sd.sample(mix.score_fn(sde), sde, (n, mix.dim), sampler=sampler,
+                    generator=torch.Generator().manual_seed(seed), **opts)
+    return mix, out
+
+
+@pytest.mark.parametrize("config", list(CONFIGS))
+def test_sampler_matches_ring8_modes(config, sde):
+    sampler, opts = CONFIGS[config]
+    mix, out = run(sampler, opts, sde, "ring8")
+    stats = metrics.mode_w2(out.x, mix)
+    assert stats.w2 <= C * floor("ring8"), (config, sde, stats.w2 / floor("ring8"))
+    assert stats.weight_error <= weight_tolerance(mix, N)
+
+
+@pytest.mark.parametrize("config", ["pc_em", "pc_ancestral", "ode", "sde", "dpm_solver", "heun", "unipc"])
+def test_sampler_matches_aniso8_modes(config):
+    sampler, opts = CONFIGS[config]
+    sde = sd.VPSDE()
+    mix, out = run(sampler, opts, sde, "aniso8")
+    stats = metrics.mode_w2(out.x, mix)
+    assert stats.w2 <= C * floor("aniso8"), (config, stats.w2 / floor("aniso8"))
+    assert stats.weight_error <= weight_tolerance(mix, N)
+
+
+def test_quality_tolerance_rejects_a_slightly_wrong_sampler():
+    mix = sd.ring8()
+    x, lab = mix.sample(N, generator=torch.Generator().manual_seed(1), return_labels=True)
+    centre = mix.means.to(x.dtype)[lab]
+    wide = centre + 1.15 * (x - centre)
+    shifted = x + 0.025
+    assert metrics.mode_w2(x, mix).w2 <= C * floor("ring8")
+    assert metrics.mode_w2(wide, mix).w2 > C * floor("ring8")
+    assert metrics.mode_w2(shifted, mix).w2 > C * floor("ring8")
+
+
+# -- exact NFE -----------------------------------------------------------------------------------
+class Counter:
+    def __init__(self, fn):
+        self.fn, self.n = fn, 0
+
+    def __call__(self, x, t):
+        self.n += 1
+        return self.fn(x, t)
+
+
+NFE_CASES = [
+    ("pc", dict(steps=7), 7),
+    ("pc", dict(steps=5, corrector="langevin", corrector_steps=2), 15),
+    ("pc", dict(steps=5, predictor="none", corrector="annealed_langevin", corrector_steps=3), 15),
+    ("pc", dict(steps=5, predictor="ancestral", corrector="annealed_langevin"), 10),
+    ("ode", dict(method="euler", steps=9), 9),
+    ("ode", dict(method="rk4", steps=5), 20),
+    ("ode", {}, None),
+    ("sde", dict(steps=8), 8),
+    ("sde", dict(steps=8, method="heun"), 16),
+    ("sde", dict(steps=8, method="srk"), 32),
+    ("sde", dict(dt=0.25), None),
+    ("dpm_solver", dict(steps=6, order=3), 6),
+    ("dpm_solver", dict(steps=6, denoise=True), 6),
+    ("heun", dict(steps=4, denoise=True), 7),
+    ("unipc", dict(steps=6), 6),
+    ("unipc", dict(steps=6, order=3, variant="bh2"), 6),
+    ("heun", dict(steps=4), 8),
+]
+
+
+@pytest.mark.parametrize("sampler,opts,expected", NFE_CASES)
+def test_nfe_equals_counted_score_calls(sampler, opts, expected, sde):
+    mix = sd.ring8()
+    counter = Counter(mix.score_fn(sde))
+    out = sd.sample(counter, sde, (16, 2), sampler=sampler, generator=torch.Generator().manual_seed(0), **opts)
+    assert out.nfe == counter.n
+    if expected is not None:
+        assert out.nfe == expected
+    assert out.seconds > 0 and torch.isfinite(out.x).all()
+
+
+# -- randomness ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("sampler,opts", [("pc", dict(steps=20, corrector="langevin")), ("ode", {}),
+                                          ("sde", dict(steps=20)), ("sde", dict(steps=10, method="srk")),
+                                          ("dpm_solver", dict(steps=8))])
+def test_same_seed_same_samples_other_seed_differs(sampler, opts):
+    sde, mix = sd.VPSDE(), sd.ring8()
+    draw = lambda seed: sd.sample(mix.score_fn(sde), sde, (64, 2), sampler=sampler,
+                                  generator=torch.Generator().manual_seed(seed), **opts).x
+    a, b, c = draw(5), draw(5), draw(6)
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c)
+
+
+# -- the probability-flow ODE ------------------------------------------------------------------------
+@pytest.mark.parametrize("time_variable", ["t", "sigma", "log_sigma"])
+def test_ode_forward_then_backward_returns_start(sde, time_variable):
+    mix = sd.ring8()
+    score = mix.score_fn(sde)
+    x0 = mix.sample(64, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    eps = 1e-3
+    z, _ = integrate_probability_flow(score, sde, x0, eps, sde.T, rtol=1e-8, atol=1e-8,
+                                      time_variable=time_variable)
+    assert z.std() > 0.5 * sde.prior_std  # it did travel to the prior's scale
+    back, _ = integrate_probability_flow(score, sde, z, sde.T, eps, rtol=1e-8, atol=1e-8,
+                                         time_variable=time_variable)
+    assert (back - x0).abs().max() < 1e-4
+
+
+def test_ode_time_variables_agree_on_the_solution(sde):
+    mix = sd.ring8()
+    score = mix.score_fn(sde)
+    z = sde.prior_sample((64, 2), generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    outs = [integrate_probability_flow(score, sde, z, sde.T, 1e-3, rtol=1e-9, atol=1e-9, time_variable=v)[0]
+            for v in ("t", "sigma", "log_sigma")]
+    # samples on a boundary between modes are sensitive; compare the bulk
+    for o in outs[1:]:
+        assert (o - outs[0]).norm(dim=1).median() < 1e-5
+
+
+def test_adaptive_ode_never_evaluates_outside_eps_T():
+    sde, mix = sd.VPSDE(), sd.ring8()
+    seen = []
+    score = mix.score_fn(sde)
+
+    def spy(x, t):
+        seen.append(t)
+        return score(x, t)
+
+    for v in ("t", "sigma", "log_sigma"):
+        out = sd.sample(spy, sde, (32, 2), sampler="ode", time_variable=v, generator=torch.Generator().manual_seed(0))
+        assert torch.isfinite(out.x).all()
+    ts = torch.cat(seen).double()
+    assert ts.min() >= 1e-3 * (1 - 1e-5) and ts.max() <= sde.T * (1 + 1e-6)
+
+
+def test_fast_solvers_converge_to_the_ode_solution(sde):
+    mix = sd.ring8()
+    score = mix.score_fn(sde)
+    z = sde.prior_sample((256, 2), generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    ref, _ = integrate_probability_flow(score, sde, z, sde.T, 1e-3, rtol=1e-10, atol=1e-10)
+    errs = {}
+    for name, opts in (("dpm_solver", dict(order=3)), ("dpm_solver", dict(order=2)), ("heun", {}),
+                       ("unipc", {}), ("unipc", dict(order=2, variant="bh2"))):
+        e = []
+        for steps in (25, 100):
+            out = sd.sample(score, sde, z.shape, sampler=name, x_init=z, dtype=torch.float64, steps=steps, **opts)
+            e.append(float((out.x - ref).norm(dim=1).median()))
+        errs[(name, opts.get("order"))] = e
+        assert e[1] < 1e-3 and e[1] < e[0] / 4, (name, opts, e)  # at least second order
+    # third order beats second at the same steps
+    assert errs[("dpm_solver", 3)][1] < errs[("dpm_solver", 2)][1]
+
+
+# -- options, results, devices -----------------------------------------------------------------------
+@pytest.mark.parametrize("kwargs,words", [
+    (dict(sampler="nope"), ["nope", "pc", "ode", "sde", "dpm_solver", "heun"]),
+    (dict(sampler="pc", stepz=3), ["stepz", "steps", "snr", "corrector_steps"]),
+    (dict(sampler="pc", predictor="euler"), ["euler", "euler_maruyama", "reverse_diffusion", "ancestral"]),
+    (dict(sampler="pc", corrector="ald"), ["ald", "langevin", "annealed_langevin"]),
+    (dict(sampler="pc", corrector="langevin", langevin_norm="median"), ["median", "sample", "batch"]),
+    (dict(sampler="ode", method="rk45"), ["rk45", "dopri5", "rk4"]),
+    (dict(sampler="ode", time_variable="lambda"), ["lambda", "log_sigma"]),
+    (dict(sampler="sde", method="rk4"), ["rk4", "euler", "srk", "reversible_heun"]),
+    (dict(sampler="dpm_solver", grid="cosine"), ["cosine", "logsnr", "karras"]),
+    (dict(sampler="dpm_solver", order=4), ["order"]),
+    (dict(sampler="unipc", variant="bh3"), ["bh3", "bh1", "bh2"]),
+    (dict(sampler="heun", steps=0), ["steps"]),
+    (dict(sampler="sde", steps=10, dt=0.1), ["steps", "dt"]),
+    (dict(sampler="ode", steps=10), ["steps", "adaptive"]),
+])
+def test_bad_names_and_options_raise_valueerror_listing_valid_ones(kwargs, words):
+    sde, mix = sd.VPSDE(), sd.ring8()
+    with pytest.raises(ValueError) as err:
+        sd.sample(mix.score_fn(sde), sde, (4, 2), **kwargs)
+    for w in words:
+        assert w in str(err.value)
+
+
+def test_build_sampler_is_reusable_and_lists_its_options():
+    smp = build_sampler("pc", steps=10)
+    sde, mix = sd.VPSDE(), sd.ring8()
+    a = smp(mix.score_fn(sde), sde, (8, 2), generator=torch.Generator().manual_seed(0))
+    b = smp(mix.score_fn(sde), sde, (8, 2), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(a.x, b.x) and a.nfe == 10
+    assert sampler_options("pc")["snr"] == 0.16 and sampler_options("pc")["corrector_steps"] == 1
+    assert set(SAMPLERS) >= {"pc", "ode", "sde", "dpm_solver", "heun"}
+    with pytest.raises(ValueError, match="valid samplers"):
+        build_sampler("ddim")
+
+
+@pytest.mark.parametrize("sampler,opts", [("pc", dict(steps=6)), ("ode", dict(trajectory_points=11)),
+                                          ("sde", dict(steps=6)), ("dpm_solver", dict(steps=6)),
+                                          ("heun", dict(steps=3)), ("unipc", dict(steps=5))])
+def test_trajectory_runs_from_T_to_eps_and_ends_at_the_sample(sampler, opts):
+    sde, mix = sd.VESDE(), sd.ring8()
+    out = sd.sample(mix.score_fn(sde), sde, (10, 2), sampler=sampler, return_trajectory=True,
+                    generator=torch.Generator().manual_seed(0), **opts)
+    assert out.trajectory.shape[1:] == (10, 2) and out.trajectory.shape[0] == out.times.shape[0]
+    assert float(out.times[0]) == pytest.approx(sde.T) and float(out.times[-1]) == pytest.approx(1e-3)
+    assert (out.times[1:] < out.times[:-1]).all()
+    assert out.trajectory[0].std() > 10  # VE prior: std 50
+    assert torch.allclose(out.trajectory[-1], out.x, atol=1e-5)
+    plain = sd.sample(mix.score_fn(sde), sde, (10, 2), sampler=sampler,
+                      generator=torch.Generator().manual_seed(0), **opts)
+    assert torch.allclose(plain.x, out.x, atol=1e-5) and plain.nfe == out.nfe
+
+
+def test_dtype_device_and_shape_follow_the_arguments():
+    sde, mix = sd.VPSDE(), sd.GaussianMixture([1.0], [[0.0] * 4], [0.5], event_shape=(2, 2))
+    out = sd.sample(mix.score_fn(sde), sde, (5, 2, 2), sampler="dpm_solver", steps=5, dtype=torch.float64,
+                    generator=torch.Generator().manual_seed(0), progress=True)
+    assert out.x.shape == (5, 2, 2) and out.x.dtype == torch.float64 and out.x.device.type == "cpu"
+    x0 = torch.zeros(5, 2, 2)
+    out = sd.sample(mix.score_fn(sde), sde, (5, 2, 2), sampler="pc", steps=3, x_init=x0)
+    assert out.nfe == 3
+
+
+def test_langevin_step_is_the_papers_per_sample_rule():
+    """Algorithm 5: eps = 2 alpha_i (r |z| / |g|)^2 with alpha_i = prod (1 - beta) = alpha(t)^2."""
+    from scoresde.samplers.pc import corrector_step
+
+    class Ctx:
+        def randn_like(self, x):
+            return torch.ones_like(x)
+
+    sde = sd.VPSDE()
+    x = torch.tensor([[1.0, 0.0], [0.0, 3.0]])
+    score = lambda x, t: -x
+    t = torch.full((2,), 0.3)
+    _, mean = corrector_step("langevin", score, sde, x, t, 0.2, Ctx())
+    a = float(sde.mean_coef(torch.tensor(0.3))) ** 2
+    steps = 2 * a * (0.2 * math.sqrt(2) / torch.tensor([1.0, 3.0])) ** 2
+    assert torch.allclose(mean, x - steps[:, None] * x, rtol=1e-5)
+
+
+def test_time_grids_run_from_T_to_eps_and_decrease():
+    for sde in (sd.VPSDE(), sd.SubVPSDE(), sd.VESDE()):
+        for g in ("logsnr", "karras", "time_uniform", "time_quadratic", "vp_quadratic"):
+            t = time_grid(sde, 12, 1e-3, g)
+            assert t.shape == (13,) and float(t[0]) == sde.T and float(t[-1]) == 1e-3
+            assert (t[1:] < t[:-1]).all(), (sde, g)
+    lam = sd.VPSDE().log_snr(time_grid(sd.VPSDE(), 8, 1e-3, "logsnr"))
+    assert torch.allclose(lam.diff(), lam.diff()[0].expand(8), rtol=1e-6)
