@@ -246,3 +246,68 @@ def _read_torchvision(name: str, root, train: bool = True, size: Optional[int] =
     if len(shapes) > 1:
         raise ValueError(f"torchvision data set {name} has images of several sizes {sorted(shapes)}; pass size=")
     return torch.stack(levels), torch.tensor(labels, dtype=torch.int64)
+
+
+# ---------------------------------------------------------------------------------------------
+# registry (scoresde.data.build_dataset): image sets in model space, [-1, 1]
+# ---------------------------------------------------------------------------------------------
+from . import DataSet, Scaler, register_dataset  # noqa: E402  (data/__init__ imports this module last)
+
+
+def _image_dataset(name: str, k_train: Tensor, k_test: Tensor, levels: int, dequantize: bool,
+                   seed: int, info: dict) -> DataSet:
+    """A :class:`DataSet` from integer levels.  Data space is pixel intensity in [0, 1]
+    (``Scaler.unit(0, 1)``: x_model = 2 x - 1, so level k is intensity k / (L - 1)).  With
+    ``dequantize`` every training batch gets fresh uniform noise and the held-out set fixed noise
+    (seeded), both as :func:`to_model_range`."""
+    test = to_model_range(k_test, levels, dequantize=dequantize,
+                          generator=torch.Generator().manual_seed(seed + 1))
+    info = {"levels": levels, "dequantize": dequantize, **info}
+    if not dequantize:
+        return DataSet(name, tuple(k_train.shape[1:]), test=test, train=to_model_range(k_train, levels),
+                       scaler=Scaler.unit(0.0, 1.0), info=info)
+
+    def sampler(n: int, generator: Optional[torch.Generator] = None) -> Tensor:
+        dev = generator.device if generator is not None else None
+        idx = torch.randint(k_train.shape[0], (n,), generator=generator, device=dev).cpu()
+        return to_model_range(k_train[idx].to(dev or "cpu"), levels, dequantize=True, generator=generator)
+
+    return DataSet(name, tuple(k_train.shape[1:]), test=test, sampler=sampler,
+                   scaler=Scaler.unit(0.0, 1.0), info=info)
+
+
+def _split_levels(k: Tensor, n_test: int, seed: int) -> Tuple[Tensor, Tensor]:
+    if not 0 < n_test < k.shape[0]:
+        raise ValueError(f"n_test must lie in [1, {k.shape[0] - 1}] for {k.shape[0]} images, got {n_test}")
+    perm = torch.randperm(k.shape[0], generator=torch.Generator().manual_seed(seed))
+    return k[perm[:-n_test]], k[perm[-n_test:]]
+
+
+@register_dataset("digits")
+def digits_dataset(n_test: int = 300, seed: int = 0, dequantize: bool = False) -> DataSet:
+    """scikit-learn's 8x8 digits split as :func:`digits_split` (same ``n_test``, ``seed``)."""
+    k, _ = _digits_levels()
+    k_train, k_test = _split_levels(k, n_test, seed)
+    return _image_dataset("digits", k_train, k_test, DIGITS_LEVELS, dequantize, seed,
+                          {"n_test": n_test, "seed": seed})
+
+
+@register_dataset("image_folder")
+def image_folder_dataset(root: str, size: int = 32, channels: int = 3, n_test: int = 256, seed: int = 0,
+                         dequantize: bool = False) -> DataSet:
+    """The images under ``root`` (:func:`load_image_folder`), ``n_test`` of them held out."""
+    k, _, classes = _read_image_folder(root, size, channels)
+    k_train, k_test = _split_levels(k, n_test, seed)
+    return _image_dataset("image_folder", k_train, k_test, 256, dequantize, seed,
+                          {"root": str(root), "classes": classes})
+
+
+@register_dataset("torchvision")
+def torchvision_dataset(dataset: str = "MNIST", root: str = ".", size: Optional[int] = None,
+                        channels: Optional[int] = None, n_test: int = 2000, seed: int = 0,
+                        dequantize: bool = False) -> DataSet:
+    """``torchvision.datasets.<dataset>`` from disk (:func:`load_torchvision`): its train split for
+    training, the first ``n_test`` images of its test split held out."""
+    k_train, _ = _read_torchvision(dataset, root, True, size, channels)
+    k_test, _ = _read_torchvision(dataset, root, False, size, channels)
+    return _image_dataset(dataset, k_train, k_test[:n_test], 256, dequantize, seed, {"root": str(root)})

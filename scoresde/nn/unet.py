@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._unet_embeddings import GaussianFourierEmbedding, SinusoidalEmbedding
+from .embeddings import GaussianFourierProjection, SinusoidalEmbedding
 
 Tensor = torch.Tensor
 
@@ -177,7 +177,7 @@ class UNet(nn.Module):
         if unused:
             raise ValueError(f"attn_resolutions {unused} match no level; the levels have sides {resolutions}")
         if embedding == "fourier":
-            emb = GaussianFourierEmbedding(nf, scale=fourier_scale)
+            emb = GaussianFourierProjection(nf, scale=fourier_scale)
         elif embedding == "sinusoidal":
             emb = SinusoidalEmbedding(nf, scale=1000.0)
         else:
