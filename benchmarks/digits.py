@@ -92,6 +92,8 @@ def save_grid(samples: torch.Tensor, real: torch.Tensor, path: Path, rows: int =
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rows = min(rows, math.isqrt(len(samples)), math.isqrt(len(real)))
+
     def tile(x):
         x = x[: rows * rows, 0].clamp(-1, 1)
         h = x.shape[-1]

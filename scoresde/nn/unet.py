@@ -24,9 +24,11 @@ parameterization).  The architecture follows DDPM++ (``ncsnpp.py`` of score_sde_
   network outputs zero;  other weights use Xavier-uniform (DDPM's ``default_init``).
 
 Sizing.  ``ch_mult`` gives the width of each level as a multiple of ``nf``; with L levels the
-image side must be divisible by 2^(L-1).  For 8x8 digits ``nf=32, ch_mult=(1, 2, 2)`` (8 -> 4 -> 2)
-with attention at 4x4 has about 0.9 M parameters; for 32x32 RGB DDPM++'s CIFAR-10 model is
-``nf=128, ch_mult=(1, 2, 2, 2), num_res_blocks=4, attn_resolutions=(16,)`` (about 60 M).
+image side must be divisible by 2^(L-1).  For the 8x8 digits, ``nf=32, ch_mult=(1, 2),
+num_res_blocks=1`` with attention at 4x4 has 0.70 M parameters and trains in minutes on a CPU
+(conf/experiment/digits.yaml); ``nf=32, ch_mult=(1, 2, 2), num_res_blocks=2`` has 1.62 M.  DDPM++'s
+CIFAR-10 model is ``nf=128, ch_mult=(1, 2, 2, 2), num_res_blocks=4, attn_resolutions=(16,)``
+(58.7 M here, 32x32 RGB).
 """
 
 from __future__ import annotations
