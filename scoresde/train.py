@@ -357,6 +357,7 @@ class Trainer:
             torch.set_num_threads(int(self.cfg.threads))
         self.device = resolve_device(self.cfg.device)
         self.model = model.to(self.device)
+        self.train_model: torch.nn.Module = self.model   # what the loss differentiates (DDP wrapper under torchrun)
         self.data = data.to(self.device)
         self.loss_fn = loss if loss is not None else DSMLoss()
         self.sampler = dict(sampler or {"name": "ode"})
@@ -423,8 +424,8 @@ class Trainer:
         amp = self.cfg.amp != "none"
         dtype = torch.bfloat16 if self.cfg.amp == "bf16" else torch.float16
         with torch.autocast(self.device.type, dtype=dtype, enabled=amp):
-            loss = self.loss_fn(self.model, x0, self.gen)
-        loss_val = float(loss.detach())
+            loss = self.loss_fn(self.train_model, x0, self.gen)
+        loss_val = self._loss_value(loss)
         if not math.isfinite(loss_val):
             raise self._diverged("the loss", loss_val)
         self.opt.zero_grad(set_to_none=True)
@@ -440,6 +441,13 @@ class Trainer:
         self.ema.update(self.model, self.step)
         self.step += 1
         return {"loss": loss_val, "grad_norm": gnorm_val, "lr": self.opt.param_groups[0]["lr"]}
+
+    # -- hooks for distributed training (scoresde.distributed.DistributedTrainer) --------------
+    is_main = True  # this process writes logs, checkpoints, metrics and samples
+
+    def _loss_value(self, loss: Tensor) -> float:
+        """The loss as a float for logging and the divergence check (the mean over ranks under DDP)."""
+        return float(loss.detach())
 
     # -- the loop ------------------------------------------------------------------------------
     def fit(self) -> Dict[str, Any]:
@@ -464,7 +472,8 @@ class Trainer:
                            "loss": sum(window) / len(window), "lr": stats["lr"], "grad_norm": stats["grad_norm"]}
                     self.metrics["train_loss"] = row["loss"]
                     window = []
-                    log.write(row)
+                    if self.is_main:
+                        log.write(row)
                     bar.set_postfix(loss=f"{row['loss']:.4f}")
                     if tb is not None:
                         for k in ("loss", "lr", "grad_norm"):
@@ -481,8 +490,9 @@ class Trainer:
         self.evaluate(final=True, tb=tb)
         self.metrics.update(step=self.step, train_time_s=round(train_time, 3),
                             eval_time_s=round(time.perf_counter() - t_eval, 3))
-        with open(self.out_dir / "metrics.json", "w") as f:
-            json.dump(self.metrics, f, indent=2)
+        if self.is_main:
+            with open(self.out_dir / "metrics.json", "w") as f:
+                json.dump(self.metrics, f, indent=2)
         if tb is not None:
             tb.close()
         return self.metrics
@@ -611,13 +621,14 @@ def build_from_config(config: Dict[str, Any]):
     return model, data, loss
 
 
-def train(config: Dict[str, Any], out_dir: PathLike = ".") -> Dict[str, Any]:
+def train(config: Dict[str, Any], out_dir: PathLike = ".", trainer_cls: Optional[type] = None) -> Dict[str, Any]:
     """Build everything from ``config`` (a plain dict shaped like ``conf/``) and train.
 
-    Returns the final metrics (also written to ``out_dir/metrics.json``).
+    Returns the final metrics (also written to ``out_dir/metrics.json``).  ``trainer_cls``
+    (default :class:`Trainer`) lets the torchrun app pass its DistributedTrainer.
     """
     model, data, loss = build_from_config(config)
-    trainer = Trainer(model, data, loss, optim=config.get("optim"), train=config.get("train"),
+    trainer = (trainer_cls or Trainer)(model, data, loss, optim=config.get("optim"), train=config.get("train"),
                       eval=config.get("eval"), sampler=config.get("sampler"), out_dir=out_dir,
                       config=config, seed=int(config.get("seed", 0)))
     return trainer.fit()

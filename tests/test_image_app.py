@@ -63,6 +63,17 @@ def _compose(overrides):
         return OmegaConf.to_container(compose(config_name="train", overrides=list(overrides)), resolve=True)
 
 
+def test_unet_and_image_data_config_typos_fail_at_composition():
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException, match="nff"):
+        _compose(["model=unet", "data=digits", "model.nff=3"])
+    with pytest.raises(ConfigCompositionException, match="n_tset"):
+        _compose(["data=digits", "data.n_tset=3"])
+    with pytest.raises(ValueError, match="root"):
+        build_dataset("image_folder")
+
+
 def test_digits_preset_composes_into_the_unet_on_digits():
     cfg = _compose(["experiment=digits"])
     assert (cfg["model"]["name"], cfg["data"]["name"], cfg["sampler"]["name"]) == ("unet", "digits", "pc")

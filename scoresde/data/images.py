@@ -293,9 +293,11 @@ def digits_dataset(n_test: int = 300, seed: int = 0, dequantize: bool = False) -
 
 
 @register_dataset("image_folder")
-def image_folder_dataset(root: str, size: int = 32, channels: int = 3, n_test: int = 256, seed: int = 0,
-                         dequantize: bool = False) -> DataSet:
+def image_folder_dataset(root: Optional[str] = None, size: int = 32, channels: int = 3, n_test: int = 256,
+                         seed: int = 0, dequantize: bool = False) -> DataSet:
     """The images under ``root`` (:func:`load_image_folder`), ``n_test`` of them held out."""
+    if root is None:
+        raise ValueError("the image_folder data set needs root= (the folder to read)")
     k, _, classes = _read_image_folder(root, size, channels)
     k_train, k_test = _split_levels(k, n_test, seed)
     return _image_dataset("image_folder", k_train, k_test, 256, dequantize, seed,

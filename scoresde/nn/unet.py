@@ -251,9 +251,15 @@ class UNet(nn.Module):
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
-def unet(data_shape: Sequence[int], **kwargs) -> UNet:
-    """Registry factory: a :class:`UNet` for samples of shape ``data_shape = [C, H, W]`` (H = W)."""
+def unet(data_shape: Sequence[int], nf: int = 32, ch_mult: Sequence[int] = (1, 2, 2),
+         num_res_blocks: int = 2, attn_resolutions: Optional[Sequence[int]] = None,
+         dropout: float = 0.1, embedding: str = "fourier", fourier_scale: float = 16.0,
+         skip_rescale: bool = True) -> UNet:
+    """Registry factory: a :class:`UNet` for samples of shape ``data_shape = [C, H, W]`` (H = W);
+    the other arguments are the UNet's (listed so that config schemas can check them)."""
     shape = tuple(int(d) for d in data_shape)
     if len(shape) != 3 or shape[1] != shape[2]:
         raise ValueError(f"the U-Net needs square images, data_shape [C, H, H]; got {list(shape)}")
-    return UNet(image_size=shape[1], channels=shape[0], **kwargs)
+    return UNet(image_size=shape[1], channels=shape[0], nf=nf, ch_mult=ch_mult,
+                num_res_blocks=num_res_blocks, attn_resolutions=attn_resolutions, dropout=dropout,
+                embedding=embedding, fourier_scale=fourier_scale, skip_rescale=skip_rescale)

@@ -1,0 +1,54 @@
+"""What the Hydra apps share: the config location, the run directory, errors as exit codes."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from pathlib import Path
+from typing import Callable
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+
+from ..train import CheckpointError, TrainingDiverged
+
+log = logging.getLogger("scoresde")
+
+# Errors a user can cause (a wrong value, a missing or foreign checkpoint): one line and exit 1,
+# not a traceback.  Anything else is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, CheckpointError, TrainingDiverged)
+
+
+def exit_on_user_error(fn: Callable) -> Callable:
+    """Decorate an app body: a user error is logged as ``error: ...`` and the process exits 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except USER_ERRORS as e:
+            log.error("%s: %s", type(e).__name__, e)
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(1)
+
+    return wrapper
+
+
+def run_dir() -> Path:
+    """The run directory Hydra made for this job."""
+    return Path(HydraConfig.get().runtime.output_dir)
+
+
+def checkpoint_path(path: str) -> Path:
+    """``path`` as given, or relative to Hydra's original working directory; a clear error if absent."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path} (give checkpoint=PATH to a file written "
+                                f"by scoresde-train, e.g. outputs/train/<date>/<time>/checkpoints/last.pt)")
+    return p
+
+
+def cpu_generator(seed: int) -> torch.Generator:
+    """A CPU generator: the samplers draw on it and move the noise, so results match across devices."""
+    return torch.Generator().manual_seed(int(seed))

@@ -1,0 +1,191 @@
+"""Distributed data-parallel training under ``torchrun`` (DistributedDataParallel).
+
+    torchrun --nproc_per_node=4 $(command -v scoresde-train) data=moons train.steps=20000
+    python -m torch.distributed.run --nproc_per_node=2 -m scoresde.cli train.device=cpu ...
+
+What changes under torchrun (detected from the ``RANK``/``WORLD_SIZE`` variables it sets):
+
+* one process group: NCCL for CUDA tensors and gloo for CPU tensors (``cpu:gloo,cuda:nccl``) when
+  CUDA is present, gloo alone otherwise; each process drives ``cuda:LOCAL_RANK``;
+* ``train.batch_size`` stays the *global* batch: each of the N ranks draws ``batch_size / N``
+  (so a sweep's results do not depend on the number of GPUs); the gradients are averaged by DDP;
+* data sharded by rank: rank r trains on rows ``r::N`` of a stored training set, and its
+  generator (data, times, noise) is seeded from ``(seed, r)`` (rank 0 keeps ``seed``, so a
+  one-process run equals the plain trainer);
+* one run directory: rank 0 alone lets Hydra create it and resolve ``${now:...}``; the other
+  ranks start with Hydra's outputs switched off and receive rank 0's directory;
+* rank 0 alone writes logs, checkpoints, metrics and samples and evaluates; checkpoints hold the
+  generator state of every rank, so ``train.resume`` continues bit-exactly with the same number of
+  ranks (with another number it reseeds each rank's generator and says so).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from .train import Trainer, TrainConfig, _as_config, load_checkpoint, resolve_device, save_checkpoint
+
+log = logging.getLogger("scoresde")
+
+__all__ = ["under_torchrun", "rank", "world_size", "init_process_group", "torchrun_argv",
+           "broadcast_run_dir", "DistributedTrainer", "rank_seed"]
+
+# Hydra settings for ranks > 0: no run dir of their own (they get rank 0's), no .hydra/, no log file
+_QUIET_RANK_OVERRIDES = ["hydra.run.dir=.", "hydra.output_subdir=null",
+                         "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
+
+
+def under_torchrun() -> bool:
+    """True when this process was started by torchrun (it sets RANK and WORLD_SIZE)."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def init_process_group() -> None:
+    """Join torchrun's process group (once): NCCL for CUDA tensors, gloo for CPU tensors.
+
+    ``SCORESDE_DIST_BACKEND`` overrides the choice (e.g. ``gloo`` on a GPU machine).
+    """
+    if dist.is_initialized():
+        return
+    backend = os.environ.get("SCORESDE_DIST_BACKEND")
+    if backend is None:
+        backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+    dist.init_process_group(backend=backend)
+
+
+def torchrun_argv(argv: List[str]) -> List[str]:
+    """Prepare a torchrun launch of a Hydra app: join the process group and return ``argv`` with
+    Hydra's outputs switched off on ranks > 0 (rank 0 alone creates the run dir)."""
+    if any(a in ("-m", "--multirun") for a in argv[1:]):
+        raise ValueError("--multirun is not supported under torchrun: start one torchrun per run, "
+                         "or sweep with a launcher and run DDP inside each job")
+    init_process_group()
+    return list(argv) + (_QUIET_RANK_OVERRIDES if rank() > 0 else [])
+
+
+def broadcast_run_dir(path: str) -> str:
+    """Rank 0's run directory, on every rank."""
+    if not dist.is_initialized():
+        return path
+    obj = [path]
+    dist.broadcast_object_list(obj, src=0)
+    return obj[0]
+
+
+def rank_seed(seed: int, r: int) -> int:
+    """The generator seed of rank ``r``: ``seed`` on rank 0; elsewhere a seed spawned from
+    ``(seed, r)`` by NumPy's SeedSequence (independent streams, no overlap with other seeds)."""
+    if r == 0:
+        return int(seed)
+    return int(np.random.SeedSequence(int(seed), spawn_key=(int(r),)).generate_state(1, np.uint64)[0] >> 1)
+
+
+class _DDP(DistributedDataParallel):
+    """DDP that forwards unknown attributes (``.sde``, ``.spec``) to the wrapped score model."""
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.module, name)
+
+
+class DistributedTrainer(Trainer):
+    """:class:`~scoresde.train.Trainer` for one rank of a torchrun job (see the module docstring)."""
+
+    def __init__(self, model, data, loss=None, optim=None, train=None, eval=None, sampler=None,
+                 out_dir=".", config=None, seed: int = 0):
+        if not dist.is_initialized():
+            raise ValueError("DistributedTrainer needs an initialized process group (start with torchrun)")
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        self.is_main = self.rank == 0
+        cfg = _as_config(TrainConfig, train, "train")
+        if cfg.batch_size % self.world:
+            raise ValueError(f"train.batch_size={cfg.batch_size} (the global batch) must be divisible by the "
+                             f"number of processes, {self.world}")
+        device = resolve_device(cfg.device)
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+        cfg = dataclasses.replace(cfg, batch_size=cfg.batch_size // self.world, device=str(device),
+                                  progress=cfg.progress and self.is_main,
+                                  tensorboard=cfg.tensorboard and self.is_main)
+        if data.train is not None:   # a stored training set: each rank its own rows
+            data.train = data.train[self.rank::self.world]
+        self._resumed = False
+        super().__init__(model, data, loss, optim, cfg, eval, sampler, out_dir, config, seed)
+        if not self._resumed:
+            self.gen.manual_seed(rank_seed(self.seed, self.rank))
+        self.train_model = _DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+    def _loss_value(self, loss: torch.Tensor) -> float:
+        # the mean over ranks, so that every rank takes the same decision on a non-finite loss
+        value = loss.detach().float().reshape(1).clone()
+        dist.all_reduce(value)
+        return float(value) / self.world
+
+    def _gathered_generator_states(self) -> List[torch.Tensor]:
+        states: List[Any] = [None] * self.world
+        dist.all_gather_object(states, self.gen.get_state())
+        return states
+
+    def state_dict(self) -> Dict[str, Any]:
+        state = super().state_dict()
+        state["rank_generators"] = self._gathered_generator_states()
+        state["world_size"] = self.world
+        return state
+
+    def save(self, path=None):
+        """Collective: every rank contributes its generator state, rank 0 writes."""
+        state = self.state_dict()
+        out = path or self.ckpt_path
+        if self.is_main:
+            save_checkpoint(state, out)
+        dist.barrier()
+        self.last_good_step = self.step
+        return out
+
+    def load(self, path) -> None:
+        super().load(path)
+        self._resumed = True
+        states = load_checkpoint(path).get("rank_generators")
+        if states is not None and len(states) == self.world:
+            self.gen.set_state(states[self.rank])
+        else:
+            # another number of ranks (or a single-process checkpoint): fresh, distinct streams
+            self.gen.manual_seed(rank_seed(self.seed, self.rank) + self.step)
+            if self.is_main:
+                log.warning("resuming %s with %d processes: its generator states are for %s; reseeding each "
+                            "rank (the run continues correctly but not bit-exactly)", path, self.world,
+                            len(states) if states is not None else "1 process")
+
+    def evaluate(self, final: bool = True, tb=None) -> Dict[str, Any]:
+        return super().evaluate(final, tb) if self.is_main else {}
+
+
+def trainer_class() -> Optional[type]:
+    """The trainer class for this process: DistributedTrainer under an initialized process group."""
+    return DistributedTrainer if dist.is_available() and dist.is_initialized() else None
+
+
+def finish() -> None:
+    """Leave the process group (end of a torchrun job)."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
