@@ -119,6 +119,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=500, help="sampler steps")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--results", type=Path, default=RESULTS)
+    ap.add_argument("--note", default="", help="a line added to the report (e.g. how a --run-dir run was timed)")
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for the training run")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -182,6 +183,15 @@ def main() -> None:
         f"SDE {config.get('sde', {}).get('name')}; {train_cfg.get('steps')} steps, batch {train_cfg.get('batch_size')}",
         f"- data: sklearn digits, {len(xtr)} training / {len(xte)} held-out images (split seed {split_seed})",
     ]
+    metrics_path = run_dir / "metrics.json"
+    if metrics_path.is_file():
+        import json
+        m = json.loads(metrics_path.read_text())
+        lines.append(f"- run metrics.json: training loop {m.get('train_time_s', float('nan')) / 60:.1f} min wall, "
+                     f"evaluation {m.get('eval_time_s', float('nan')):.0f} s, final train loss "
+                     f"{m.get('train_loss', float('nan')):.4f}, held-out loss {m.get('heldout_loss', float('nan')):.4f}")
+    if args.note:
+        lines.append(f"- {args.note}")
     if timing is not None:
         lines.append(f"- training run (app, {args.threads} threads): {timing['wall_s'] / 60:.1f} min wall, "
                      f"{timing['cpu_s'] / 60:.1f} min CPU (`{timing['command']}`)")
