@@ -7,8 +7,8 @@ library (:func:`scoresde.train.train`), print a summary.  The library works with
     scoresde-train -m sde=vp,subvp,ve                 # a sweep (hydra/launcher=joblib, submitit_local, slurm)
     torchrun --nproc_per_node=4 $(command -v scoresde-train) ...   # DDP (scoresde.distributed)
 
-The config is found in the installed package (``pkg://scoresde.conf``, conf/ mapped into it by
-setuptools) or, in a source checkout that is not installed, in the checkout's ``conf/``.
+The config is found in the source checkout's ``conf/`` when the package runs from one, else in the
+installed package (``pkg://scoresde.conf``, conf/ mapped into it by setuptools).
 Structured schemas (the dataclasses below, and those of :mod:`scoresde.apps.schema` for the
 sde/model/data/sampler options) make a misspelt key or a wrong type fail at composition, naming it.
 The other apps (sample, likelihood, report) live in :mod:`scoresde.apps`.
@@ -37,7 +37,15 @@ __all__ = ["config_path", "train_main", "LossSchema", "TrainAppSchema"]
 
 
 def config_path() -> str:
-    """Where Hydra finds conf/: the installed package, else the source checkout."""
+    """Where Hydra finds conf/: the source checkout this package sits in, else the installed package.
+
+    The checkout comes first: where another checkout is installed in editable mode, its
+    ``scoresde.conf`` is importable from everywhere, and a checkout running its own code (pytest's
+    ``pythonpath``, ``python -m scoresde.cli`` in its root) would otherwise read that tree's configs.
+    """
+    local = Path(__file__).resolve().parent.parent / "conf"
+    if (local / "train.yaml").is_file():
+        return str(local)
     try:
         if importlib.util.find_spec("scoresde.conf") is not None:
             return "pkg://scoresde.conf"

@@ -129,3 +129,4 @@ def build_dataset(name: str, **kwargs) -> DataSet:
 
 
 from . import toy  # noqa: E402,F401  (registers the toy sets)
+from . import images  # noqa: E402,F401  (registers digits, image_folder, torchvision)

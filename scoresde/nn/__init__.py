@@ -4,6 +4,7 @@
 Networks are built by name from a registry, so configs stay plain data::
 
     net = build_model("mlp", data_shape=(2,), width=256, depth=4)
+    net = build_model("unet", data_shape=(1, 8, 8), nf=32, ch_mult=(1, 2))
 
 ``data_shape`` (the shape of one sample) is passed by the caller (the trainer takes it from the
 data set).  Add a network with ``@register_model("name")`` on its class or factory.
@@ -17,11 +18,12 @@ from torch import nn
 
 from .embeddings import GaussianFourierProjection, SinusoidalEmbedding, build_time_embedding
 from .mlp import MLPScoreNet
+from .unet import UNet, unet
 
 __all__ = ["MODELS", "register_model", "build_model", "MLPScoreNet", "GaussianFourierProjection",
-           "SinusoidalEmbedding", "build_time_embedding"]
+           "SinusoidalEmbedding", "build_time_embedding", "UNet"]
 
-MODELS: Dict[str, Callable[..., nn.Module]] = {"mlp": MLPScoreNet}
+MODELS: Dict[str, Callable[..., nn.Module]] = {"mlp": MLPScoreNet, "unet": unet}
 
 
 def register_model(name: str):

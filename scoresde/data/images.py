@@ -1,0 +1,315 @@
+"""Image data: scikit-learn's 8x8 digits, image folders, torchvision data sets; scaling to [-1, 1].
+
+Every loader returns a float tensor ``[N, C, H, W]`` in the model's range [-1, 1] (Song et al.'s
+``data.centered = True``), plus labels where the source has them.  Nothing is downloaded: the
+digits ship with scikit-learn, image folders are read from disk, torchvision data sets are opened
+with ``download=False`` and a missing one is a clear error.
+
+Scaling.  Images are stored as integer levels k in {0, ..., L-1} (L = 256 for 8-bit images,
+L = 17 for the digits, whose pixels count 0..16).  Two maps take them to [-1, 1]:
+
+* plain (the default, as Song et al. and DDPM):  x = 2 k / (L - 1) - 1, so the levels sit on an
+  even grid from -1 to 1 and ``from_model_range`` inverts it by rounding to the nearest level;
+* dequantized:  x = 2 (k + u) / L - 1 with u ~ U[0, 1) (uniform dequantization, Theis et al. 2016;
+  Ho et al. 2019), a continuous density on [-1, 1) whose level-k bin is [2k/L - 1, 2(k+1)/L - 1);
+  ``from_model_range(..., dequantized=True)`` inverts it by taking the bin, floor((x + 1) L / 2).
+  A density on these values gives a discrete log-likelihood bound log P(k) >= log p(x) +
+  D log(2 / L) (the bin has volume (2/L)^D), which is how bits/dim are reported on 8-bit data.
+
+Both inverses clamp to {0, ..., L-1}, so a model's samples slightly outside [-1, 1] map to the
+extreme levels.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+Tensor = torch.Tensor
+
+__all__ = [
+    "to_model_range", "from_model_range", "load_digits", "digits_split", "load_image_folder",
+    "load_torchvision", "IMAGE_EXTENSIONS", "DIGITS_LEVELS",
+]
+
+DIGITS_LEVELS = 17                      # sklearn's digits count 0..16 per pixel
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def _check_levels(levels: int) -> None:
+    if int(levels) != levels or levels < 2:
+        raise ValueError(f"levels must be an integer >= 2, got {levels}")
+
+
+def to_model_range(k: Tensor, levels: int = 256, dequantize: bool = False,
+                   generator: Optional[torch.Generator] = None) -> Tensor:
+    """Integer levels ``k`` in {0..levels-1} -> floats in [-1, 1] (see the module docstring).
+
+    ``dequantize=False``: 2 k / (L - 1) - 1.  ``dequantize=True``: 2 (k + u) / L - 1 with
+    u ~ U[0, 1) drawn from ``generator``.  Returns float32 (or ``k``'s dtype if it is floating).
+    """
+    _check_levels(levels)
+    dtype = k.dtype if k.is_floating_point() else torch.float32
+    kf = k.to(dtype)
+    if kf.numel() and (kf.min() < 0 or kf.max() > levels - 1):
+        raise ValueError(f"levels out of range: values span [{float(kf.min())}, {float(kf.max())}], "
+                         f"expected integers in [0, {levels - 1}]")
+    if not dequantize:
+        return kf * (2.0 / (levels - 1)) - 1.0
+    # drawn on the generator's device (a CUDA generator draws on CUDA), then moved to k's
+    u = torch.rand(kf.shape, generator=generator, dtype=dtype,
+                   device=generator.device if generator is not None else kf.device).to(kf.device)
+    return (kf + u) * (2.0 / levels) - 1.0
+
+
+def from_model_range(x: Tensor, levels: int = 256, dequantized: bool = False) -> Tensor:
+    """Floats in [-1, 1] -> integer levels in {0..levels-1}, the inverse of :func:`to_model_range`.
+
+    Rounds to the nearest level (``dequantized=False``) or takes the dequantization bin
+    floor((x + 1) L / 2) (``dequantized=True``); clamps out-of-range values.  Returns uint8 when
+    ``levels <= 256``, else int64.  Non-finite values raise ValueError.
+    """
+    _check_levels(levels)
+    if not torch.isfinite(x).all():
+        raise ValueError("cannot quantize non-finite values (NaN or inf) to image levels")
+    if dequantized:
+        k = torch.floor((x + 1.0) * (levels / 2.0))
+    else:
+        k = torch.round((x + 1.0) * ((levels - 1) / 2.0))
+    k = k.clamp(0, levels - 1)
+    return k.to(torch.uint8 if levels <= 256 else torch.int64)
+
+
+def load_digits(dequantize: bool = False, generator: Optional[torch.Generator] = None,
+                ) -> Tuple[Tensor, Tensor]:
+    """scikit-learn's bundled 8x8 handwritten digits (1,797 images; UCI optdigits test set).
+
+    Pixels count 0..16 (17 levels); they are scaled to [-1, 1] by :func:`to_model_range` with
+    ``levels=17``: 0 -> -1 (background), 16 -> 1 (ink).  Returns ``(x [1797, 1, 8, 8] float32,
+    y [1797] int64)`` in scikit-learn's order (shuffle or split it yourself).
+    """
+    k, y = _digits_levels()
+    return to_model_range(k, levels=DIGITS_LEVELS, dequantize=dequantize, generator=generator), y
+
+
+def _digits_levels() -> Tuple[Tensor, Tensor]:
+    """The digits as uint8 levels 0..16 ``[1797, 1, 8, 8]`` and their labels."""
+    from sklearn.datasets import load_digits as _sk_load_digits
+
+    d = _sk_load_digits()
+    k = torch.from_numpy(d.images.astype(np.uint8)).unsqueeze(1)
+    return k, torch.from_numpy(d.target.astype(np.int64))
+
+
+def digits_split(n_test: int = 300, seed: int = 0, dequantize: bool = False,
+                 generator: Optional[torch.Generator] = None) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The digits shuffled by ``seed`` and split: ``(x_train, y_train, x_test, y_test)``.
+
+    The same ``(n_test, seed)`` always gives the same split, so a model trained on ``x_train`` and
+    a classifier judging its samples can share one held-out set (``benchmarks/digits.py``).
+    """
+    x, y = load_digits(dequantize=dequantize, generator=generator)
+    if not 0 < n_test < x.shape[0]:
+        raise ValueError(f"n_test must lie in [1, {x.shape[0] - 1}], got {n_test}")
+    perm = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))
+    tr, te = perm[:-n_test], perm[-n_test:]
+    return x[tr], y[tr], x[te], y[te]
+
+
+def _channels_mode(channels: int) -> str:
+    if channels == 1:
+        return "L"
+    if channels == 3:
+        return "RGB"
+    raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}")
+
+
+def _pil_to_levels(img, size: Optional[int], channels: int) -> Tensor:
+    """A PIL image -> uint8 tensor [C, size, size] (converted, then resized with antialiasing)."""
+    from PIL import Image
+
+    img = img.convert(_channels_mode(channels))
+    if size is not None and img.size != (size, size):
+        img = img.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=None)
+    arr = np.asarray(img, dtype=np.uint8)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+
+
+def load_image_folder(root: Union[str, os.PathLike], size: int, channels: int = 3,
+                      extensions: Sequence[str] = IMAGE_EXTENSIONS, recursive: bool = True,
+                      dequantize: bool = False, generator: Optional[torch.Generator] = None,
+                      ) -> Tuple[Tensor, Tensor, List[str]]:
+    """Load every image under ``root`` into memory, resized to ``size x size``, scaled to [-1, 1].
+
+    Files are read with PIL (PNG, JPEG and the other ``extensions``), converted to grayscale
+    (``channels=1``) or RGB (``channels=3``), resized with bicubic interpolation (non-square
+    images are stretched: crop them first if that matters) and scaled from 8-bit levels by
+    :func:`to_model_range`.  Files are taken in sorted path order.  Labels follow the
+    torchvision ``ImageFolder`` convention: the name of the first directory under ``root`` is the
+    class (images directly in ``root`` get class 0 and the class list is empty if there are no
+    sub-directories).  Returns ``(x [N, C, size, size], y [N] int64, class_names)``.
+    """
+    k, y, class_names = _read_image_folder(root, size, channels, extensions, recursive)
+    return to_model_range(k, levels=256, dequantize=dequantize, generator=generator), y, class_names
+
+
+def _read_image_folder(root, size: int, channels: int, extensions: Sequence[str] = IMAGE_EXTENSIONS,
+                       recursive: bool = True) -> Tuple[Tensor, Tensor, List[str]]:
+    """:func:`load_image_folder` before scaling: uint8 levels ``[N, C, size, size]``, labels, classes."""
+    from PIL import Image, UnidentifiedImageError
+
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {str(root)!r} does not exist or is not a directory")
+    if size < 1:
+        raise ValueError(f"size must be positive, got {size}")
+    _channels_mode(channels)
+    exts = tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)
+    pattern = "**/*" if recursive else "*"
+    files = sorted(p for p in root.glob(pattern) if p.is_file() and p.suffix.lower() in exts)
+    if not files:
+        raise FileNotFoundError(f"no images with extensions {list(exts)} under {str(root)!r}")
+    class_names = sorted({p.relative_to(root).parts[0] for p in files if len(p.relative_to(root).parts) > 1})
+    index = {c: i for i, c in enumerate(class_names)}
+    levels, labels = [], []
+    for p in files:
+        try:
+            with Image.open(p) as img:
+                levels.append(_pil_to_levels(img, size, channels))
+        except (UnidentifiedImageError, OSError) as e:
+            raise ValueError(f"cannot read image {str(p)!r}: {e}") from e
+        parts = p.relative_to(root).parts
+        labels.append(index[parts[0]] if len(parts) > 1 else 0)
+    return torch.stack(levels), torch.tensor(labels, dtype=torch.int64), class_names
+
+
+def load_torchvision(name: str, root: Union[str, os.PathLike], train: bool = True,
+                     size: Optional[int] = None, channels: Optional[int] = None,
+                     dequantize: bool = False, generator: Optional[torch.Generator] = None,
+                     dataset_kwargs: Optional[dict] = None) -> Tuple[Tensor, Tensor]:
+    """A torchvision data set already on disk (e.g. ``"MNIST"``, ``"CIFAR10"``), scaled to [-1, 1].
+
+    The class ``torchvision.datasets.<name>`` is built with ``root``, ``train`` and
+    ``download=False`` where its constructor takes them (plus ``dataset_kwargs``); nothing is downloaded,
+    and a data set missing from ``root`` raises FileNotFoundError saying so.  Each item's PIL
+    image is converted to ``channels`` (default: as stored; 1 or 3) and resized to ``size``
+    (default: as stored).  Returns ``(x [N, C, H, W], y [N] int64)``.  Needs torchvision
+    (``pip install torchvision``); without it this raises ImportError.
+    """
+    k, y = _read_torchvision(name, root, train, size, channels, dataset_kwargs)
+    return to_model_range(k, levels=256, dequantize=dequantize, generator=generator), y
+
+
+def _read_torchvision(name: str, root, train: bool = True, size: Optional[int] = None,
+                      channels: Optional[int] = None, dataset_kwargs: Optional[dict] = None,
+                      ) -> Tuple[Tensor, Tensor]:
+    """:func:`load_torchvision` before scaling: uint8 levels ``[N, C, H, W]`` and labels."""
+    try:
+        import torchvision.datasets as tvd
+    except ImportError as e:
+        raise ImportError("load_torchvision needs torchvision: pip install torchvision "
+                          "(the digits and image-folder loaders work without it)") from e
+    cls = getattr(tvd, name, None)
+    if not (isinstance(cls, type)):
+        valid = sorted(n for n in dir(tvd) if isinstance(getattr(tvd, n), type) and n[0].isupper())
+        raise ValueError(f"unknown torchvision data set {name!r}; valid: {valid}")
+    params = inspect.signature(cls).parameters
+    kw = dict(dataset_kwargs or {})
+    if "root" in params:
+        kw.setdefault("root", str(root))
+    if "train" in params:
+        kw.setdefault("train", train)
+    if "download" in params:
+        kw["download"] = False
+    try:
+        ds = cls(**kw)
+    except RuntimeError as e:       # torchvision's "Dataset not found or corrupted. ..."
+        raise FileNotFoundError(f"torchvision data set {name} is not under {str(root)!r} and "
+                                f"scoresde never downloads: fetch it first ({e})") from e
+    if len(ds) == 0:
+        raise ValueError(f"torchvision data set {name} under {str(root)!r} is empty")
+    levels, labels = [], []
+    for i in range(len(ds)):
+        img, target = ds[i]
+        if channels is None:
+            channels = 1 if img.mode in ("1", "L", "I", "I;16", "F") else 3
+        levels.append(_pil_to_levels(img, size, channels))
+        labels.append(int(target) if not isinstance(target, torch.Tensor) else int(target.item()))
+    shapes = {tuple(v.shape) for v in levels}
+    if len(shapes) > 1:
+        raise ValueError(f"torchvision data set {name} has images of several sizes {sorted(shapes)}; pass size=")
+    return torch.stack(levels), torch.tensor(labels, dtype=torch.int64)
+
+
+# ---------------------------------------------------------------------------------------------
+# registry (scoresde.data.build_dataset): image sets in model space, [-1, 1]
+# ---------------------------------------------------------------------------------------------
+from . import DataSet, Scaler, register_dataset  # noqa: E402  (data/__init__ imports this module last)
+
+
+def _image_dataset(name: str, k_train: Tensor, k_test: Tensor, levels: int, dequantize: bool,
+                   seed: int, info: dict) -> DataSet:
+    """A :class:`DataSet` from integer levels.  Data space is pixel intensity in [0, 1]
+    (``Scaler.unit(0, 1)``: x_model = 2 x - 1, so level k is intensity k / (L - 1)).  With
+    ``dequantize`` every training batch gets fresh uniform noise and the held-out set fixed noise
+    (seeded), both as :func:`to_model_range`."""
+    test = to_model_range(k_test, levels, dequantize=dequantize,
+                          generator=torch.Generator().manual_seed(seed + 1))
+    info = {"levels": levels, "dequantize": dequantize, **info}
+    if not dequantize:
+        return DataSet(name, tuple(k_train.shape[1:]), test=test, train=to_model_range(k_train, levels),
+                       scaler=Scaler.unit(0.0, 1.0), info=info)
+
+    def sampler(n: int, generator: Optional[torch.Generator] = None) -> Tensor:
+        dev = generator.device if generator is not None else None
+        idx = torch.randint(k_train.shape[0], (n,), generator=generator, device=dev).cpu()
+        return to_model_range(k_train[idx].to(dev or "cpu"), levels, dequantize=True, generator=generator)
+
+    return DataSet(name, tuple(k_train.shape[1:]), test=test, sampler=sampler,
+                   scaler=Scaler.unit(0.0, 1.0), info=info)
+
+
+def _split_levels(k: Tensor, n_test: int, seed: int) -> Tuple[Tensor, Tensor]:
+    if not 0 < n_test < k.shape[0]:
+        raise ValueError(f"n_test must lie in [1, {k.shape[0] - 1}] for {k.shape[0]} images, got {n_test}")
+    perm = torch.randperm(k.shape[0], generator=torch.Generator().manual_seed(seed))
+    return k[perm[:-n_test]], k[perm[-n_test:]]
+
+
+@register_dataset("digits")
+def digits_dataset(n_test: int = 300, seed: int = 0, dequantize: bool = False) -> DataSet:
+    """scikit-learn's 8x8 digits split as :func:`digits_split` (same ``n_test``, ``seed``)."""
+    k, _ = _digits_levels()
+    k_train, k_test = _split_levels(k, n_test, seed)
+    return _image_dataset("digits", k_train, k_test, DIGITS_LEVELS, dequantize, seed,
+                          {"n_test": n_test, "seed": seed})
+
+
+@register_dataset("image_folder")
+def image_folder_dataset(root: Optional[str] = None, size: int = 32, channels: int = 3, n_test: int = 256,
+                         seed: int = 0, dequantize: bool = False) -> DataSet:
+    """The images under ``root`` (:func:`load_image_folder`), ``n_test`` of them held out."""
+    if root is None:
+        raise ValueError("the image_folder data set needs root= (the folder to read)")
+    k, _, classes = _read_image_folder(root, size, channels)
+    k_train, k_test = _split_levels(k, n_test, seed)
+    return _image_dataset("image_folder", k_train, k_test, 256, dequantize, seed,
+                          {"root": str(root), "classes": classes})
+
+
+@register_dataset("torchvision")
+def torchvision_dataset(dataset: str = "MNIST", root: str = ".", size: Optional[int] = None,
+                        channels: Optional[int] = None, n_test: int = 2000, seed: int = 0,
+                        dequantize: bool = False) -> DataSet:
+    """``torchvision.datasets.<dataset>`` from disk (:func:`load_torchvision`): its train split for
+    training, the first ``n_test`` images of its test split held out."""
+    k_train, _ = _read_torchvision(dataset, root, True, size, channels)
+    k_test, _ = _read_torchvision(dataset, root, False, size, channels)
+    return _image_dataset(dataset, k_train, k_test[:n_test], 256, dequantize, seed, {"root": str(root)})
