@@ -96,6 +96,21 @@ def _check_steps(steps, least: int = 1) -> int:
     return int(steps)
 
 
+def _record_scaled(ctx, t: Tensor, xt: Tensor, al: Tensor) -> None:
+    """Record x = alpha x~ at t; the unscaled state costs a pass over the batch, so only when recorded."""
+    if ctx.record_on:
+        ctx.record(t, xt * al.to(xt.dtype))
+
+
+def _finish(xt: Tensor, al_end: Tensor, den, t_end: Tensor, denoise: bool, ctx) -> Tensor:
+    """The returned sample: the denoiser's D(x~, t_end) (one more evaluation) or alpha x~ at t_end."""
+    if denoise:
+        out = den(xt, t_end)
+        ctx.record(0.0, out)
+        return out
+    return xt * al_end.to(xt.dtype)
+
+
 @register_sampler("dpm_solver")
 def dpm_solver(score_fn, sde: SDE, x: Tensor, ctx, *, eps: float = 1e-3, steps: int = 20,
                order: int = 2, grid: str = "vp_quadratic", rho: float = 7.0, denoise: bool = False,
@@ -151,13 +166,8 @@ def dpm_solver(score_fn, sde: SDE, x: Tensor, ctx, *, eps: float = 1e-3, steps: 
                 phi3 = phi2 / h - 0.5
                 xt = xt + phi2 * d1 - phi3 * d2
         hs.append(h)
-        if ctx.record_on:  # the unscaled state costs a pass over the batch: only when recorded
-            ctx.record(t[i + 1], xt * al[i + 1].to(x.dtype))
-    if denoise:
-        out = den(xt, t[-1])
-        ctx.record(0.0, out)
-        return out
-    return xt * al[-1].to(x.dtype)
+        _record_scaled(ctx, t[i + 1], xt, al[i + 1])
+    return _finish(xt, al[-1], den, t[-1], denoise, ctx)
 
 
 @register_sampler("heun")
@@ -197,13 +207,8 @@ def heun(score_fn, sde: SDE, x: Tensor, ctx, *, eps: float = 1e-3, steps: int = 
         xp = xt + (s1 - s0) * d
         dp = (xp - den(xp, t[i + 1])) / s1
         xt = xt + (s1 - s0) * 0.5 * (d + dp)
-        if ctx.record_on:  # the unscaled state costs a pass over the batch: only when recorded
-            ctx.record(t[i + 1], xt * al[i + 1].to(x.dtype))
-    if denoise:
-        out = den(xt, t[-1])
-        ctx.record(0.0, out)
-        return out
-    return xt * al[-1].to(x.dtype)
+        _record_scaled(ctx, t[i + 1], xt, al[i + 1])
+    return _finish(xt, al[-1], den, t[-1], denoise, ctx)
 
 
 @register_sampler("unipc")
@@ -287,6 +292,5 @@ def unipc(score_fn, sde: SDE, x: Tensor, ctx, *, eps: float = 1e-3, steps: int =
             lams.append(lam[i + 1])
             Ds, lams = Ds[-3:], lams[-3:]
         xt = xt_new
-        if ctx.record_on:  # the unscaled state costs a pass over the batch: only when recorded
-            ctx.record(t[i + 1], xt * al[i + 1].to(x.dtype))
+        _record_scaled(ctx, t[i + 1], xt, al[i + 1])
     return xt * al[-1].to(x.dtype)
