@@ -80,6 +80,7 @@ from typing import Callable, Optional, Sequence, Tuple
 import torch
 from torchdiffeq import odeint
 
+from .samplers import CountingScore
 from .sde import SDE, ScoreFn
 
 Tensor = torch.Tensor
@@ -278,21 +279,6 @@ _TIME_VARIABLE_CLASSES = {"vp": _TimeVP, "t": _TimeT, "log_snr": _TimeLogSNR, "s
 
 
 # -- the augmented ODE --------------------------------------------------------------------------
-class _CountingScore:
-    """Wraps score_fn to count its evaluations and check its output shape."""
-
-    def __init__(self, score_fn: ScoreFn):
-        self.score_fn = score_fn
-        self.nfe = 0
-
-    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
-        self.nfe += 1
-        s = self.score_fn(x, t)
-        if s.shape != x.shape:
-            raise ValueError(f"score_fn returned shape {tuple(s.shape)} for x of shape {tuple(x.shape)}")
-        return s
-
-
 def _quadratic_forms(s: Tensor, x: Tensor, V: Tensor, batched: list) -> Tensor:
     """v^T (grad_x s) v for each row v of V ``[n, B, ...]``: returns ``[n, B]``.
 
@@ -319,7 +305,7 @@ def _quadratic_forms(s: Tensor, x: Tensor, V: Tensor, batched: list) -> Tensor:
 class _AugmentedODE:
     """Right-hand side of d[state, ell]/du for torchdiffeq; ell = Delta / D is ``[P, B]``."""
 
-    def __init__(self, score: _CountingScore, tv: _TimeVariable, probes: Optional[Tensor]):
+    def __init__(self, score: CountingScore, tv: _TimeVariable, probes: Optional[Tensor]):
         self.score, self.tv, self.probes = score, tv, probes
         self.batched = [True]
 
@@ -459,7 +445,7 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: Tensor, *, divergence: str = 
     a_lo, a_hi = tv.scale(tv.t_lo), tv.scale(tv.t_hi)
     log_det_ends = D * (torch.log(a_hi) - torch.log(a_lo))   # exact: int_eps^T D f dt in the scaled form
     u_span = torch.stack([tv.u_lo, tv.u_hi])
-    score = _CountingScore(score_fn)
+    score = CountingScore(score_fn)
     bs = B if batch_size is None else batch_size
 
     bar = None
@@ -493,7 +479,7 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: Tensor, *, divergence: str = 
     return LikelihoodResult(
         logp=torch.cat(logps),
         z=torch.cat(zs),
-        nfe=score.nfe,
+        nfe=score.calls,
         seconds=time.perf_counter() - start,
         stderr=None if errs[0] is None else torch.cat(errs),
         prior_logp=torch.cat(priors),

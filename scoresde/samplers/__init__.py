@@ -58,7 +58,8 @@ class SampleResult:
 
 
 class CountingScore:
-    """Wraps ``score_fn``: counts its calls, broadcasts ``t`` to ``[B]`` in x's dtype, ticks the bar."""
+    """Wraps ``score_fn``: counts its calls, broadcasts ``t`` to ``[B]`` in x's dtype, ticks the bar,
+    and checks that the score has x's shape (the samplers' and the likelihood's one counter)."""
 
     def __init__(self, score_fn: ScoreFn, bar=None):
         self.score_fn = score_fn
@@ -69,7 +70,10 @@ class CountingScore:
         self.calls += 1
         if self.bar is not None:
             self.bar.update(1)
-        return self.score_fn(x, as_time(t, x))
+        s = self.score_fn(x, as_time(t, x))
+        if s.shape != x.shape:
+            raise ValueError(f"score_fn returned shape {tuple(s.shape)} for x of shape {tuple(x.shape)}")
+        return s
 
 
 class SamplerContext:
