@@ -51,7 +51,7 @@ def config_path() -> str:
             return "pkg://scoresde.conf"
     except ModuleNotFoundError:
         pass
-    return str(Path(__file__).resolve().parent.parent / "conf")
+    return str(local)
 
 
 @dataclass
