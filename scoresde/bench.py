@@ -642,7 +642,7 @@ DEFAULT_SAMPLERS: List[Dict[str, Any]] = [
     _spec("pc reverse_diffusion+langevin", "pc", 2.0, min_nfe=20, max_nfe=200, predictor="reverse_diffusion",
           corrector="langevin", langevin_norm="batch"),
     _spec("sde euler", "sde", min_nfe=20, max_nfe=500, method="euler"),
-    _spec("sde srk", "sde", 4.0, min_nfe=20, max_nfe=200, method="srk"),
+    _spec("sde srk", "sde", 2.0, min_nfe=20, max_nfe=200, method="srk"),
     _spec("ode rk4", "ode", 4.0, min_nfe=20, max_nfe=200, method="rk4"),
     _spec("ode dopri5", "ode", tolerances=[1e-3, 1e-4, 1e-5], method="dopri5"),
     _spec("dpm_solver 2", "dpm_solver", max_nfe=100, order=2),

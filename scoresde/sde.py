@@ -60,7 +60,7 @@ torch.Size([3, 2])
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Sequence, Tuple, Union
+from typing import Callable, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -79,7 +79,17 @@ __all__ = [
     "SDES",
     "expand_to",
     "as_time",
+    "Scalars",
 ]
+
+
+class Scalars(NamedTuple):
+    """The four scalar functions of a linear SDE at one time, as Python floats."""
+
+    f: float
+    g: float
+    alpha: float
+    sigma: float
 
 
 def expand_to(coef: Tensor, x: Tensor) -> Tensor:
@@ -151,6 +161,36 @@ class SDE:
         """Standard deviation of the isotropic Gaussian prior p_T."""
         raise NotImplementedError
 
+    # -- one time, as Python floats -------------------------------------------------------------
+    def scalars(self, t: float) -> Scalars:
+        """``(f, g, alpha, sigma)`` at one time ``t``, as Python floats.
+
+        The samplers step every sample with the same coefficients, so they need them once a step,
+        not once a sample.  A tensor op on a one-element tensor costs microseconds where float
+        arithmetic costs tens of nanoseconds, and at a batch of 1,000 the score itself takes about a
+        millisecond: the built-in SDEs override this with closed forms in ``math``.  This generic
+        form evaluates the four tensor functions at a float64 ``[1]`` tensor.
+        """
+        tt = torch.tensor([float(t)], dtype=torch.float64)
+        return Scalars(*(float(fn(tt)) for fn in (self.drift_coef, self.diffusion, self.mean_coef, self.std)))
+
+    def scalar_t_from_log_snr(self, lam: float) -> float:
+        """:meth:`t_from_log_snr` at one Python float (overridden in closed form by the built-ins)."""
+        return float(self.t_from_log_snr(torch.tensor([float(lam)], dtype=torch.float64)))
+
+    def ancestral_coefs(self, al_t, sg_t, al_s, sg_s):
+        """The ancestral step from t down to s < t as ``mean = cx x + cs score``, ``var``: returns
+        ``(cx, cs, var)`` from alpha and sigma at both times (floats or tensors alike).
+
+        The generic form is the Gaussian posterior q(x_s | x_t, x0_hat) with Tweedie's
+        x0_hat = (x + sigma_t^2 score) / alpha_t and the transition (a, v) from s to t:
+        mean = (a sigma_s^2 / sigma_t^2) x + (alpha_s v / sigma_t^2) x0_hat,  var = v sigma_s^2 / sigma_t^2.
+        """
+        a, v = _transition(al_t, sg_t, al_s, sg_s)
+        r = sg_s ** 2 / sg_t ** 2
+        w = al_s * v / sg_t ** 2 / al_t
+        return a * r + w, w * sg_t ** 2, v * r
+
     # -- derived -------------------------------------------------------------------------------
     @property
     def name(self) -> str:
@@ -213,9 +253,7 @@ class SDE:
 
         a = alpha(t) / alpha(s),  v = sigma(t)^2 - a^2 sigma(s)^2 (exact for any linear SDE).
         """
-        a = self.mean_coef(t) / self.mean_coef(s)
-        v = self.std(t) ** 2 - a ** 2 * self.std(s) ** 2
-        return a, v.clamp_min(0.0)
+        return _transition(self.mean_coef(t), self.std(t), self.mean_coef(s), self.std(s))
 
     def discretize(self, x: Tensor, t: TimeLike, s: TimeLike) -> Tuple[Tensor, Tensor]:
         """The discrete forward step from s to t > s as ``x_t = x_s + f_d + G z``.
@@ -233,19 +271,14 @@ class SDE:
     def ancestral_step(self, x: Tensor, t: TimeLike, s: TimeLike, score: Tensor) -> Tuple[Tensor, Tensor]:
         """One ancestral sampling step from t down to s < t: returns ``(mean, std)`` of x_s.
 
-        The generic form is the Gaussian posterior q(x_s | x_t, x0_hat) with Tweedie's
-        x0_hat = (x + sigma_t^2 score) / alpha_t:  std^2 = v sigma_s^2 / sigma_t^2.
-        VP overrides it with DDPM's step and VE with SMLD's, as in Song et al.
+        The coefficients are :meth:`ancestral_coefs`: the Gaussian posterior q(x_s | x_t, x0_hat)
+        in general, DDPM's step for VP and SMLD's for VE, as in Song et al.
         """
         t = as_time(t, x)
         s = as_time(s, x)
-        a, v = self.transition(t, s)
-        al_t, sg_t = self.mean_coef(t), self.std(t)
-        al_s, sg_s = self.mean_coef(s), self.std(s)
-        x0 = (x + expand_to(sg_t ** 2, x) * score) / expand_to(al_t, x)
-        var = v * sg_s ** 2 / sg_t ** 2
-        mean = expand_to(a * sg_s ** 2 / sg_t ** 2, x) * x + expand_to(al_s * v / sg_t ** 2, x) * x0
-        return mean, torch.sqrt(var)
+        cx, cs, var = self.ancestral_coefs(self.mean_coef(t), self.std(t), self.mean_coef(s), self.std(s))
+        cx, cs = (expand_to(c, x) if torch.is_tensor(c) else c for c in (cx, cs))
+        return cx * x + cs * score, torch.sqrt(var)
 
     def reverse(self, score_fn: ScoreFn, probability_flow: bool = False) -> "ReverseSDE":
         """The reverse-time SDE (or, with ``probability_flow=True``, the probability-flow ODE)."""
@@ -298,6 +331,17 @@ class ReverseSDE:
         rev_f = f_d - expand_to(coef * G ** 2, x) * score
         rev_G = torch.zeros_like(G) if self.probability_flow else G
         return rev_f, rev_G
+
+
+def _transition(al_t, sg_t, al_s, sg_s):
+    """(a, v) of x_t | x_s ~ N(a x_s, v I) from alpha and sigma at both times (floats or tensors)."""
+    a = al_t / al_s
+    v = sg_t ** 2 - a ** 2 * sg_s ** 2
+    return a, (v.clamp_min(0.0) if torch.is_tensor(v) else max(v, 0.0))
+
+
+def _log_sigmoid(v: float) -> float:
+    return -math.log1p(math.exp(-v)) if v >= 0 else v - math.log1p(math.exp(v))
 
 
 def _check_time_dtype(t: Tensor) -> Tensor:
@@ -358,14 +402,23 @@ class VPSDE(SDE):
         log_m = 0.5 * torch.nn.functional.logsigmoid(2.0 * torch.as_tensor(lam))
         return self._t_from_log_mean_coef(log_m)
 
-    def ancestral_step(self, x, t, s, score):
+    def scalars(self, t: float) -> Scalars:
+        t = float(t)
+        beta = self.beta_min + t * (self.beta_max - self.beta_min)
+        lm = self._log_mean_coef(t)
+        return Scalars(-0.5 * beta, math.sqrt(beta) if beta >= 0 else math.nan, math.exp(lm),
+                       math.sqrt(-math.expm1(2.0 * lm)))
+
+    def scalar_t_from_log_snr(self, lam: float) -> float:
+        log_m = 0.5 * _log_sigmoid(2.0 * float(lam))
+        db = self.beta_max - self.beta_min
+        return -4.0 * log_m / (self.beta_min + math.sqrt(self.beta_min ** 2 - 4.0 * db * log_m))
+
+    def ancestral_coefs(self, al_t, sg_t, al_s, sg_s):
         """DDPM's ancestral step (Ho et al. 2020, Alg. 2; Song et al.'s AncestralSamplingPredictor):
-        x_s = (x + beta_i score) / sqrt(1 - beta_i) + sqrt(beta_i) z, with 1 - beta_i = a^2."""
-        t = as_time(t, x)
-        s = as_time(s, x)
-        a, v = self.transition(t, s)
-        mean = (x + expand_to(v, x) * score) / expand_to(a, x)
-        return mean, torch.sqrt(v)
+        x_s = (x + beta_i score) / sqrt(1 - beta_i) + sqrt(beta_i) z, with 1 - beta_i = a^2, beta_i = v."""
+        a, v = _transition(al_t, sg_t, al_s, sg_s)
+        return 1.0 / a, v / a, v
 
 
 class SubVPSDE(VPSDE):
@@ -390,8 +443,27 @@ class SubVPSDE(VPSDE):
         log_m = math.log(2.0) - torch.log(e + torch.sqrt(e ** 2 + 4.0))
         return self._t_from_log_mean_coef(log_m)
 
-    def ancestral_step(self, x, t, s, score):
-        return SDE.ancestral_step(self, x, t, s, score)
+    def scalars(self, t: float) -> Scalars:
+        t = float(t)
+        beta = self.beta_min + t * (self.beta_max - self.beta_min)
+        lm = self._log_mean_coef(t)
+        g2 = beta * -math.expm1(4.0 * lm)
+        return Scalars(-0.5 * beta, math.sqrt(g2) if g2 >= 0 else math.nan, math.exp(lm), -math.expm1(2.0 * lm))
+
+    def scalar_t_from_log_snr(self, lam: float) -> float:
+        lam = float(lam)
+        # log(e + sqrt(e^2 + 4)) with e = exp(-lam), without overflow for lam << 0
+        if lam < 0:
+            log_den = -lam + math.log1p(math.sqrt(1.0 + 4.0 * math.exp(2.0 * lam)))
+        else:
+            e = math.exp(-lam)
+            log_den = math.log(e + math.sqrt(e * e + 4.0))
+        log_m = math.log(2.0) - log_den
+        db = self.beta_max - self.beta_min
+        return -4.0 * log_m / (self.beta_min + math.sqrt(self.beta_min ** 2 - 4.0 * db * log_m))
+
+    def ancestral_coefs(self, al_t, sg_t, al_s, sg_s):
+        return SDE.ancestral_coefs(self, al_t, sg_t, al_s, sg_s)
 
 
 class VESDE(SDE):
@@ -433,15 +505,18 @@ class VESDE(SDE):
     def t_from_log_snr(self, lam: Tensor, iters: int = 100) -> Tensor:
         return (-torch.as_tensor(lam) - math.log(self.sigma_min)) / self._log_ratio
 
-    def ancestral_step(self, x, t, s, score):
+    def scalars(self, t: float) -> Scalars:
+        sigma = self.sigma_min * math.exp(float(t) * self._log_ratio)
+        return Scalars(0.0, sigma * math.sqrt(2.0 * self._log_ratio), 1.0, sigma)
+
+    def scalar_t_from_log_snr(self, lam: float) -> float:
+        return (-float(lam) - math.log(self.sigma_min)) / self._log_ratio
+
+    def ancestral_coefs(self, al_t, sg_t, al_s, sg_s):
         """SMLD's ancestral step (Song et al.'s AncestralSamplingPredictor for VE):
-        mean = x + (sigma_t^2 - sigma_s^2) score, std^2 = sigma_s^2 (sigma_t^2 - sigma_s^2) / sigma_t^2."""
-        t = as_time(t, x)
-        s = as_time(s, x)
-        sg_t, sg_s = self.std(t), self.std(s)
+        mean = x + (sigma_t^2 - sigma_s^2) score, var = sigma_s^2 (sigma_t^2 - sigma_s^2) / sigma_t^2."""
         dv = sg_t ** 2 - sg_s ** 2
-        mean = x + expand_to(dv, x) * score
-        return mean, torch.sqrt(sg_s ** 2 * dv / sg_t ** 2)
+        return 1.0, dv, sg_s ** 2 * dv / sg_t ** 2
 
 
 SDES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}

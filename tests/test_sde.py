@@ -187,6 +187,58 @@ def test_log_snr_inverse_round_trips(sde):
     torch.testing.assert_close(sd.SDE.t_from_log_snr(sde, lam), t, rtol=1e-7, atol=1e-7)
 
 
+def test_float_scalars_equal_the_tensor_functions(sde):
+    """sde.scalars (closed forms in math for the built-ins) against the tensor functions."""
+    ts = [0.0, 1e-7, 1e-5, 1e-3, 0.1, 0.37, 0.9, 1.0]
+    t = torch.tensor(ts, dtype=torch.float64)
+    ref = [fn(t).tolist() for fn in (sde.drift_coef, sde.diffusion, sde.mean_coef, sde.std)]
+    for i, tt in enumerate(ts):
+        got = sde.scalars(tt)
+        assert all(isinstance(v, float) for v in got)
+        for name, g, r in zip(("f", "g", "alpha", "sigma"), got, (col[i] for col in ref)):
+            assert g == pytest.approx(r, rel=1e-13, abs=1e-300), (name, tt)
+    lam = sde.log_snr(t[1:])
+    back = [sde.scalar_t_from_log_snr(v) for v in lam.tolist()]
+    torch.testing.assert_close(torch.tensor(back, dtype=torch.float64), sde.t_from_log_snr(lam),
+                               rtol=1e-12, atol=1e-15)
+    # far out in log-SNR (sub-VP's closed form avoids exp(-lam)^2 overflowing)
+    for v in (-300.0, -40.0, 40.0):
+        ref_t = float(sde.t_from_log_snr(torch.tensor([v], dtype=torch.float64)))
+        assert sde.scalar_t_from_log_snr(v) == pytest.approx(ref_t, rel=1e-12, abs=1e-300) or math.isnan(ref_t)
+
+
+def test_generic_scalars_of_a_user_sde_use_its_tensor_functions():
+    class Lin(sd.SDE):  # sigma(t) = t, no drift: only the tensor functions are given
+        def drift_coef(self, t):
+            return torch.zeros_like(t)
+
+        def diffusion(self, t):
+            return torch.sqrt(2.0 * t)
+
+        def mean_coef(self, t):
+            return torch.ones_like(t)
+
+        def std(self, t):
+            return t
+
+        @property
+        def prior_std(self):
+            return 1.0
+
+    c = Lin().scalars(0.25)
+    assert c == (0.0, pytest.approx(math.sqrt(0.5)), 1.0, 0.25)
+    assert Lin().scalar_t_from_log_snr(-math.log(0.25)) == pytest.approx(0.25, rel=1e-6)
+
+
+def test_ancestral_coefs_of_floats_equal_those_of_tensors(sde):
+    t, s = 0.6, 0.55
+    got = sde.ancestral_coefs(*sde.scalars(t)[2:], *sde.scalars(s)[2:])
+    tt, ss = (torch.tensor([v], dtype=torch.float64) for v in (t, s))
+    ref = sde.ancestral_coefs(sde.mean_coef(tt), sde.std(tt), sde.mean_coef(ss), sde.std(ss))
+    for g, r in zip(got, ref):
+        assert float(g) == pytest.approx(float(r), rel=1e-13)
+
+
 def test_std_keeps_precision_at_tiny_t():
     t = torch.tensor([1e-7], dtype=torch.float64)
     vp = sd.VPSDE()

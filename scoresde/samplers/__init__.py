@@ -70,7 +70,10 @@ class CountingScore:
         self.calls += 1
         if self.bar is not None:
             self.bar.update(1)
-        s = self.score_fn(x, as_time(t, x))
+        if not (torch.is_tensor(t) and t.dim() == 1 and t.shape[0] == x.shape[0] and t.dtype == x.dtype
+                and t.device == x.device):
+            t = as_time(t, x)
+        s = self.score_fn(x, t)
         if s.shape != x.shape:
             raise ValueError(f"score_fn returned shape {tuple(s.shape)} for x of shape {tuple(x.shape)}")
         return s

@@ -76,18 +76,23 @@ def time_grid(sde: SDE, n: int, eps: float, grid: str = "logsnr", rho: float = 7
 
 
 class _Denoiser:
-    """D(x~, t) in the scaled variables, from the score (see the module docstring)."""
+    """D(x~, t_i) in the scaled variables at the times of a grid, from the score (see the module docstring).
 
-    def __init__(self, score_fn, sde: SDE):
-        self.score_fn, self.sde = score_fn, sde
+    The coefficients alpha(t_i) and sigma(t_i)^2 / alpha(t_i) are computed for the whole grid at
+    once and kept as Python floats: each call then costs two passes over the batch besides the
+    score, not a dozen one-element tensor ops.
+    """
 
-    def __call__(self, xt: Tensor, t: Tensor) -> Tensor:
-        # the coefficients are computed once at [1] and broadcast, not per sample
-        t1 = t.reshape(1)
-        al, sg = self.sde.mean_coef(t1), self.sde.std(t1)
-        shape = (1,) * xt.dim()
-        score = self.score_fn(xt * al.to(xt.dtype).reshape(shape), t1.to(xt.dtype).expand(xt.shape[0]))
-        return xt + (sg ** 2 / al).to(xt.dtype).reshape(shape) * score
+    def __init__(self, score_fn, sde: SDE, t: Tensor, x: Tensor):
+        self.score_fn = score_fn
+        al, sg = sde.mean_coef(t), sde.std(t)
+        self.al, self.c = al.tolist(), (sg ** 2 / al).tolist()
+        self.t_in = t.to(device=x.device, dtype=x.dtype)  # the score's time input, as before
+        self.batch = x.shape[0]
+
+    def __call__(self, xt: Tensor, i: int) -> Tensor:
+        score = self.score_fn(xt * self.al[i], self.t_in[i].expand(self.batch))
+        return torch.add(xt, score, alpha=self.c[i])
 
 
 def _check_steps(steps, least: int = 1) -> int:
@@ -96,19 +101,19 @@ def _check_steps(steps, least: int = 1) -> int:
     return int(steps)
 
 
-def _record_scaled(ctx, t: Tensor, xt: Tensor, al: Tensor) -> None:
+def _record_scaled(ctx, t: float, xt: Tensor, al: float) -> None:
     """Record x = alpha x~ at t; the unscaled state costs a pass over the batch, so only when recorded."""
     if ctx.record_on:
-        ctx.record(t, xt * al.to(xt.dtype))
+        ctx.record(t, xt * al)
 
 
-def _finish(xt: Tensor, al_end: Tensor, den, t_end: Tensor, denoise: bool, ctx) -> Tensor:
+def _finish(xt: Tensor, den: _Denoiser, denoise: bool, ctx) -> Tensor:
     """The returned sample: the denoiser's D(x~, t_end) (one more evaluation) or alpha x~ at t_end."""
     if denoise:
-        out = den(xt, t_end)
+        out = den(xt, len(den.al) - 1)
         ctx.record(0.0, out)
         return out
-    return xt * al_end.to(xt.dtype)
+    return xt * den.al[-1]
 
 
 @register_sampler("dpm_solver")
@@ -133,41 +138,40 @@ def dpm_solver(score_fn, sde: SDE, x: Tensor, ctx, *, eps: float = 1e-3, steps: 
     if order not in (1, 2, 3):
         raise ValueError(f"order must be 1, 2 or 3, got {order}")
     ctx.expect_nfe(steps)
-    den = _Denoiser(score_fn, sde)
     n_grid = steps - 1 if denoise else steps
     if n_grid < 1:
         raise ValueError("denoise=True needs steps >= 2")
-    t = time_grid(sde, n_grid, eps, grid, rho, device=x.device)
+    t = time_grid(sde, n_grid, eps, grid, rho)
+    den = _Denoiser(score_fn, sde, t, x)
     lam = sde.log_snr(t).tolist()  # one host copy of the scalars, not a sync per step
-    al = sde.mean_coef(t)
-    xt = x / al[0].to(x.dtype)
-    ctx.record(t[0], x)
+    tt = t.tolist()
+    xt = x / den.al[0]
+    ctx.record(tt[0], x)
     Ds, hs = [], []
     for i in range(n_grid):
-        Ds.append(den(xt, t[i]))
+        Ds.append(den(xt, i))
         Ds = Ds[-3:]
         h = lam[i + 1] - lam[i]
         o = min(order, len(Ds))
         if lower_order_final:
             o = min(o, n_grid - i)
         phi1 = math.expm1(-h)
-        xt = math.exp(-h) * xt - phi1 * Ds[-1]
-        if o >= 2:
-            r0 = hs[-1] / h
+        xt = torch.add(xt * math.exp(-h), Ds[-1], alpha=-phi1)
+        if o == 2:
+            # - phi1 / 2 * D1, D1 = (D_i - D_{i-1}) / r0
+            c = -0.5 * phi1 / (hs[-1] / h)
+            xt.add_(Ds[-1], alpha=c).add_(Ds[-2], alpha=-c)
+        elif o == 3:
+            r0, r1 = hs[-1] / h, hs[-2] / h
             d1_0 = (Ds[-1] - Ds[-2]) / r0
+            d1_1 = (Ds[-2] - Ds[-3]) / r1
             phi2 = phi1 / h + 1.0
-            if o == 2:
-                xt = xt - 0.5 * phi1 * d1_0
-            else:
-                r1 = hs[-2] / h
-                d1_1 = (Ds[-2] - Ds[-3]) / r1
-                d1 = d1_0 + r0 / (r0 + r1) * (d1_0 - d1_1)
-                d2 = (d1_0 - d1_1) / (r0 + r1)
-                phi3 = phi2 / h - 0.5
-                xt = xt + phi2 * d1 - phi3 * d2
+            phi3 = phi2 / h - 0.5
+            # + phi2 D1 - phi3 D2 with D1 = d1_0 + r0 / (r0 + r1) (d1_0 - d1_1), D2 = (d1_0 - d1_1) / (r0 + r1)
+            xt.add_(d1_0, alpha=phi2).add_(d1_0 - d1_1, alpha=phi2 * r0 / (r0 + r1) - phi3 / (r0 + r1))
         hs.append(h)
-        _record_scaled(ctx, t[i + 1], xt, al[i + 1])
-    return _finish(xt, al[-1], den, t[-1], denoise, ctx)
+        _record_scaled(ctx, tt[i + 1], xt, den.al[i + 1])
+    return _finish(xt, den, denoise, ctx)
 
 
 @register_sampler("heun")
@@ -195,20 +199,20 @@ def heun(score_fn, sde: SDE, x: Tensor, ctx, *, eps: float = 1e-3, steps: int = 
     if n_grid < 1:
         raise ValueError("denoise=True needs steps >= 2")
     ctx.expect_nfe(2 * steps - 1 if denoise else 2 * steps)
-    den = _Denoiser(score_fn, sde)
-    t = time_grid(sde, n_grid, eps, grid, rho, device=x.device)
+    t = time_grid(sde, n_grid, eps, grid, rho)
+    den = _Denoiser(score_fn, sde, t, x)
     sig = torch.exp(-sde.log_snr(t)).tolist()
-    al = sde.mean_coef(t)
-    xt = x / al[0].to(x.dtype)
-    ctx.record(t[0], x)
+    tt = t.tolist()
+    xt = x / den.al[0]
+    ctx.record(tt[0], x)
     for i in range(n_grid):
         s0, s1 = sig[i], sig[i + 1]
-        d = (xt - den(xt, t[i])) / s0
-        xp = xt + (s1 - s0) * d
-        dp = (xp - den(xp, t[i + 1])) / s1
-        xt = xt + (s1 - s0) * 0.5 * (d + dp)
-        _record_scaled(ctx, t[i + 1], xt, al[i + 1])
-    return _finish(xt, al[-1], den, t[-1], denoise, ctx)
+        d = torch.sub(xt, den(xt, i)).mul_(1.0 / s0)
+        xp = torch.add(xt, d, alpha=s1 - s0)
+        dp = torch.sub(xp, den(xp, i + 1)).mul_(1.0 / s1)
+        xt = torch.add(xt, d, alpha=0.5 * (s1 - s0)).add_(dp, alpha=0.5 * (s1 - s0))
+        _record_scaled(ctx, tt[i + 1], xt, den.al[i + 1])
+    return _finish(xt, den, denoise, ctx)
 
 
 @register_sampler("unipc")
@@ -241,13 +245,13 @@ def unipc(score_fn, sde: SDE, x: Tensor, ctx, *, eps: float = 1e-3, steps: int =
     if variant not in ("bh1", "bh2"):
         raise ValueError(f"unknown variant {variant!r}; valid variants: ['bh1', 'bh2']")
     ctx.expect_nfe(steps)
-    den = _Denoiser(score_fn, sde)
-    t = time_grid(sde, steps, eps, grid, rho, device=x.device)
+    t = time_grid(sde, steps, eps, grid, rho)
+    den = _Denoiser(score_fn, sde, t, x)
     lam = sde.log_snr(t).tolist()
-    al = sde.mean_coef(t)
-    xt = x / al[0].to(x.dtype)
-    ctx.record(t[0], x)
-    Ds, lams = [den(xt, t[0])], [lam[0]]
+    tt = t.tolist()
+    xt = x / den.al[0]
+    ctx.record(tt[0], x)
+    Ds, lams = [den(xt, 0)], [lam[0]]
     for i in range(steps):
         p = min(order, len(Ds))
         if lower_order_final:
@@ -275,22 +279,23 @@ def unipc(score_fn, sde: SDE, x: Tensor, ctx, *, eps: float = 1e-3, steps: int =
         if p > 1:  # order 1 has closed-form weights: no small solve (a few tensor ops) per step
             R64 = torch.tensor(R, dtype=torch.float64)
             b64 = torch.tensor(b, dtype=torch.float64)
-        base = math.exp(-h) * xt - phi1 * Ds[-1]
+        base = torch.add(xt * math.exp(-h), Ds[-1], alpha=-phi1)
+        xt_new = base
         if D1s:
             rhos_p = [0.5] if p == 2 else torch.linalg.solve(R64[:-1, :-1], b64[:-1]).tolist()
-            xt_new = base - B * sum(r * d for r, d in zip(rhos_p, D1s))
-        else:
-            xt_new = base
+            xt_new = base.clone()
+            for r, d in zip(rhos_p, D1s):
+                xt_new.add_(d, alpha=-B * r)
         if not last:
-            D_new = den(xt_new, t[i + 1])
+            D_new = den(xt_new, i + 1)
             rhos_c = [0.5] if p == 1 else torch.linalg.solve(R64, b64).tolist()
-            corr = rhos_c[-1] * (D_new - Ds[-1])
-            if D1s:
-                corr = corr + sum(r * d for r, d in zip(rhos_c[:-1], D1s))
-            xt_new = base - B * corr
+            # base - B (rho_c (D_new - D_i) + sum_k rho_k Dk), updated in place on base
+            xt_new = base.add_(D_new, alpha=-B * rhos_c[-1]).add_(Ds[-1], alpha=B * rhos_c[-1])
+            for r, d in zip(rhos_c[:-1], D1s):
+                xt_new.add_(d, alpha=-B * r)
             Ds.append(D_new)
             lams.append(lam[i + 1])
             Ds, lams = Ds[-3:], lams[-3:]
         xt = xt_new
-        _record_scaled(ctx, t[i + 1], xt, al[i + 1])
-    return xt * al[-1].to(x.dtype)
+        _record_scaled(ctx, tt[i + 1], xt, den.al[i + 1])
+    return xt * den.al[-1]

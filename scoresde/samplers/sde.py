@@ -8,19 +8,25 @@ torchsde integrates forward in its time, so we use tau = T - t in [0, T - eps]:
 
 The noise is additive (g does not depend on x), so the Ito and Stratonovich forms coincide and every
 torchsde method applies: ``euler`` (Euler-Maruyama), ``milstein`` (derivative-free; equal to Euler
-here), ``srk`` (Roessler's SRI2, strong order 1.0, 4 evaluations a step once torchsde's recomputed
-stages are cached), and the Stratonovich
-``heun``, ``midpoint``, ``euler_heun`` and ``reversible_heun``.  The state is flattened to
-``[B, D]`` with diagonal noise, so any data shape works without a ``D x D`` diffusion matrix.
+here), ``srk`` (torchsde's SRK for additive noise: Roessler's SRA1, strong order 1.5, 2 evaluations a
+step once torchsde's recomputed stage is cached), and the Stratonovich ``heun``, ``midpoint``,
+``euler_heun`` and ``reversible_heun``.  The state is flattened to ``[B, D]`` and torchsde gets
+the noise as additive with a diffusion-vector product g(t) v, so any data shape works without a
+``D x D`` diffusion matrix (``reversible_heun``, which asks for g itself, gets it as diagonal noise).
 
-The Brownian path is a ``torchsde.BrownianInterval`` whose entropy is drawn from the caller's
-generator (left alone, torchsde would seed it from NumPy's global state, and the same seed would
-not give the same samples).  The last step is not denoised: its noise, of variance g(eps)^2 dt,
-is tiny at eps (about 2e-4 for VP with 500 steps).
+The Brownian path is drawn step by step from the caller's generator (:class:`_GridBrownian`), so
+the same seed gives the same samples; torchsde's ``BrownianInterval``, which answers any interval
+from a tree of seeded draws, cost more than half of an Euler step at a batch of 1,000, and the
+fixed-step solvers never need more than their own steps.  The last step is not denoised: its
+noise, of variance g(eps)^2 dt, is tiny at eps (about 2e-4 for VP with 500 steps).
+
+The coefficients f(t) and g(t) are Python floats from ``sde.scalars`` (shared by every sample);
+at a batch of 1,000, computing them as one-element tensors cost a tenth of a score evaluation.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -37,39 +43,120 @@ METHODS = ITO_METHODS + STRATONOVICH_METHODS
 
 
 class _ReverseTimeSDE:
-    """The reverse-time SDE in tau = T - t, flattened, in torchsde's interface (f, g)."""
+    """The reverse-time SDE in tau = T - t, flattened, in torchsde's interface (f, g_prod).
 
-    noise_type = "diagonal"
+    The noise is additive: g(t) is one number for every sample and coordinate, so torchsde gets
+    ``noise_type = "additive"`` and a diffusion-vector product ``g_prod = g(t) v`` (never a
+    ``[B, D, D]`` matrix); :class:`_DiagonalReverseTimeSDE` adds ``g`` for the methods that need it.
+    """
+
+    noise_type = "additive"
 
     def __init__(self, sde: SDE, score_fn, shape, sde_type: str):
         self.sde, self.score_fn, self.shape, self.sde_type = sde, score_fn, tuple(shape), sde_type
+        self.batch = self.shape[0]
+        self.flat = len(self.shape) == 2  # vectors: torchsde's [B, D] state is the data's shape
         # torchsde asks for f at the same (tau, y) more than once: its contract check evaluates
         # f(ts[0], y0) before the first step does, and its SRK step recomputes earlier stages.
         # A small cache keyed on (tau, the state tensor) makes each point one score evaluation.
         self._cache: list = []
+        self._coefs: dict = {}
 
-    def _t(self, tau: Tensor, y: Tensor) -> Tensor:
-        # [1]: the coefficients are the same for every sample, so they are computed once and
-        # broadcast (per-sample float64 arithmetic was a third of the overhead at a batch of 1,000)
-        return (self.sde.T - torch.as_tensor(tau, dtype=torch.float64, device=y.device)).reshape(1)
+    def _at(self, tau: float, y: Tensor) -> tuple:
+        """``(f(t), g(t), t as the score's [B] input)`` at t = T - tau: the coefficients as Python
+        floats from ``sde.scalars`` (shared by every sample), kept for the last few times, since a
+        step asks for the same time several times."""
+        out = self._coefs.get(tau)
+        if out is None:
+            t = self.sde.T - tau
+            c = self.sde.scalars(t)
+            if len(self._coefs) > 8:
+                self._coefs.clear()
+            out = self._coefs[tau] = (c.f, c.g, torch.full((self.batch,), t, dtype=y.dtype, device=y.device))
+        return out
 
     def f(self, tau, y: Tensor) -> Tensor:
         key = (float(tau), id(y), y._version)
         for k, out, _ in self._cache:
             if k == key:
                 return out
-        t = self._t(tau, y)
-        x = y.reshape(self.shape)
-        score = self.score_fn(x, t.to(y.dtype).expand(y.shape[0]))
-        coef = self.sde.drift_coef(t).to(y.dtype)
-        g2 = (self.sde.diffusion(t) ** 2).to(y.dtype)
-        out = (g2 * score.reshape(y.shape) - coef * y)
-        self._cache = self._cache[-3:] + [(key, out, y)]  # holding y keeps its id from reuse
+        f, g, t_vec = self._at(key[0], y)
+        score = self.score_fn(y if self.flat else y.reshape(self.shape), t_vec)
+        # g^2 score - f y
+        out = torch.add(y * -f, score if self.flat else score.reshape(y.shape), alpha=g * g)
+        self._cache = self._cache[-2:] + [(key, out, y)]  # holding y keeps its id from reuse
         return out
 
+    def g_prod(self, tau, y: Tensor, v: Tensor) -> Tensor:
+        return v * self._at(float(tau), y)[1]
+
+
+class _DiagonalReverseTimeSDE(_ReverseTimeSDE):
+    """The same SDE as diagonal noise with ``g`` as a ``[B, D]`` tensor (reversible_heun needs g)."""
+
+    noise_type = "diagonal"
+
     def g(self, tau, y: Tensor) -> Tensor:
-        t = self._t(tau, y)
-        return self.sde.diffusion(t).to(y.dtype)[:, None].expand(y.shape)
+        return torch.full_like(y, self._at(float(tau), y)[1])
+
+
+class _GridBrownian(torchsde.BaseBrownian):
+    """Brownian increments over fixed steps ``[k h, (k + 1) h]`` of ``[0, span]`` (the last one may
+    be shorter), drawn one step at a time from the sampler's generator when the solver asks.
+
+    torchsde's fixed-step solvers query each step's interval once, in order; its
+    ``BrownianInterval`` answers any interval through a binary tree of seeded draws, which at a
+    batch of 1,000 cost more than half of an Euler step.  With ``levy=True`` the space-time Levy
+    area comes too, as torchsde defines it: U = dt (W / 2 + H) with H ~ N(0, dt / 12)
+    independent of W ~ N(0, dt).
+    """
+
+    __slots__ = ("_size", "_h", "_draw", "_dtype", "_device", "_levy", "_k", "_W", "_U")
+
+    def __init__(self, size, h: float, draw, dtype, device, levy: bool):
+        self._size, self._h, self._draw, self._dtype, self._device = tuple(size), float(h), draw, dtype, device
+        self._levy = bool(levy)
+        self._k, self._W, self._U = -1, None, None
+
+    def __call__(self, ta, tb=None, return_U=False, return_A=False):
+        if tb is None or return_A:
+            raise RuntimeError("_GridBrownian answers interval queries, without Levy area A")
+        ta, tb = float(ta), float(tb)
+        k = int(round(ta / self._h))
+        if k != self._k:
+            dt = tb - ta
+            if k != self._k + 1 or abs(ta - k * self._h) > 1e-6 * self._h or not 0 < dt <= self._h * (1 + 1e-6):
+                raise RuntimeError(f"step [{ta}, {tb}] is not the next step of the grid of {self._h}")
+            z = self._draw()
+            self._W = z * math.sqrt(dt)
+            if self._levy:
+                # U = dt (W / 2 + H),  H = sqrt(dt / 12) z2
+                self._U = torch.add(self._W * (0.5 * dt), self._draw(), alpha=dt * math.sqrt(dt / 12.0))
+            self._k = k
+        if return_U:
+            if not self._levy:
+                raise RuntimeError("this Brownian motion was built without the space-time Levy area")
+            return self._W, self._U
+        return self._W
+
+    def __repr__(self) -> str:
+        return f"_GridBrownian(size={self._size}, h={self._h}, levy={self._levy})"
+
+    @property
+    def dtype(self):
+        return self._dtype
+
+    @property
+    def device(self):
+        return self._device
+
+    @property
+    def shape(self):
+        return self._size
+
+    @property
+    def levy_area_approximation(self):
+        return "space-time" if self._levy else "none"
 
 
 @register_sampler("sde")
@@ -97,22 +184,19 @@ def sde(score_fn, sde: SDE, x: Tensor, ctx, *, eps: float = 1e-3, method: str = 
     sde_type = "ito" if method in ITO_METHODS else "stratonovich"
     shape = x.shape
     y0 = x.reshape(shape[0], -1)
-    entropy = None
-    if ctx.generator is not None:
-        entropy = int(torch.randint(0, 2 ** 62, (1,), generator=ctx.generator,
-                                    device=ctx.generator.device).item())
-    levy = "space-time" if method == "srk" else "none"
-    bm = torchsde.BrownianInterval(t0=0.0, t1=span, size=tuple(y0.shape), dtype=y0.dtype,
-                                   device=y0.device, entropy=entropy, levy_area_approximation=levy)
+    bm = _GridBrownian(tuple(y0.shape), step, lambda: ctx.randn_like(y0), y0.dtype, y0.device,
+                       levy=method == "srk")
     n_out = 2
     if ctx.record_on:
         n_out = (n if n is not None else max(int(round(span / step)), 1)) + 1
     ts = torch.linspace(0.0, span, n_out, dtype=torch.float64, device=y0.device)
     if n is not None:
-        ctx.expect_nfe(n * {"srk": 4, "heun": 2, "midpoint": 2, "euler_heun": 1}.get(method, 1))
+        ctx.expect_nfe(n * {"srk": 2, "heun": 2, "midpoint": 2, "euler_heun": 1}.get(method, 1))
     options = {"grad_free": True} if method == "milstein" else None
-    ys = torchsde.sdeint(_ReverseTimeSDE(sde, score_fn, shape, sde_type), y0, ts, bm=bm,
-                         method=method, dt=step, options=options)
+    # reversible_heun asks for g itself; the others only for g times a vector
+    cls = _DiagonalReverseTimeSDE if method == "reversible_heun" else _ReverseTimeSDE
+    ys = torchsde.sdeint(cls(sde, score_fn, shape, sde_type), y0, ts, bm=bm, method=method, dt=step,
+                         options=options)
     if ctx.record_on:
         for tau, y in zip(ts, ys):
             ctx.record(sde.T - tau, y.reshape(shape))
