@@ -839,61 +839,112 @@ def write_likelihood(rows: Sequence[Dict[str, Any]], out_dir: Union[str, Path], 
 # ---------------------------------------------------------------------------------------------
 # sampler overhead
 
+def network_problem(problem: str, sde: str, network: Dict[str, Any], seed: int = 0) -> Problem:
+    """``problem`` (a mixture name) with the score of an untrained network in place of its exact one.
+
+    ``network`` is a model config (the keys of ``conf/model/*.yaml``: ``name``, the network's
+    arguments, ``parameterization``, ``time_input``).  The weights are drawn from ``seed``, and the
+    output layer, which the networks start at zero, is drawn too, so that the flow moves and the
+    adaptive solvers take steps as they would; an evaluation costs what a trained one would.
+    """
+    from .score import build_score_model
+
+    base = load_problem(problem)
+    if base.model is not None:
+        raise ValueError(f"problem {problem!r} already has its own network; give a mixture name")
+    net = dict(network)
+    param, time_input = net.pop("parameterization", "noise"), net.pop("time_input", "t")
+    net["data_shape"] = list(base.shape)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_score_model({"sde": {"name": sde}, "model": net, "parameterization": param,
+                                   "time_input": time_input})
+        out = getattr(model.net, "out", None)
+        if out is not None and hasattr(out, "reset_parameters"):
+            out.reset_parameters()
+    model.eval()
+    return Problem(f"{problem}+{net['name']}", base.shape, mixture=base.mixture, model=model)
+
+
 def overhead_rows(batches: Sequence[int] = (1000, 10_000, 50_000), budget: int = 50, problem: str = "ring8",
                   sde: str = "vp", samplers: Optional[Sequence[Dict[str, Any]]] = None, repeats: int = 2,
-                  only: Optional[Sequence[str]] = None, progress: bool = True) -> List[Dict[str, Any]]:
+                  only: Optional[Sequence[str]] = None, progress: bool = True,
+                  network: Optional[Dict[str, Any]] = None,
+                  network_batches: Optional[Sequence[int]] = None) -> List[Dict[str, Any]]:
     """Overhead (wall time / time inside the score) of each sampler at ``budget`` NFE, per batch size.
 
     Each sampler runs ``repeats`` times per batch size; the row keeps the smallest overhead (the
-    run least disturbed by other jobs).  Adaptive samplers run at their tightest tolerance.
+    run least disturbed by other jobs).  Adaptive samplers run at their tightest tolerance.  Rows
+    have ``score`` = ``"exact"`` (the mixture's exact score); with ``network`` (a model config, see
+    :func:`network_problem`) every cell runs again with that network's score (``score`` =
+    ``"network"``), the cost a trained model of the default architecture would have, at
+    ``network_batches`` (default: ``batches``).
     """
     from tqdm.auto import tqdm
 
     specs = specs_from_config(samplers if samplers is not None else DEFAULT_SAMPLERS)
     if only is not None:
         specs = [s for s in specs if s.label in set(only)]
+    kinds = [("exact", None, batches)]
+    if network is not None:
+        kinds.append(("network", network_problem(problem, sde, network),
+                      batches if network_batches is None else network_batches))
     out = []
     jobs = []
-    for b in batches:
-        runner = Bench(n=int(b), quality=False)
-        for spec in specs:
-            if spec.tolerances is not None:
-                tol = min(spec.tolerances)
-                opts = {**spec.options, "rtol": tol, "atol": tol}
-            else:
-                opts = {**spec.options, "steps": max(1, int(round(budget / spec.nfe_per_step)))}
-            jobs.append((runner, Cell(problem, sde, spec.label, spec.name, tuple(sorted(opts.items())),
-                                      None if spec.tolerances is not None else budget,
-                                      min(spec.tolerances) if spec.tolerances is not None else None, 0)))
-    for runner, c in tqdm(jobs, desc="overhead", disable=not progress):
+    for kind, prob, kind_batches in kinds:
+        for b in kind_batches:
+            runner = Bench(n=int(b), quality=False)
+            if prob is not None:
+                runner.problems[prob.name] = prob
+            name = prob.name if prob is not None else problem
+            for spec in specs:
+                if spec.tolerances is not None:
+                    tol = min(spec.tolerances)
+                    opts = {**spec.options, "rtol": tol, "atol": tol}
+                else:
+                    opts = {**spec.options, "steps": max(1, int(round(budget / spec.nfe_per_step)))}
+                jobs.append((kind, runner, Cell(name, sde, spec.label, spec.name, tuple(sorted(opts.items())),
+                                                None if spec.tolerances is not None else budget,
+                                                min(spec.tolerances) if spec.tolerances is not None else None, 0)))
+    for kind, runner, c in tqdm(jobs, desc="overhead", disable=not progress):
         rows = [runner.run_cell(c) for _ in range(repeats)]
-        out.append(min(rows, key=lambda r: r["overhead"]))
+        best = min(rows, key=lambda r: r["overhead"])
+        best["score"] = kind
+        out.append(best)
     return out
 
 
 def write_overhead(rows: Sequence[Dict[str, Any]], out_dir: Union[str, Path], prefix: str = "bench_overhead",
                    preamble: str = "") -> List[Path]:
-    """A table sampler x batch size of overheads (goal <= 1.1), as CSV and Markdown."""
+    """Tables sampler x batch size of overheads (goal <= 1.1), one per score kind, as CSV and Markdown."""
     out_dir = Path(out_dir)
+    rows = [dict(r, score=r.get("score", "exact")) for r in rows]
     csv_path = write_csv(rows, out_dir / f"{prefix}.csv")
-    batches = sorted({int(r["n"]) for r in rows})
-    labels = list(dict.fromkeys(r["label"] for r in rows))
-    by = {(r["label"], int(r["n"])): r for r in rows}
+    md = ["# Sampler overhead: wall time / (NFE x time of one score evaluation), goal <= 1.1\n", preamble]
+    titles = {"exact": "Exact mixture score", "network": "Network score (an untrained network of the default architecture)"}
+    for kind in dict.fromkeys(r["score"] for r in rows):
+        rs = [r for r in rows if r["score"] == kind]
+        batches = sorted({int(r["n"]) for r in rs})
+        labels = list(dict.fromkeys(r["label"] for r in rs))
+        by = {(r["label"], int(r["n"])): r for r in rs}
 
-    def cell_str(lab, b):
-        r = by.get((lab, b))
-        if r is None:
-            return ""
-        v = float(r["overhead"])
-        return f"{v:.3f}" if v <= 1.1 else f"**{v:.3f}**"
+        def cell_str(lab, b, by=by):
+            r = by.get((lab, b))
+            if r is None:
+                return ""
+            v = float(r["overhead"])
+            return f"{v:.3f}" if v <= 1.1 else f"**{v:.3f}**"
 
-    cols = [("sampler", lambda lab: lab), ("NFE", lambda lab: str(by[(lab, batches[0])]["nfe"]))]
-    cols += [(f"n = {b:,}", (lambda b: lambda lab: cell_str(lab, b))(b)) for b in batches]
-    cols += [(f"score ms (n = {b:,})", (lambda b: lambda lab: _f(1e3 * float(by[(lab, b)]["score_seconds"]), ".2f"))(b))
-             for b in batches[-1:]]
-    md = ["# Sampler overhead: wall time / (NFE x time of one score evaluation), goal <= 1.1\n", preamble,
-          md_table(labels, cols), "Bold: above the goal.  The score evaluations are timed inside the run "
-          "(scoresde.bench.TimedScore), so the ratio does not drift with the machine's load.\n"]
+        def score_ms(lab, b, by=by):
+            r = by.get((lab, b))
+            return "" if r is None else _f(1e3 * float(r["score_seconds"]), ".2f")
+
+        cols = [("sampler", lambda lab: lab), ("NFE", (lambda by: lambda lab: str(by[(lab, batches[0])]["nfe"]))(by))]
+        cols += [(f"n = {b:,}", (lambda b: lambda lab: cell_str(lab, b))(b)) for b in batches]
+        cols += [(f"score ms (n = {b:,})", (lambda b: lambda lab: score_ms(lab, b))(b)) for b in (batches[0], batches[-1])]
+        md += [f"## {titles.get(kind, kind)} ({rs[0]['problem']})\n", md_table(labels, cols)]
+    md.append("Bold: above the goal.  The score evaluations are timed inside the run "
+              "(scoresde.bench.TimedScore), so the ratio does not drift with the machine's load.\n")
     md_path = out_dir / f"{prefix}.md"
     md_path.write_text("\n".join(md))
     return [csv_path, md_path]

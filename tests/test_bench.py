@@ -143,7 +143,7 @@ def test_writers_produce_csv_markdown_and_plots(tmp_path):
 def test_app_runs_a_tiny_grid(tmp_path):
     cmd = [sys.executable, "-m", "scoresde.apps.bench", "problems=[ring8]", "sdes=[vp]", "budgets=[10]",
            "seeds=[0]", "n=300", "floor_repeats=1", "only=[dpm_solver 2,heun]", "progress=false",
-           "overhead.batches=[300]", "overhead.budget=10",
+           "overhead.batches=[300]", "overhead.budget=10", "overhead.network_batches=[200]",
            f"hydra.run.dir={tmp_path}"]
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
@@ -151,7 +151,13 @@ def test_app_runs_a_tiny_grid(tmp_path):
         got = list(csv.DictReader(f))
     assert [(r["label"], r["nfe"]) for r in got] == [("dpm_solver 2", "10"), ("heun", "10")]
     assert (tmp_path / "bench.md").exists() and (tmp_path / "bench_ring8.png").exists()
-    assert "| heun | 10 |" in (tmp_path / "bench_overhead.md").read_text()
+    md = (tmp_path / "bench_overhead.md").read_text()
+    assert "| heun | 10 |" in md and "## Network score" in md and "(ring8+mlp)" in md
+    with open(tmp_path / "bench_overhead.csv") as f:
+        got = list(csv.DictReader(f))
+    assert [(r["score"], r["label"], r["n"]) for r in got] == [
+        ("exact", "dpm_solver 2", "300"), ("exact", "heun", "300"),
+        ("network", "dpm_solver 2", "200"), ("network", "heun", "200")]
 
 
 def test_bench_config_composes_and_rejects_unknown_labels_and_keys(tmp_path):
@@ -243,3 +249,20 @@ def test_overhead_rows_time_each_sampler_per_batch_without_quality_metrics(tmp_p
     assert heun["overhead"] == pytest.approx(heun["seconds"] / (heun["nfe"] * heun["score_seconds"]), rel=1e-12)
     files = bench.write_overhead(rows, tmp_path)
     assert "| heun | 10 |" in files[1].read_text()
+
+
+def test_network_problem_is_the_configured_architecture_with_a_moving_flow():
+    net = {"name": "mlp", "width": 32, "depth": 1, "embedding": "fourier", "emb_dim": 16, "emb_scale": 16.0,
+           "norm": True, "parameterization": "noise", "time_input": "t"}
+    p = bench.network_problem("ring8", "vp", net, seed=3)
+    assert p.name == "ring8+mlp" and p.mixture is not None and p.dtype == torch.float32
+    model = p.score_fn("vp")
+    assert isinstance(model, sd.ScoreModel) and model.net.inp.out_features == 32 and len(model.net.blocks) == 1
+    x = torch.randn(8, 2)
+    with torch.no_grad():
+        s = model(x, torch.full((8,), 0.5))
+    assert s.shape == x.shape and s.abs().max() > 0  # the zero-initialised output layer was drawn
+    again = bench.network_problem("ring8", "vp", net, seed=3).score_fn("vp")
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    with pytest.raises(ValueError, match="unknown model"):
+        bench.network_problem("ring8", "vp", dict(net, name="mpl"))

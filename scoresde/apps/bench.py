@@ -21,6 +21,8 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from . import schema as _schemas  # noqa: F401  (stores schema/<group>/<name>, which conf/model/ uses)
+
 log = logging.getLogger("scoresde")
 
 __all__ = ["run_bench", "main", "config_path"]
@@ -79,10 +81,13 @@ def run_bench(cfg: Dict[str, Any], out_dir: Path):
     ov = dict(cfg.get("overhead") or {})
     if ov.pop("enabled", False):
         ov_rows = bench.overhead_rows(samplers=cfg.get("samplers"), only=cfg.get("only"), progress=bool(cfg.get("progress", True)), **ov)
+        net = ov.get("network")
         files += bench.write_overhead(ov_rows, out, preamble=(
-            f"Measured with `scoresde-bench`: {ov.get('problem', 'ring8')}, {ov.get('sde', 'vp')}, exact mixture "
-            f"score, torch {torch.__version__}, {threads} thread(s), load average {_load_average()}; the smaller "
-            "of two runs.\n"))
+            f"Measured with `scoresde-bench`: {ov.get('problem', 'ring8')}, {ov.get('sde', 'vp')}, the exact mixture "
+            "score" + (f" and an untrained `{net.get('name')}` network of the default architecture "
+                       "(conf/model/)" if net else "") +
+            f"; torch {torch.__version__}, {threads} thread(s), load average {_load_average()}; the smallest "
+            f"of {ov.get('repeats', 2)} runs.\n"))
     lk = dict(cfg.get("likelihood") or {})
     if lk.pop("enabled", False):
         lk_rows = bench.likelihood_rows(progress=bool(cfg.get("progress", True)), **lk)
