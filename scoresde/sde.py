@@ -24,6 +24,12 @@ The three SDEs of Song et al. (ICLR 2021) follow their formulas and defaults exa
 Time runs from 0 (data) to T = 1 (noise).  ``t`` is a Python float or a ``[B]`` tensor; ``x`` has
 any shape ``[B, ...]``; coefficients broadcast over the trailing dimensions.
 
+The samplers step every sample with the same coefficients, so they take them once a step as Python
+floats: ``sde.scalars(t)`` gives ``(f, g, alpha, sigma)`` at one time (closed forms in ``math`` for
+the three SDEs above; for any other SDE, its tensor functions evaluated at a one-element tensor),
+``sde.scalar_t_from_log_snr(lam)`` the inverse log-SNR, and ``sde.ancestral_coefs`` the ancestral
+step's coefficients from floats or tensors alike.
+
 Writing a new SDE takes the four scalar functions and the prior std.  For example, the
 variance-exploding SDE of Karras et al. (EDM), sigma(t) = t, scaled to [0, 80]:
 

@@ -104,9 +104,11 @@ def corrector_step(name: str, score_fn, sde: SDE, x: Tensor, t_vec: Tensor, t: f
         if norm == "batch":
             step = 2.0 * a * (snr * float(zn.mean()) / float(gn.mean())) ** 2
         else:
-            step = _per_sample(zn.div_(gn).square_().mul_(2.0 * a * snr ** 2), x)
-            mean = torch.addcmul(x, step, g)
-            return torch.addcmul(mean, step.mul(2.0).sqrt_(), z), mean
+            # step = c r^2 with r = |z| / |g|, c = 2 a snr^2; the noise scale sqrt(2 step) = sqrt(2 c) r
+            c = 2.0 * a * snr ** 2
+            r = _per_sample(zn.div_(gn), x)
+            mean = torch.addcmul(x, r.square().mul_(c), g)
+            return torch.addcmul(mean, r.mul_(math.sqrt(2.0 * c)), z), mean
     elif name == "annealed_langevin":
         step = 2.0 * a * (snr * c.sigma) ** 2
     else:
