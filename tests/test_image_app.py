@@ -1,5 +1,6 @@
 """Image sets in the data registry, the U-Net in the model registry, the digits preset through the app."""
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -110,3 +111,46 @@ def test_digits_preset_trains_a_few_steps_end_to_end(tmp_path, monkeypatch):
     metrics = _run_app(tmp_path / "run", monkeypatch,
                        ["train.steps=20", "train.log_every=10", "eval.n_samples=16", "sampler.steps=20"])
     assert metrics["step"] == 20 and metrics["train_loss"] < 1.0
+
+
+class _GaussianScore(torch.nn.Module):
+    """The exact score of N(0, s^2 I) data under the VP SDE, with what the likelihood app reads
+    from a loaded checkpoint (``.sde``, ``.checkpoint``)."""
+
+    def __init__(self, s: float, data_cfg: dict):
+        super().__init__()
+        self.s2 = s * s
+        self.sde = sd.VPSDE()
+        self.dummy = torch.nn.Parameter(torch.zeros(()))
+        self.checkpoint = {"step": 0, "config": {"data": data_cfg}}
+
+    def forward(self, x, t):
+        al, sg = self.sde.mean_coef(t), self.sde.std(t)
+        return -x / (al ** 2 * self.s2 + sg ** 2).reshape(-1, *([1] * (x.dim() - 1)))
+
+
+@pytest.mark.parametrize("dequantize", [False, True])
+def test_likelihood_app_bits_per_dim_is_the_dequantized_bound_on_the_training_grid(dequantize):
+    """For data N(0, s^2 I) in model space the bound E_u log p(x_u) + D log(width) has a closed form,
+    E[(c + w u)^2] = c^2 + c w + w^2 / 3 per pixel for x_u = c + w u: the cells must sit where the
+    model was trained (centred on the plain grid 2k/16 - 1, or [2k/17 - 1, 2(k+1)/17 - 1) when it
+    was trained on dequantized levels), and the digits have 17 levels, not 256."""
+    from scoresde.apps.likelihood import checkpoint_likelihood
+
+    s, L, n = 0.6, DIGITS_LEVELS, 64
+    model = _GaussianScore(s, {"name": "digits", "n_test": 300, "seed": 0, "dequantize": dequantize})
+    out = checkpoint_likelihood(model, n=n, batch_size=40, rtol=1e-6, atol=1e-6, eps=1e-5, seed=1)
+    data = build_dataset("digits", n_test=300, seed=0, dequantize=dequantize)
+    k = from_model_range(data.test[:n], L, dequantized=dequantize).double()
+    w = 2.0 / L if dequantize else 2.0 / (L - 1)
+    c = -1.0 + k * w if dequantize else -1.0 + k * w - w / 2  # cell starts
+    e_sq = (c ** 2 + c * w + w ** 2 / 3).reshape(n, -1).sum(1)
+    D = 64
+    logp = -0.5 * D * math.log(2 * math.pi * s * s) - e_sq / (2 * s * s)
+    expect = float(-(logp + D * math.log(w)).mean())
+    # Monte Carlo over one u per pixel: per-sample sd of the quadratic term over 64 pixels
+    se = float(((w ** 2 / 12) ** 0.5 * (2 * c.abs() + w) / (2 * s * s)).reshape(n, -1).pow(2).sum(1).sqrt().mean()) / math.sqrt(n)
+    assert out["levels"] == L
+    assert out["nll"] == pytest.approx(expect, abs=4 * se + 1e-3)
+    assert out["bits_per_dim"] == pytest.approx(out["nll"] / (D * math.log(2.0)), rel=1e-12)
+    assert out["nfe"] == sum(out["nfe_per_batch"]) and len(out["nfe_per_batch"]) == 2

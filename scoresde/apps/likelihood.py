@@ -11,10 +11,17 @@ data as given is
     log p_data(x) = log p_model(s(x)) + log|det ds/dx|          (s: the data set's affine scaler)
 
 so ``nll`` (nats per sample, mean over the points, with its standard error ``nll_se``) is in data
-space.  For image data sets (``[C, H, W]``, pixels in [0, 1]) ``bits_per_dim`` is the NLL of the
-pixels on the 0..256 scale per dimension, (nll / D + ln 256) / ln 2, of the continuous density
-(no dequantization noise is added).  For Gaussian-mixture data sets, ``kl`` = mean(log p_data -
-log p_model) over the same points, from the exact density.  Writes ``likelihood.json`` with
+space.  For Gaussian-mixture data sets, ``kl`` = mean(log p_data - log p_model) over the same
+points, from the exact density.
+
+Image data sets hold discrete levels k in {0, ..., L-1} (L = 17 for the digits, 256 for 8-bit
+images), so their likelihood is a probability, bounded by uniform dequantization
+(``sd.bits_per_dim``): log P(k) >= E_u log p(x_u) + D log(cell width), with x_u uniform in a cell
+around level k of the grid the model was trained on.  A data set trained on dequantized levels
+(``dequantize=true``: x = 2 (k + u) / L - 1) has the cells [2k/L - 1, 2(k+1)/L - 1); one trained
+on the plain grid x_k = 2 k / (L - 1) - 1 has cells of width 2 / (L - 1) centred on its points
+(``data_range`` = (-L/(L-1), L/(L-1)) in ``sd.bits_per_dim``'s terms).  There ``nll`` is this
+bound on -log P(k) in nats and ``bits_per_dim`` = nll / (D ln 2), one dequantization draw per point.  Writes ``likelihood.json`` with
 these, the NFE (summed over batches, and per batch) and the seconds.
 """
 
@@ -35,6 +42,7 @@ from omegaconf import MISSING, DictConfig
 
 from ..cli import config_path
 from ..data import build_dataset
+from ..data.images import from_model_range
 from ..train import load_model, resolve_device
 from . import schema  # noqa: F401  (registers the group schemas)
 from ._common import checkpoint_path, cpu_generator, exit_on_user_error, run_dir
@@ -100,16 +108,27 @@ def checkpoint_likelihood(checkpoint, split: str = "test", n: Optional[int] = 20
     g = cpu_generator(seed)
     x = _points(data, split, n, g)
     kwargs: Dict[str, Any] = dict(divergence=divergence, rtol=rtol, atol=atol, eps=eps, generator=g)
+    levels = data.info.get("levels") if len(data.event_shape) == 3 else None
+    if levels is not None:
+        levels = int(levels)
+        dequantized = bool(data.info.get("dequantize", False))
+        k = from_model_range(x, levels, dequantized=dequantized)
+        grid = (-1.0, 1.0) if dequantized else (-levels / (levels - 1), levels / (levels - 1))
     logps, nfes = [], []
     t0 = time.perf_counter()
     for start in range(0, x.shape[0], batch_size):
-        ll = sd.log_likelihood(model, model.sde, x[start:start + batch_size].to(dev), **kwargs)
-        logps.append(ll.logp.detach().double().cpu())
+        if levels is None:
+            ll = sd.log_likelihood(model, model.sde, x[start:start + batch_size].to(dev), **kwargs)
+            logps.append(ll.logp.detach().double().cpu())
+        else:  # the dequantization bound on log P(k), in nats
+            ll = sd.bits_per_dim(model, model.sde, k[start:start + batch_size].to(dev), levels=levels,
+                                 data_range=grid, **kwargs)
+            logps.append(ll.logp[0].detach().double().cpu() + ll.log_det)
         nfes.append(int(ll.nfe))
     seconds = time.perf_counter() - t0
     logp = torch.cat(logps)
     dims = math.prod(data.event_shape)
-    nll = -(logp + data.scaler.log_det(data.event_shape))
+    nll = -(logp + (data.scaler.log_det(data.event_shape) if levels is None else 0.0))
     out: Dict[str, Any] = {
         "step": model.checkpoint["step"], "data": data.name, "split": split, "n": int(x.shape[0]),
         "dims": dims, "nll": float(nll.mean()), "nll_se": float(nll.std() / math.sqrt(nll.numel())),
@@ -117,8 +136,9 @@ def checkpoint_likelihood(checkpoint, split: str = "test", n: Optional[int] = 20
         "nfe": sum(nfes), "nfe_per_batch": nfes, "seconds": round(seconds, 4), "seed": seed, "ema": ema,
         "device": str(dev),
     }
-    if len(data.event_shape) == 3:
-        out["bits_per_dim"] = (out["nll"] / dims + math.log(256.0)) / math.log(2.0)
+    if levels is not None:
+        out["bits_per_dim"] = out["nll"] / (dims * math.log(2.0))
+        out["levels"] = levels
     if data.mixture is not None:
         diff = data.mixture.log_prob(x.double().cpu()) - logp
         out["kl"] = float(diff.mean())
