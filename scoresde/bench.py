@@ -52,6 +52,7 @@ split (and its mixture, when the data set is one).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import statistics
 import time
@@ -906,12 +907,36 @@ def overhead_rows(batches: Sequence[int] = (1000, 10_000, 50_000), budget: int =
                 jobs.append((kind, runner, Cell(name, sde, spec.label, spec.name, tuple(sorted(opts.items())),
                                                 None if spec.tolerances is not None else budget,
                                                 min(spec.tolerances) if spec.tolerances is not None else None, 0)))
+    # the samplers' own cost: the first batch size again with a score that costs next to nothing
+    free = _FreeProblem(load_problem(problem))
+    free_runner = Bench(n=int(batches[0]), quality=False)
+    free_runner.problems[free.name] = free
+    for spec in specs:
+        c = next(c for k, _, c in jobs if k == "exact" and c.label == spec.label)
+        jobs.append(("free", free_runner, dataclasses.replace(c, problem=free.name)))
+    free_cost: Dict[str, float] = {}
     for kind, runner, c in tqdm(jobs, desc="overhead", disable=not progress):
         rows = [runner.run_cell(c) for _ in range(repeats)]
+        if kind == "free":
+            free_cost[c.label] = min(r["seconds"] / max(r["nfe"], 1) for r in rows)
+            continue
         best = min(rows, key=lambda r: r["overhead"])
         best["score"] = kind
         out.append(best)
+    for r in out:
+        r["free_us_per_nfe"] = 1e6 * free_cost[r["label"]] if r["score"] == "exact" else float("nan")
     return out
+
+
+class _FreeProblem(Problem):
+    """A problem whose score is -x (that of N(0, I); one pass over the batch): a sampler's wall time
+    per evaluation on it is its own cost, the part that the overhead ratio divides by the score's."""
+
+    def __init__(self, base: Problem):
+        super().__init__(f"{base.name}+free score", base.shape, mixture=base.mixture)
+
+    def score_fn(self, sde_name: str):
+        return lambda x, t: -x
 
 
 def write_overhead(rows: Sequence[Dict[str, Any]], out_dir: Union[str, Path], prefix: str = "bench_overhead",
@@ -941,10 +966,17 @@ def write_overhead(rows: Sequence[Dict[str, Any]], out_dir: Union[str, Path], pr
 
         cols = [("sampler", lambda lab: lab), ("NFE", (lambda by: lambda lab: str(by[(lab, batches[0])]["nfe"]))(by))]
         cols += [(f"n = {b:,}", (lambda b: lambda lab: cell_str(lab, b))(b)) for b in batches]
-        cols += [(f"score ms (n = {b:,})", (lambda b: lambda lab: score_ms(lab, b))(b)) for b in (batches[0], batches[-1])]
+        cols += [(f"score ms (n = {b:,})", (lambda b: lambda lab: score_ms(lab, b))(b)) for b in dict.fromkeys((batches[0], batches[-1]))]
+        if kind == "exact" and any(math.isfinite(float(r.get("free_us_per_nfe", "nan") or "nan")) for r in rs):
+            cols.append((f"sampler us / NFE (free score, n = {batches[0]:,})",
+                         (lambda by: lambda lab: _f(float(by[(lab, batches[0])].get("free_us_per_nfe", "nan") or "nan"),
+                                                    ".0f"))(by)))
         md += [f"## {titles.get(kind, kind)} ({rs[0]['problem']})\n", md_table(labels, cols)]
     md.append("Bold: above the goal.  The score evaluations are timed inside the run "
-              "(scoresde.bench.TimedScore), so the ratio does not drift with the machine's load.\n")
+              "(scoresde.bench.TimedScore), so the ratio does not drift with the machine's load.  "
+              "'Free score': the sampler's wall time per evaluation with the score -x (about a microsecond), "
+              "its own cost measured alone (in a run the same work takes longer: the score's "
+              "work leaves the caches cold).\n")
     md_path = out_dir / f"{prefix}.md"
     md_path.write_text("\n".join(md))
     return [csv_path, md_path]

@@ -246,9 +246,12 @@ def test_overhead_rows_time_each_sampler_per_batch_without_quality_metrics(tmp_p
                                                     ("heun", 400)]
     heun = rows[1]
     assert heun["nfe"] == 10 and heun["overhead"] > 1.0 and math.isnan(heun["w2"]) and math.isnan(heun["ode_err"])
+    # the samplers' own cost per evaluation, with a score of next to no cost, at the first batch size
+    assert 0 < heun["free_us_per_nfe"] < 1e6 * heun["seconds"] / heun["nfe"]
     assert heun["overhead"] == pytest.approx(heun["seconds"] / (heun["nfe"] * heun["score_seconds"]), rel=1e-12)
     files = bench.write_overhead(rows, tmp_path)
-    assert "| heun | 10 |" in files[1].read_text()
+    md = files[1].read_text()
+    assert "| heun | 10 |" in md and "sampler us / NFE (free score, n = 200)" in md
 
 
 def test_network_problem_is_the_configured_architecture_with_a_moving_flow():

@@ -419,3 +419,13 @@ def test_srk_is_more_accurate_than_euler_on_the_same_noise():
     err = {(m, s): float((run(m, s) - ref).norm(dim=1).mean()) for m in ("euler", "srk") for s in (16, 32)}
     assert err[("srk", 32)] * 3 < err[("euler", 32)], err
     assert err[("srk", 16)] / err[("srk", 32)] > err[("euler", 16)] / err[("euler", 32)], err
+
+
+def test_langevin_with_a_zero_score_gives_nan_not_an_exception():
+    """An untrained network starts at zero output: the step r |z| / |g| is infinite, as tensors
+    compute it (both norms), not a ZeroDivisionError from the batch-mean form."""
+    sde = sd.VPSDE()
+    for norm in ("batch", "sample"):
+        out = sd.sample(lambda x, t: torch.zeros_like(x), sde, (8, 2), sampler="pc", steps=2, corrector="langevin",
+                        langevin_norm=norm, generator=torch.Generator().manual_seed(0))
+        assert out.x.shape == (8, 2) and torch.isnan(out.x).all()

@@ -102,7 +102,8 @@ def corrector_step(name: str, score_fn, sde: SDE, x: Tensor, t_vec: Tensor, t: f
     if name == "langevin":
         zn, gn = _flat_norm(z), _flat_norm(g)
         if norm == "batch":
-            step = 2.0 * a * (snr * float(zn.mean()) / float(gn.mean())) ** 2
+            zm, gm = float(zn.mean()), float(gn.mean())
+            step = 2.0 * a * (snr * zm / gm) ** 2 if gm > 0 else math.inf  # a zero score: as tensors do
         else:
             # step = c r^2 with r = |z| / |g|, c = 2 a snr^2; the noise scale sqrt(2 step) = sqrt(2 c) r
             c = 2.0 * a * snr ** 2
