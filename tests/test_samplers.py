@@ -348,8 +348,9 @@ def test_grid_brownian_increments_and_space_time_levy_area():
 
     n, h = 200_000, 0.1
     g = torch.Generator().manual_seed(0)
-    bm = _GridBrownian((n, 1), h, lambda: torch.randn(n, 1, generator=g, dtype=torch.float64),
-                       torch.float64, "cpu", levy=True)
+    # chunks of 5 numbers per pixel: 2 steps (W and H each) a chunk, so the walk crosses chunks
+    bm = _GridBrownian((n, 1), h, lambda m: torch.randn(m, n, 1, generator=g, dtype=torch.float64),
+                       torch.float64, "cpu", levy=True, steps=3, chunk_elements=5 * n)
     for k, dt in ((0, h), (1, h), (2, 0.04)):  # a shorter last step
         W, U = bm(k * h, k * h + dt, return_U=True)
         assert bm(k * h, k * h + dt) is W  # asking again gives the same increment
@@ -360,7 +361,8 @@ def test_grid_brownian_increments_and_space_time_levy_area():
         assert abs(float((W * U).mean()) / (dt ** 2 / 2) - 1) < 0.02
     with pytest.raises(RuntimeError, match="next step"):
         bm(5 * h, 6 * h)
-    plain = _GridBrownian((4, 1), h, lambda: torch.randn(4, 1, generator=g), torch.float32, "cpu", levy=False)
+    plain = _GridBrownian((4, 1), h, lambda m: torch.randn(m, 4, 1, generator=g), torch.float32, "cpu", levy=False,
+                          steps=1)
     plain(0.0, h)
     with pytest.raises(RuntimeError, match="Levy"):
         plain(0.0, h, return_U=True)
@@ -393,8 +395,8 @@ def test_srk_is_more_accurate_than_euler_on_the_same_noise():
         k = [0]
 
         class Coarse(orig):
-            def __init__(self, size, h, draw, dtype, device, levy):
-                super().__init__(size, h, draw, dtype, device, levy)
+            def __init__(self, size, h, draw, dtype, device, levy, steps):
+                super().__init__(size, h, draw, dtype, device, levy, steps)
 
             def __call__(self, ta, tb=None, return_U=False, return_A=False):
                 j = int(round(float(ta) / self._h))

@@ -95,10 +95,14 @@ class SamplerContext:
         The noise is drawn on the generator's device (so a CPU generator gives the same numbers
         whatever device the samples live on) and moved to x's device.
         """
+        return self.randn(x.shape, x.dtype, x.device)
+
+    def randn(self, shape, dtype: torch.dtype, device) -> Tensor:
+        """Standard normal noise of ``shape`` on ``device``, drawn as :meth:`randn_like` draws it."""
         if self.generator is None:
-            return torch.randn_like(x)
-        z = torch.randn(x.shape, generator=self.generator, dtype=x.dtype, device=self.generator.device)
-        return z.to(x.device)
+            return torch.randn(tuple(shape), dtype=dtype, device=device)
+        z = torch.randn(tuple(shape), generator=self.generator, dtype=dtype, device=self.generator.device)
+        return z.to(device)
 
     def record(self, t, x: Tensor) -> None:
         if self.record_on:

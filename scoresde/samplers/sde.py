@@ -102,21 +102,33 @@ class _DiagonalReverseTimeSDE(_ReverseTimeSDE):
 
 class _GridBrownian(torchsde.BaseBrownian):
     """Brownian increments over fixed steps ``[k h, (k + 1) h]`` of ``[0, span]`` (the last one may
-    be shorter), drawn one step at a time from the sampler's generator when the solver asks.
+    be shorter), drawn from the sampler's generator as the solver walks the grid.
 
     torchsde's fixed-step solvers query each step's interval once, in order; its
     ``BrownianInterval`` answers any interval through a binary tree of seeded draws, which at a
-    batch of 1,000 cost more than half of an Euler step.  With ``levy=True`` the space-time Levy
-    area comes too, as torchsde defines it: U = dt (W / 2 + H) with H ~ N(0, dt / 12)
-    independent of W ~ N(0, dt).
+    batch of 1,000 cost more than half of an Euler step.  The standard normals come in chunks of
+    up to ``chunk_elements`` numbers and no more than the ``steps`` of the grid need, ``draw(m)``
+    giving ``[m, *size]`` (one generator call for many steps where the state is small).  With ``levy=True`` the space-time Levy area comes too, as
+    torchsde defines it: U = dt (W / 2 + H) with H ~ N(0, dt / 12) independent of W ~ N(0, dt).
     """
 
-    __slots__ = ("_size", "_h", "_draw", "_dtype", "_device", "_levy", "_k", "_W", "_U")
+    __slots__ = ("_size", "_h", "_draw", "_dtype", "_device", "_levy", "_k", "_W", "_U", "_per_chunk", "_chunk",
+                 "_used")
 
-    def __init__(self, size, h: float, draw, dtype, device, levy: bool):
+    def __init__(self, size, h: float, draw, dtype, device, levy: bool, steps: int,
+                 chunk_elements: int = 1 << 20):
         self._size, self._h, self._draw, self._dtype, self._device = tuple(size), float(h), draw, dtype, device
         self._levy = bool(levy)
         self._k, self._W, self._U = -1, None, None
+        per_step = 2 if self._levy else 1
+        self._per_chunk = per_step * max(1, min(int(steps), int(chunk_elements) // (per_step * math.prod(self._size))))
+        self._chunk, self._used = None, 0
+
+    def _normal(self) -> Tensor:
+        if self._chunk is None or self._used == self._chunk.shape[0]:
+            self._chunk, self._used = self._draw(self._per_chunk), 0
+        self._used += 1
+        return self._chunk[self._used - 1]
 
     def __call__(self, ta, tb=None, return_U=False, return_A=False):
         if tb is None or return_A:
@@ -127,11 +139,10 @@ class _GridBrownian(torchsde.BaseBrownian):
             dt = tb - ta
             if k != self._k + 1 or abs(ta - k * self._h) > 1e-6 * self._h or not 0 < dt <= self._h * (1 + 1e-6):
                 raise RuntimeError(f"step [{ta}, {tb}] is not the next step of the grid of {self._h}")
-            z = self._draw()
-            self._W = z * math.sqrt(dt)
+            self._W = self._normal() * math.sqrt(dt)
             if self._levy:
                 # U = dt (W / 2 + H),  H = sqrt(dt / 12) z2
-                self._U = torch.add(self._W * (0.5 * dt), self._draw(), alpha=dt * math.sqrt(dt / 12.0))
+                self._U = torch.add(self._W * (0.5 * dt), self._normal(), alpha=dt * math.sqrt(dt / 12.0))
             self._k = k
         if return_U:
             if not self._levy:
@@ -184,8 +195,9 @@ def sde(score_fn, sde: SDE, x: Tensor, ctx, *, eps: float = 1e-3, method: str = 
     sde_type = "ito" if method in ITO_METHODS else "stratonovich"
     shape = x.shape
     y0 = x.reshape(shape[0], -1)
-    bm = _GridBrownian(tuple(y0.shape), step, lambda: ctx.randn_like(y0), y0.dtype, y0.device,
-                       levy=method == "srk")
+    n_steps = n if n is not None else math.ceil(span / step * (1 - 1e-9))
+    bm = _GridBrownian(tuple(y0.shape), step, lambda m: ctx.randn((m,) + tuple(y0.shape), y0.dtype, y0.device),
+                       y0.dtype, y0.device, levy=method == "srk", steps=n_steps)
     n_out = 2
     if ctx.record_on:
         n_out = (n if n is not None else max(int(round(span / step)), 1)) + 1
