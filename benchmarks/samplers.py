@@ -1,6 +1,6 @@
 """Sampler quality against NFE on exact Gaussian-mixture scores, judged against the samplers' goals.
 
-    python benchmarks/samplers.py            # full run (about 20-30 minutes on 2 CPU cores)
+    python benchmarks/samplers.py            # full run (about 25 minutes on one idle core)
     python benchmarks/samplers.py --quick    # a smoke run: 2,000 samples, one seed, VP on ring8
 
 Every cell runs through the benchmark engine (scoresde.bench: the same prior draw per problem, SDE
@@ -160,14 +160,14 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="2,000 samples, one seed, VP on ring8 only")
     ap.add_argument("--n", type=int, default=None, help="samples per run (default 10,000)")
-    ap.add_argument("--seeds", type=int, default=None, help="seeds averaged (default 3)")
+    ap.add_argument("--seeds", type=int, default=None, help="seeds averaged (default 8)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1: the mixture score is small ops, threads only contend)")
     ap.add_argument("--out", type=pathlib.Path, default=ROOT / "benchmarks" / "results")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     n = args.n or (2000 if args.quick else 10_000)
-    seeds = args.seeds or (1 if args.quick else 3)
+    seeds = args.seeds or (1 if args.quick else 8)
     runner = bench.Bench(n=n, eps=EPS, floor_repeats=10)
     start = time.perf_counter()
     rows = []
