@@ -148,25 +148,25 @@ def integrate_probability_flow(score_fn, sde: SDE, x: Tensor, t_start: float, t_
     cache: dict = {}
 
     def at(u: float) -> tuple:
-        # (t as the score's [B] input, the multiplier of y fed to the score, the score's factor):
-        # Python floats from sde.scalars (the same for every sample), kept for the last few
-        # times, since fixed-grid steps revisit theirs (rk4: t0, the midpoint twice, t1 = next t0)
+        # (the multiplier of y, the score's factor, t as the score's [B] input): Python floats
+        # from sde.scalars (the same for every sample), kept for the last few times, since steps
+        # revisit some (a fixed-grid step's end is the next step's start)
         out = cache.get(u)
         if out is None:
             # clamp: adaptive solvers probe beyond the interval when choosing the first step
             t = co.t_of_u_float(min(max(u, lo), hi))
             c = sde.scalars(t)
             if time_variable == "t":
-                out = (t, c.f, -0.5 * c.g ** 2)
+                a, k = c.f, -0.5 * c.g ** 2
             else:
-                out = (t, c.alpha, -(c.sigma if time_variable == "sigma" else c.sigma ** 2 / c.alpha))
+                a, k = c.alpha, -(c.sigma if time_variable == "sigma" else c.sigma ** 2 / c.alpha)
             if len(cache) > 8:
                 cache.clear()
-            out = cache[u] = out + (torch.full((batch,), t, dtype=x.dtype, device=x.device),)
+            out = cache[u] = (a, k, torch.full((batch,), t, dtype=x.dtype, device=x.device))
         return out
 
     def rhs(u: Tensor, y: Tensor) -> Tensor:
-        _, a, k, t_vec = at(float(u))
+        a, k, t_vec = at(float(u))
         if time_variable == "t":  # f y - g^2 / 2 score
             return torch.add(y * a, score_fn(y, t_vec), alpha=k)
         # -c score(alpha y)

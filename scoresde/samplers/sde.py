@@ -108,8 +108,9 @@ class _GridBrownian(torchsde.BaseBrownian):
     ``BrownianInterval`` answers any interval through a binary tree of seeded draws, which at a
     batch of 1,000 cost more than half of an Euler step.  The standard normals come in chunks of
     up to ``chunk_elements`` numbers and no more than the ``steps`` of the grid need, ``draw(m)``
-    giving ``[m, *size]`` (one generator call for many steps where the state is small).  With ``levy=True`` the space-time Levy area comes too, as
-    torchsde defines it: U = dt (W / 2 + H) with H ~ N(0, dt / 12) independent of W ~ N(0, dt).
+    giving ``[m, *size]`` (one generator call for many steps where the state is small).  With
+    ``levy=True`` the space-time Levy area comes too, as torchsde defines it:
+    U = dt (W / 2 + H) with H ~ N(0, dt / 12) independent of W ~ N(0, dt).
     """
 
     __slots__ = ("_size", "_h", "_draw", "_dtype", "_device", "_levy", "_k", "_W", "_U", "_per_chunk", "_chunk",
