@@ -410,7 +410,7 @@ class VPSDE(SDE):
 
     def scalars(self, t: float) -> Scalars:
         t = float(t)
-        beta = self.beta_min + t * (self.beta_max - self.beta_min)
+        beta = self.beta(t)  # plain arithmetic: a float in, a float out
         lm = self._log_mean_coef(t)
         return Scalars(-0.5 * beta, math.sqrt(beta) if beta >= 0 else math.nan, math.exp(lm),
                        math.sqrt(-math.expm1(2.0 * lm)))
@@ -451,7 +451,7 @@ class SubVPSDE(VPSDE):
 
     def scalars(self, t: float) -> Scalars:
         t = float(t)
-        beta = self.beta_min + t * (self.beta_max - self.beta_min)
+        beta = self.beta(t)
         lm = self._log_mean_coef(t)
         g2 = beta * -math.expm1(4.0 * lm)
         return Scalars(-0.5 * beta, math.sqrt(g2) if g2 >= 0 else math.nan, math.exp(lm), -math.expm1(2.0 * lm))

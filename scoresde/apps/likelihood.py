@@ -21,8 +21,9 @@ around level k of the grid the model was trained on.  A data set trained on dequ
 (``dequantize=true``: x = 2 (k + u) / L - 1) has the cells [2k/L - 1, 2(k+1)/L - 1); one trained
 on the plain grid x_k = 2 k / (L - 1) - 1 has cells of width 2 / (L - 1) centred on its points
 (``data_range`` = (-L/(L-1), L/(L-1)) in ``sd.bits_per_dim``'s terms).  There ``nll`` is this
-bound on -log P(k) in nats and ``bits_per_dim`` = nll / (D ln 2), one dequantization draw per point.  Writes ``likelihood.json`` with
-these, the NFE (summed over batches, and per batch) and the seconds.
+bound on -log P(k) in nats and ``bits_per_dim`` = nll / (D ln 2), one dequantization draw per point.
+
+Writes ``likelihood.json`` with these, the NFE (summed over batches, and per batch) and the seconds.
 """
 
 from __future__ import annotations
