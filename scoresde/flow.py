@@ -41,7 +41,7 @@ so that a grid in sigma~ does not depend on the SDE, as the ODE in (x~, sigma~) 
 >>> t = torch.tensor([0.25, 0.5], dtype=torch.float64)
 >>> torch.allclose(flow.t_of_sigma(sde, flow.sigma(sde, t)), t)
 True
->>> float(flow.sigma(sde, torch.tensor([0.0], dtype=torch.float64)))   # VE: sigma~ = sigma
+>>> round(float(flow.sigma(sde, torch.tensor([0.0], dtype=torch.float64))), 12)   # VE: sigma~ = sigma
 0.01
 >>> flow.time_grid(sde, 4, 1e-3, "logsnr").shape
 torch.Size([5])

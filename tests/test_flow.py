@@ -129,3 +129,10 @@ def test_denoiser_is_tweedies_posterior_mean_for_a_gaussian(sde):
         torch.testing.assert_close(den(xt, i), want, rtol=1e-10, atol=1e-10)
         torch.testing.assert_close(den.unscale(xt, i), x, rtol=1e-15, atol=0)
         assert den.sigma[i] == pytest.approx(sg / al, rel=1e-12)
+
+
+def test_module_docstring_examples_run():
+    import doctest
+
+    result = doctest.testmod(flow, raise_on_error=False, verbose=False)
+    assert result.attempted > 0 and result.failed == 0
