@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from scoresde import bench  # noqa: E402
 from scoresde.bench import Cell, _f, aggregate, md_table  # noqa: E402
-from scoresde.samplers.fast import GRIDS  # noqa: E402
+from scoresde.flow import GRIDS  # noqa: E402
 
 EPS = 1e-3
 MAIN = [  # (label, sampler, options)

@@ -33,7 +33,8 @@ The PF-ODE of any linear SDE is therefore (2), the SDE entering only through the
 schedule only through its end points).  We integrate the bounded state w = x / a(t) with
 a = sqrt(alpha^2 + sigma^2) = alpha sqrt(1 + rho^2) (x itself for VP; y / sqrt(1 + rho^2) for VE,
 which stays O(1) where y grows like rho), against u = tau(rho), the time of the default VP SDE
-(b0 = 0.1, b1 = 20) at the same log-SNR, 1 + rho^2 = exp(b0 tau + (b1 - b0) tau^2 / 2).  With
+(b0 = 0.1, b1 = 20; the VP clock of ``scoresde.flow``, where this change of variables and its
+names live) at the same log-SNR, 1 + rho^2 = exp(b0 tau + (b1 - b0) tau^2 / 2).  With
 r = rho drho/du = beta(tau) (1 + rho^2) / 2, from (2):
 
     dw/du = -r / (1 + rho^2) w - alpha r / sqrt(1 + rho^2) s(a w, t),
@@ -45,8 +46,9 @@ substitution t -> u(t), a bijection because the log-SNR decreases strictly, and 
 is closed form.  For the VP SDE it *is* (1); a sub-VP or VE SDE is integrated on the VP SDE's
 clock, where its path is as smooth as VP's.  Measured (``benchmarks/likelihood.py``): dopri5 at
 rtol = atol = 1e-5 takes 92-98 score evaluations on every SDE and mixture, against 122-158 for
-sub-VP and VE in their own t, at the same error.  The log-SNR (u = log rho) and EDM's sigma
-(u = rho) are offered too, with the same state; both cost more steps (120-230) in our tests.
+sub-VP and VE in their own t, at the same error.  Minus the log-SNR (``"log_sigma"``,
+u = log rho) and EDM's sigma (``"sigma"``, u = rho) are offered too, with the same state; both
+cost more steps (120-230) in our tests.
 
 The state's log-det is carried per dimension (ell = Delta / D), so rtol and atol bound nats/dim
 whatever D is.  The solver receives t(u) through ``sde.t_from_log_snr``; a trial point outside
@@ -80,7 +82,8 @@ from typing import Callable, Optional, Sequence, Tuple
 import torch
 from torchdiffeq import odeint
 
-from .samplers import CountingScore
+from . import flow
+from .score import CountingScore
 from .sde import SDE, ScoreFn
 
 Tensor = torch.Tensor
@@ -97,7 +100,7 @@ __all__ = [
 
 DIVERGENCES = ("exact", "hutchinson")
 NOISES = ("rademacher", "gaussian")
-TIME_VARIABLES = ("vp", "t", "log_snr", "sigma")
+TIME_VARIABLES = flow.TIME_VARIABLES  # ("t", "sigma", "log_sigma", "vp")
 
 # elements of the batched Jacobian-vector products held at once by the exact divergence
 _EXACT_CHUNK_ELEMS = 2 ** 25
@@ -195,28 +198,23 @@ class _TimeT(_TimeVariable):
 
 
 class _NoiseLevelTime(_TimeVariable):
-    """The VP form of any linear SDE against a function u of rho = sigma / alpha.
+    """The VP form of any linear SDE against a time variable u of rho = sigma / alpha
+    (:class:`scoresde.flow.TimeVariable`: ``"vp"``, ``"log_sigma"`` or ``"sigma"``).
 
     State w = x / a with a = alpha sqrt(1 + rho^2) = sqrt(alpha^2 + sigma^2).  From (2),
-    dw/drho = -rho/(1 + rho^2) w - rho alpha / sqrt(1 + rho^2) s, so with r = rho drho/du:
+    dw/drho = -rho/(1 + rho^2) w - rho alpha / sqrt(1 + rho^2) s, so with r = rho drho/du
+    (``flow.TimeVariable.sigma_dsigma_du``, finite as rho -> 0):
     lin = -r / (1 + rho^2),  cs = -alpha r / sqrt(1 + rho^2),  cs a = -alpha^2 r.
-    Subclasses give u(rho), rho(u) and r(u, rho) (finite as rho -> 0).
     """
 
-    def rho_of_t(self, t: Tensor) -> Tensor:
-        return torch.exp(-self.sde.log_snr(t.reshape(1))[0])
+    name = ""
 
-    def u_of_rho(self, rho: Tensor) -> Tensor:
-        raise NotImplementedError
-
-    def rho_of_u(self, u: Tensor) -> Tensor:
-        raise NotImplementedError
-
-    def rho_drho(self, u: Tensor, rho: Tensor) -> Tensor:
-        raise NotImplementedError
+    def __init__(self, sde: SDE, eps: float, dtype: torch.dtype, device):
+        self.flow = flow.TimeVariable(sde, self.name)
+        super().__init__(sde, eps, dtype, device)
 
     def u_of_t(self, t):
-        return self.u_of_rho(self.rho_of_t(t))
+        return self.flow.u_of_t(t.reshape(1))[0]
 
     def scale(self, t):
         t = t.reshape(1)
@@ -224,58 +222,35 @@ class _NoiseLevelTime(_TimeVariable):
 
     def coefs(self, u):
         u = u.clamp(self.u_lo, self.u_hi)
-        rho = self.rho_of_u(u)
-        t = self.sde.t_from_log_snr(-torch.log(rho).reshape(1))[0].clamp(self.t_lo, self.t_hi)
+        rho = self.flow.sigma_of_u(u)
+        t = flow.t_of_sigma(self.sde, rho.reshape(1))[0].clamp(self.t_lo, self.t_hi)
         alpha = self.sde.mean_coef(t.reshape(1))[0]
         c = torch.sqrt(1.0 + rho ** 2)
-        r = self.rho_drho(u, rho)
+        r = self.flow.sigma_dsigma_du(u, rho)
         return t, alpha * c, -r / c ** 2, -alpha * r / c
 
 
 class _TimeVP(_NoiseLevelTime):
-    """u = tau, the time of the default VP SDE with the same log-SNR:
+    """u = tau, the VP clock of :mod:`scoresde.flow` (the default VP SDE's time at the same rho):
     1 + rho^2 = exp(b0 tau + (b1 - b0) tau^2 / 2), so rho drho/dtau = beta(tau) (1 + rho^2) / 2."""
 
-    b0, b1 = 0.1, 20.0
-
-    def u_of_rho(self, rho):
-        L = torch.log1p(rho ** 2)
-        return 2.0 * L / (self.b0 + torch.sqrt(self.b0 ** 2 + 2.0 * (self.b1 - self.b0) * L))
-
-    def rho_of_u(self, u):
-        return torch.sqrt(torch.expm1(self.b0 * u + 0.5 * (self.b1 - self.b0) * u ** 2))
-
-    def rho_drho(self, u, rho):
-        return 0.5 * (self.b0 + (self.b1 - self.b0) * u) * (1.0 + rho ** 2)
+    name = "vp"
 
 
-class _TimeLogSNR(_NoiseLevelTime):
-    """u = log rho = -lambda (log-SNR, reversed): rho drho/du = rho^2."""
+class _TimeLogSigma(_NoiseLevelTime):
+    """u = log rho = -lambda: rho drho/du = rho^2."""
 
-    def u_of_rho(self, rho):
-        return torch.log(rho)
-
-    def rho_of_u(self, u):
-        return torch.exp(u)
-
-    def rho_drho(self, u, rho):
-        return rho ** 2
+    name = "log_sigma"
 
 
 class _TimeSigma(_NoiseLevelTime):
     """u = rho = sigma / alpha (EDM's sigma): rho drho/du = rho."""
 
-    def u_of_rho(self, rho):
-        return rho
-
-    def rho_of_u(self, u):
-        return u
-
-    def rho_drho(self, u, rho):
-        return rho
+    name = "sigma"
 
 
-_TIME_VARIABLE_CLASSES = {"vp": _TimeVP, "t": _TimeT, "log_snr": _TimeLogSNR, "sigma": _TimeSigma}
+_TIME_VARIABLE_CLASSES = {"vp": _TimeVP, "t": _TimeT, "log_sigma": _TimeLogSigma, "sigma": _TimeSigma}
+assert set(_TIME_VARIABLE_CLASSES) == set(flow.TIME_VARIABLES)
 
 
 # -- the augmented ODE --------------------------------------------------------------------------
@@ -420,8 +395,9 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: Tensor, *, divergence: str = 
             density of the data blurred by the SDE up to eps.
         generator: draws the Hutchinson probes.
         time_variable: ``"vp"`` (default: the VP form x / sqrt(alpha^2 + sigma^2) on the VP
-            SDE's clock), ``"t"`` (x against the SDE's own t, as Song et al.), ``"log_snr"`` or
-            ``"sigma"`` (the VP form against log rho or rho).  All solve the same ODE exactly;
+            SDE's clock), ``"t"`` (x against the SDE's own t, as Song et al.), ``"log_sigma"`` or
+            ``"sigma"`` (the VP form against log rho = -lambda or rho; the names of
+            ``scoresde.flow.TIME_VARIABLES``, shared with the ODE sampler).  All solve the same ODE exactly;
             they differ in step count (see the module docstring).
         batch_size: solve at most this many samples at once (memory); each chunk is its own solve.
         prior_logp: ``log p_T`` in place of ``sde.prior_logp`` (for example the exact p_T of a

@@ -9,6 +9,9 @@ Parameterizations (Song et al. 2021, ``mutils.get_score_fn``):
 
 The network sees the time through ``time_input``: ``"t"`` (the time itself, default),
 ``"log_sigma"`` (log sigma(t), as Song et al.'s NCSN++ for VE) or ``"log_snr"``.
+
+:class:`CountingScore` wraps any score function and counts its calls: the one NFE counter of the
+samplers and the likelihood.
 """
 
 from __future__ import annotations
@@ -18,11 +21,11 @@ from typing import Any, Dict, Optional
 import torch
 from torch import nn
 
-from .sde import SDE, as_time, expand_to, get_sde
+from .sde import SDE, ScoreFn, as_time, expand_to, get_sde
 
 Tensor = torch.Tensor
 
-__all__ = ["ScoreModel", "build_score_model", "PARAMETERIZATIONS", "TIME_INPUTS"]
+__all__ = ["ScoreModel", "build_score_model", "CountingScore", "PARAMETERIZATIONS", "TIME_INPUTS"]
 
 PARAMETERIZATIONS = ("noise", "score")
 TIME_INPUTS = ("t", "log_sigma", "log_snr")
@@ -87,3 +90,25 @@ def build_score_model(spec: Dict[str, Any]) -> ScoreModel:
     model.spec = {"sde": dict(spec["sde"]), "model": dict(spec["model"]),
                   "parameterization": model.parameterization, "time_input": model.time_input}
     return model
+
+
+class CountingScore:
+    """Wraps ``score_fn``: counts its calls, broadcasts ``t`` to ``[B]`` in x's dtype, ticks the bar,
+    and checks that the score has x's shape (the samplers' and the likelihood's one counter)."""
+
+    def __init__(self, score_fn: ScoreFn, bar=None):
+        self.score_fn = score_fn
+        self.calls = 0
+        self.bar = bar
+
+    def __call__(self, x: Tensor, t) -> Tensor:
+        self.calls += 1
+        if self.bar is not None:
+            self.bar.update(1)
+        if not (torch.is_tensor(t) and t.dim() == 1 and t.shape[0] == x.shape[0] and t.dtype == x.dtype
+                and t.device == x.device):
+            t = as_time(t, x)
+        s = self.score_fn(x, t)
+        if s.shape != x.shape:
+            raise ValueError(f"score_fn returned shape {tuple(s.shape)} for x of shape {tuple(x.shape)}")
+        return s

@@ -10,7 +10,6 @@ shifted by a tenth of their std, scores above the bound at this n (checked in
 weights: total variation <= 3 standard errors of a multinomial proportion sum.
 """
 
-import math
 
 import pytest
 import torch
@@ -18,7 +17,6 @@ import torch
 import scoresde as sd
 from scoresde import metrics
 from scoresde.samplers import SAMPLERS, build_sampler, integrate_probability_flow, sampler_options
-from scoresde.samplers.fast import time_grid
 
 N = 3000
 C = 1.6
@@ -154,48 +152,6 @@ def test_same_seed_same_samples_other_seed_differs(sampler, opts):
     assert not torch.allclose(a, c)
 
 
-# -- the probability-flow ODE ------------------------------------------------------------------------
-@pytest.mark.parametrize("time_variable", ["t", "sigma", "log_sigma"])
-def test_ode_forward_then_backward_returns_start(sde, time_variable):
-    mix = sd.ring8()
-    score = mix.score_fn(sde)
-    x0 = mix.sample(64, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-    eps = 1e-3
-    z, _ = integrate_probability_flow(score, sde, x0, eps, sde.T, rtol=1e-8, atol=1e-8,
-                                      time_variable=time_variable)
-    assert z.std() > 0.5 * sde.prior_std  # it did travel to the prior's scale
-    back, _ = integrate_probability_flow(score, sde, z, sde.T, eps, rtol=1e-8, atol=1e-8,
-                                         time_variable=time_variable)
-    assert (back - x0).abs().max() < 1e-4
-
-
-def test_ode_time_variables_agree_on_the_solution(sde):
-    mix = sd.ring8()
-    score = mix.score_fn(sde)
-    z = sde.prior_sample((64, 2), generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    outs = [integrate_probability_flow(score, sde, z, sde.T, 1e-3, rtol=1e-9, atol=1e-9, time_variable=v)[0]
-            for v in ("t", "sigma", "log_sigma")]
-    # samples on a boundary between modes are sensitive; compare the bulk
-    for o in outs[1:]:
-        assert (o - outs[0]).norm(dim=1).median() < 1e-5
-
-
-def test_adaptive_ode_never_evaluates_outside_eps_T():
-    sde, mix = sd.VPSDE(), sd.ring8()
-    seen = []
-    score = mix.score_fn(sde)
-
-    def spy(x, t):
-        seen.append(t)
-        return score(x, t)
-
-    for v in ("t", "sigma", "log_sigma"):
-        out = sd.sample(spy, sde, (32, 2), sampler="ode", time_variable=v, generator=torch.Generator().manual_seed(0))
-        assert torch.isfinite(out.x).all()
-    ts = torch.cat(seen).double()
-    assert ts.min() >= 1e-3 * (1 - 1e-5) and ts.max() <= sde.T * (1 + 1e-6)
-
-
 def test_fast_solvers_converge_to_the_ode_solution(sde):
     mix = sd.ring8()
     score = mix.score_fn(sde)
@@ -276,158 +232,3 @@ def test_dtype_device_and_shape_follow_the_arguments():
     x0 = torch.zeros(5, 2, 2)
     out = sd.sample(mix.score_fn(sde), sde, (5, 2, 2), sampler="pc", steps=3, x_init=x0)
     assert out.nfe == 3
-
-
-def test_langevin_step_is_the_papers_per_sample_rule():
-    """Algorithm 5: eps = 2 alpha_i (r |z| / |g|)^2 with alpha_i = prod (1 - beta) = alpha(t)^2."""
-    from scoresde.samplers.pc import corrector_step
-
-    class Ctx:
-        def randn_like(self, x):
-            return torch.ones_like(x)
-
-    sde = sd.VPSDE()
-    x = torch.tensor([[1.0, 0.0], [0.0, 3.0]])
-    score = lambda x, t: -x
-    t = torch.full((2,), 0.3)
-    _, mean = corrector_step("langevin", score, sde, x, t, 0.3, 0.2, Ctx())
-    a = float(sde.mean_coef(torch.tensor(0.3))) ** 2
-    steps = 2 * a * (0.2 * math.sqrt(2) / torch.tensor([1.0, 3.0])) ** 2
-    assert torch.allclose(mean, x - steps[:, None] * x, rtol=1e-5)
-
-
-@pytest.mark.parametrize("name", ["euler_maruyama", "reverse_diffusion", "ancestral"])
-def test_predictor_steps_match_the_sdes_tensor_formulas(name, sde):
-    """The predictors step with float coefficients (sde.scalars); they must equal the same step
-    written with the SDE's per-sample tensor methods (sde.sde, sde.discretize, sde.ancestral_step)."""
-    from scoresde.samplers.pc import predictor_step
-
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(64, 3, generator=g, dtype=torch.float64)
-    z = torch.randn(64, 3, generator=g, dtype=torch.float64)
-    score_fn = lambda x, t: -x * (1 + t[:, None])
-
-    class Ctx:
-        def randn_like(self, x):
-            return z
-
-    t, s = 0.43, 0.41
-    tv, sv = torch.full((64,), t, dtype=torch.float64), torch.full((64,), s, dtype=torch.float64)
-    out, mean = predictor_step(name, score_fn, sde, x, tv, t, s, Ctx())
-    score = score_fn(x, tv)
-    if name == "euler_maruyama":
-        drift, gg = sde.sde(x, tv)
-        ref_mean = x - (drift - gg[:, None] ** 2 * score) * (t - s)
-        ref = ref_mean + gg[:, None] * math.sqrt(t - s) * z
-    elif name == "reverse_diffusion":
-        f_d, G = sde.discretize(x, tv, sv)
-        ref_mean = x - (f_d - G[:, None] ** 2 * score)
-        ref = ref_mean + G[:, None] * z
-    else:
-        ref_mean, std = sde.ancestral_step(x, tv, sv, score)
-        ref = ref_mean + std[:, None] * z
-    assert torch.allclose(mean, ref_mean, rtol=1e-12, atol=1e-12)
-    assert torch.allclose(out, ref, rtol=1e-12, atol=1e-12)
-    assert not torch.allclose(out, mean)  # the noise term is there
-
-
-def test_time_grids_run_from_T_to_eps_and_decrease():
-    for sde in (sd.VPSDE(), sd.SubVPSDE(), sd.VESDE()):
-        for g in ("logsnr", "karras", "time_uniform", "time_quadratic", "vp_quadratic"):
-            t = time_grid(sde, 12, 1e-3, g)
-            assert t.shape == (13,) and float(t[0]) == sde.T and float(t[-1]) == 1e-3
-            assert (t[1:] < t[:-1]).all(), (sde, g)
-    lam = sd.VPSDE().log_snr(time_grid(sd.VPSDE(), 8, 1e-3, "logsnr"))
-    assert torch.allclose(lam.diff(), lam.diff()[0].expand(8), rtol=1e-6)
-
-
-def test_grid_brownian_increments_and_space_time_levy_area():
-    """W ~ N(0, dt); U = dt (W / 2 + H) with H ~ N(0, dt / 12) independent of W (torchsde's
-    convention): Var U = dt^3 / 3, Cov(W, U) = dt^2 / 2; queries must walk the grid in order."""
-    from scoresde.samplers.sde import _GridBrownian
-
-    n, h = 200_000, 0.1
-    g = torch.Generator().manual_seed(0)
-    # chunks of 5 numbers per pixel: 2 steps (W and H each) a chunk, so the walk crosses chunks
-    bm = _GridBrownian((n, 1), h, lambda m: torch.randn(m, n, 1, generator=g, dtype=torch.float64),
-                       torch.float64, "cpu", levy=True, steps=3, chunk_elements=5 * n)
-    for k, dt in ((0, h), (1, h), (2, 0.04)):  # a shorter last step
-        W, U = bm(k * h, k * h + dt, return_U=True)
-        assert bm(k * h, k * h + dt) is W  # asking again gives the same increment
-        se = 5 / math.sqrt(n)
-        assert abs(float(W.var()) / dt - 1) < 5 * math.sqrt(2 / n)
-        assert abs(float(W.mean())) / math.sqrt(dt) < se
-        assert abs(float(U.var()) / (dt ** 3 / 3) - 1) < 5 * math.sqrt(2 / n)
-        assert abs(float((W * U).mean()) / (dt ** 2 / 2) - 1) < 0.02
-    with pytest.raises(RuntimeError, match="next step"):
-        bm(5 * h, 6 * h)
-    plain = _GridBrownian((4, 1), h, lambda m: torch.randn(m, 4, 1, generator=g), torch.float32, "cpu", levy=False,
-                          steps=1)
-    plain(0.0, h)
-    with pytest.raises(RuntimeError, match="Levy"):
-        plain(0.0, h, return_U=True)
-
-
-def test_srk_is_more_accurate_than_euler_on_the_same_noise():
-    """SRA1 (strong order 1.5 for additive noise) against Euler-Maruyama (0.5) on the reverse SDE
-    of a Gaussian, whose score is exact: both from the same prior draw and Brownian increments
-    summed over the coarse steps' fine sub-steps, the error to a 1024-step Euler solution must
-    shrink faster for srk, and at 32 steps be several times smaller."""
-    from scoresde.samplers.sde import _GridBrownian
-
-    sde = sd.VPSDE()
-    mix = sd.GaussianMixture(torch.ones(1), torch.zeros(1, 2), 0.25 * torch.eye(2)[None])
-    score = mix.score_fn(sde)
-    n = 400
-    fine = 1024
-    g = torch.Generator().manual_seed(0)
-    x0 = torch.randn(n, 2, generator=g)
-    dW = torch.randn(fine, n, 2, generator=g, dtype=torch.float64)  # unit-variance fine increments
-    dH = torch.randn(fine, n, 2, generator=g, dtype=torch.float64)
-    span = sde.T - 1e-3
-
-    def run(method, steps):
-        # feed the solver W and U on its coarse grid built from the fine path: W = sum dW_j sqrt(h_f);
-        # U = int_0^dt W ds, by the fine steps' own W and space-time areas
-        hf, r = span / fine, fine // steps
-        import scoresde.samplers.sde as sm
-        orig = sm._GridBrownian
-        k = [0]
-
-        class Coarse(orig):
-            def __init__(self, size, h, draw, dtype, device, levy, steps):
-                super().__init__(size, h, draw, dtype, device, levy, steps)
-
-            def __call__(self, ta, tb=None, return_U=False, return_A=False):
-                j = int(round(float(ta) / self._h))
-                if j != self._k:
-                    w = dW[j * r:(j + 1) * r] * math.sqrt(hf)
-                    cum = torch.cumsum(w, 0) - w  # W at the start of each fine step
-                    u_f = hf * (0.5 * w + dH[j * r:(j + 1) * r] * math.sqrt(hf / 12))
-                    self._W = w.sum(0).float()
-                    self._U = (cum * hf + u_f).sum(0).float()
-                    self._k = j
-                return (self._W, self._U) if return_U else self._W
-
-        sm._GridBrownian = Coarse
-        try:
-            out = sd.sample(score, sde, (n, 2), sampler="sde", method=method, steps=steps, x_init=x0,
-                            generator=torch.Generator().manual_seed(1))
-        finally:
-            sm._GridBrownian = orig
-        return out.x.double()
-
-    ref = run("srk", fine)
-    err = {(m, s): float((run(m, s) - ref).norm(dim=1).mean()) for m in ("euler", "srk") for s in (16, 32)}
-    assert err[("srk", 32)] * 3 < err[("euler", 32)], err
-    assert err[("srk", 16)] / err[("srk", 32)] > err[("euler", 16)] / err[("euler", 32)], err
-
-
-def test_langevin_with_a_zero_score_gives_nan_not_an_exception():
-    """An untrained network starts at zero output: the step r |z| / |g| is infinite, as tensors
-    compute it (both norms), not a ZeroDivisionError from the batch-mean form."""
-    sde = sd.VPSDE()
-    for norm in ("batch", "sample"):
-        out = sd.sample(lambda x, t: torch.zeros_like(x), sde, (8, 2), sampler="pc", steps=2, corrector="langevin",
-                        langevin_norm=norm, generator=torch.Generator().manual_seed(0))
-        assert out.x.shape == (8, 2) and torch.isnan(out.x).all()

@@ -14,10 +14,12 @@ sampler through :func:`build_sampler` (``_target_: scoresde.samplers.build_sampl
 function reaches a sampler only through a counting wrapper, so ``nfe`` is the number of calls
 actually made, never a formula.  Randomness comes only from the caller's ``generator``.
 
-Names: ``"pc"`` (predictor-corrector, :mod:`.pc`), ``"ode"`` (probability-flow ODE through
-torchdiffeq, :mod:`.ode`), ``"sde"`` (reverse-time SDE through torchsde, :mod:`.sde`),
-``"dpm_solver"`` (DPM-Solver++ multistep), ``"unipc"`` (UniPC) and ``"heun"`` (EDM's Heun), the
-few-step solvers of :mod:`.fast`.
+Names (one file per algorithm): ``"pc"`` (predictor-corrector, :mod:`.pc`), ``"ode"``
+(probability-flow ODE through torchdiffeq, :mod:`.probability_flow`), ``"sde"`` (reverse-time SDE
+through torchsde, :mod:`.reverse_sde`), and the few-step solvers in the scaled variables of
+:mod:`scoresde.flow`: ``"dpm_solver"`` (DPM-Solver++ multistep, :mod:`.dpm_solver`), ``"unipc"``
+(UniPC, :mod:`.unipc`) and ``"heun"`` (EDM's Heun, :mod:`.heun`).  ``CountingScore`` lives in
+:mod:`scoresde.score` and is re-exported here.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from typing import Callable, Dict, Optional, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ..sde import SDE, ScoreFn, as_time
+from ..score import CountingScore
+from ..sde import SDE, ScoreFn
 
 Tensor = torch.Tensor
 
@@ -55,28 +58,6 @@ class SampleResult:
     times: Optional[Tensor] = None
     sampler: str = ""
     options: dict = field(default_factory=dict)
-
-
-class CountingScore:
-    """Wraps ``score_fn``: counts its calls, broadcasts ``t`` to ``[B]`` in x's dtype, ticks the bar,
-    and checks that the score has x's shape (the samplers' and the likelihood's one counter)."""
-
-    def __init__(self, score_fn: ScoreFn, bar=None):
-        self.score_fn = score_fn
-        self.calls = 0
-        self.bar = bar
-
-    def __call__(self, x: Tensor, t) -> Tensor:
-        self.calls += 1
-        if self.bar is not None:
-            self.bar.update(1)
-        if not (torch.is_tensor(t) and t.dim() == 1 and t.shape[0] == x.shape[0] and t.dtype == x.dtype
-                and t.device == x.device):
-            t = as_time(t, x)
-        s = self.score_fn(x, t)
-        if s.shape != x.shape:
-            raise ValueError(f"score_fn returned shape {tuple(s.shape)} for x of shape {tuple(x.shape)}")
-        return s
 
 
 class SamplerContext:
@@ -246,7 +227,7 @@ def sample(score_fn: ScoreFn, sde: SDE, shape: Sequence[int], sampler: str = "pc
 
 
 # the registry is filled as the sampler modules are imported
-from . import pc, ode, sde as sde_sampler, fast  # noqa: E402,F401
-from .ode import integrate_probability_flow  # noqa: E402
+from . import pc, probability_flow, reverse_sde, dpm_solver, unipc, heun  # noqa: E402,F401
+from .probability_flow import integrate_probability_flow  # noqa: E402
 
 __all__ += ["integrate_probability_flow"]

@@ -7,16 +7,19 @@ method works: adaptive ones (``dopri5``, the default, with rtol = atol = 1e-5 as
 RK45) pick their own steps; fixed-grid ones (``euler``, ``midpoint``, ``rk4``, ...) take ``steps``
 equal steps of the chosen time variable.
 
-Time variable.  Every linear SDE with the same (alpha, sigma) has the same probability-flow ODE,
-and in the scaled variables x~ = x / alpha, sigma~ = sigma / alpha (the noise level of the
-equivalent VE process) it reads, with D the denoiser (Tweedie's E[x0 | x]),
+Time variable (the names of :data:`scoresde.flow.TIME_VARIABLES`, shared with the likelihood).
+Every linear SDE with the same (alpha, sigma) has the same probability-flow ODE, and in the scaled
+variables of :mod:`scoresde.flow`, x~ = x / alpha, sigma~ = sigma / alpha = exp(-lambda) (the
+noise level of the equivalent VE process), it reads, with D the denoiser (Tweedie's E[x0 | x]),
 
-    dx~/dsigma~ = (x~ - D) / sigma~ = -sigma(t) score(x, t),
-    dx~/drho    = x~ - D           = -(sigma(t)^2 / alpha(t)) score(x, t),     rho = log sigma~,
+    dx~/dsigma~     = (x~ - D) / sigma~ = -sigma(t) score(x, t),
+    dx~/dlog sigma~ = x~ - D           = -(sigma(t)^2 / alpha(t)) score(x, t),
+    dx~/dtau        = -alpha(t) (sigma~ dsigma~/dtau) score(x, t),
 
-where rho = -lambda is minus the log-SNR and t = t_from_log_snr(-rho) in closed form.
-``time_variable`` picks ``"t"`` (the equation above, as in Song et al.), ``"sigma"`` (EDM's
-x~ against sigma~) or ``"log_sigma"`` (x~ against rho).  The default is ``"log_sigma"``, by
+with t = t_from_log_snr(-log sigma~) in closed form and tau the VP clock of :mod:`scoresde.flow`
+(sigma~ dsigma~/dtau = beta(tau) (1 + sigma~^2) / 2).  ``time_variable`` picks ``"t"`` (the
+equation above, as in Song et al.), ``"sigma"`` (EDM's x~ against sigma~), ``"log_sigma"`` (x~
+against log sigma~ = -lambda) or ``"vp"`` (x~ against tau).  The default is ``"log_sigma"``, by
 measurement (benchmarks/samplers.py; ring8, 10,000 samples, dopri5, error against a 1e-10
 solution): at rtol = atol = 1e-5 it is 10-20x more accurate than ``"t"`` on VP and sub-VP (median
 error 2e-5 against 2e-4 - 4e-4) for about 10% more evaluations (128 against 116 on VP), and on VP
@@ -34,18 +37,16 @@ outside.
 
 from __future__ import annotations
 
-import math
 from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torchdiffeq import odeint
 
+from ..flow import TIME_VARIABLES, VP_CLOCK, TimeVariable
 from ..sde import SDE
 from . import register_sampler
 
 Tensor = torch.Tensor
-
-TIME_VARIABLES = ("t", "sigma", "log_sigma")
 # torchdiffeq's solvers (0.2.x): adaptive and fixed-grid
 ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun", "tsit5")
 FIXED_METHODS = ("euler", "midpoint", "heun3", "rk4", "explicit_adams", "implicit_adams",
@@ -60,44 +61,17 @@ def _valid_methods() -> List[str]:
         return sorted(ADAPTIVE_METHODS + FIXED_METHODS)
 
 
-class _Coords:
-    """Maps between (t, x) and the integration variables (u, y) for one time variable."""
+def _alpha(sde: SDE, t: float, device) -> float:
+    return float(sde.mean_coef(torch.tensor([float(t)], dtype=torch.float64, device=device)))
 
-    def __init__(self, sde: SDE, variable: str, dtype, device):
-        self.sde, self.variable, self.dtype, self.device = sde, variable, dtype, device
 
-    def _t64(self, t: float) -> Tensor:
-        return torch.tensor([float(t)], dtype=torch.float64, device=self.device)
+def _to_state(sde: SDE, time_variable: str, x: Tensor, t: float) -> Tensor:
+    """The integrated state: x itself in t, x~ = x / alpha(t) in the noise-level variables."""
+    return x if time_variable == "t" else x / _alpha(sde, t, x.device)
 
-    def u_of_t(self, t: float) -> float:
-        if self.variable == "t":
-            return float(t)
-        lam = float(self.sde.log_snr(self._t64(t)))
-        return math.exp(-lam) if self.variable == "sigma" else -lam
 
-    def t_of_u(self, u: Tensor) -> Tensor:
-        if self.variable == "t":
-            return u
-        lam = -torch.log(u) if self.variable == "sigma" else -u
-        return self.sde.t_from_log_snr(lam)
-
-    def t_of_u_float(self, u: float) -> float:
-        if self.variable == "t":
-            return u
-        return self.sde.scalar_t_from_log_snr(-math.log(u) if self.variable == "sigma" else -u)
-
-    def alpha(self, t: Tensor) -> Tensor:
-        return self.sde.mean_coef(t)
-
-    def to_y(self, x: Tensor, t: float) -> Tensor:
-        if self.variable == "t":
-            return x
-        return x / float(self.alpha(self._t64(t)))
-
-    def to_x(self, y: Tensor, t: float) -> Tensor:
-        if self.variable == "t":
-            return y
-        return y * float(self.alpha(self._t64(t)))
+def _from_state(sde: SDE, time_variable: str, y: Tensor, t: float) -> Tensor:
+    return y if time_variable == "t" else y * _alpha(sde, t, y.device)
 
 
 def integrate_probability_flow(score_fn, sde: SDE, x: Tensor, t_start: float, t_end: float, *,
@@ -111,7 +85,7 @@ def integrate_probability_flow(score_fn, sde: SDE, x: Tensor, t_start: float, t_
         score_fn: the score; count its calls by wrapping it (see :class:`CountingScore`).
         method: a torchdiffeq method; ``steps`` equal steps of ``time_variable`` for fixed-grid
             methods (default 100), tolerances ``rtol``/``atol`` for adaptive ones.
-        time_variable: ``"t"``, ``"sigma"`` or ``"log_sigma"`` (see the module docstring).
+        time_variable: ``"t"``, ``"sigma"``, ``"log_sigma"`` or ``"vp"`` (see the module docstring).
         times: extra output times (forward time t, between the ends) for a trajectory; the
             solvers interpolate there, so they cost no evaluation.
         options: passed to torchdiffeq as ``options``.
@@ -139,8 +113,8 @@ def integrate_probability_flow(score_fn, sde: SDE, x: Tensor, t_start: float, t_
     if steps is not None and not fixed:
         raise ValueError(f"steps applies to fixed-grid methods, not the adaptive {method!r}; "
                          "set rtol/atol instead")
-    co = _Coords(sde, time_variable, x.dtype, x.device)
-    u0, u1 = co.u_of_t(t_start), co.u_of_t(t_end)
+    tv = TimeVariable(sde, time_variable)
+    u0, u1 = tv.scalar_u_of_t(t_start), tv.scalar_u_of_t(t_end)
     lo, hi = min(u0, u1), max(u0, u1)
     shape = x.shape
 
@@ -154,12 +128,17 @@ def integrate_probability_flow(score_fn, sde: SDE, x: Tensor, t_start: float, t_
         out = cache.get(u)
         if out is None:
             # clamp: adaptive solvers probe beyond the interval when choosing the first step
-            t = co.t_of_u_float(min(max(u, lo), hi))
+            uc = min(max(u, lo), hi)
+            t = tv.scalar_t_of_u(uc)
             c = sde.scalars(t)
             if time_variable == "t":
                 a, k = c.f, -0.5 * c.g ** 2
-            else:
-                a, k = c.alpha, -(c.sigma if time_variable == "sigma" else c.sigma ** 2 / c.alpha)
+            elif time_variable == "sigma":
+                a, k = c.alpha, -c.sigma
+            elif time_variable == "log_sigma":
+                a, k = c.alpha, -c.sigma ** 2 / c.alpha
+            else:  # dx~/dtau = -alpha (sigma~ dsigma~/dtau) score, sigma~ dsigma~/dtau = beta(tau) (1 + sigma~^2) / 2
+                a, k = c.alpha, -c.alpha * 0.5 * VP_CLOCK.beta(uc) * (1.0 + (c.sigma / c.alpha) ** 2)
             if len(cache) > 8:
                 cache.clear()
             out = cache[u] = (a, k, torch.full((batch,), t, dtype=x.dtype, device=x.device))
@@ -174,7 +153,7 @@ def integrate_probability_flow(score_fn, sde: SDE, x: Tensor, t_start: float, t_
 
     out_u = [u0]
     if times is not None:
-        out_u += [co.u_of_t(float(tt)) for tt in times]
+        out_u += [tv.scalar_u_of_t(float(tt)) for tt in times]
     out_u.append(u1)
     u_grid = torch.tensor(out_u, dtype=torch.float64, device=x.device)
     if x.dtype != torch.float64:
@@ -187,13 +166,13 @@ def integrate_probability_flow(score_fn, sde: SDE, x: Tensor, t_start: float, t_
         opts.setdefault("grid_constructor",
                         lambda func, y0, t: torch.linspace(float(g0), float(g1), n + 1,
                                                            dtype=t.dtype, device=t.device))
-    y0 = co.to_y(x, t_start)
+    y0 = _to_state(sde, time_variable, x, t_start)
     ys = odeint(rhs, y0, u_grid, rtol=rtol, atol=atol, method=method, options=opts)
-    x_end = co.to_x(ys[-1], t_end)
+    x_end = _from_state(sde, time_variable, ys[-1], t_end)
     traj = None
     if times is not None:
         all_t = [float(t_start)] + [float(tt) for tt in times] + [float(t_end)]
-        states = torch.stack([co.to_x(ys[i], all_t[i]) for i in range(len(all_t))])
+        states = torch.stack([_from_state(sde, time_variable, ys[i], all_t[i]) for i in range(len(all_t))])
         traj = (torch.tensor(all_t, dtype=torch.float64), states)
     return x_end, traj
 
@@ -209,10 +188,10 @@ def ode(score_fn, sde: SDE, x: Tensor, ctx, *, eps: float = 1e-3, method: str = 
     """
     times = None
     if ctx.record_on:
-        co = _Coords(sde, time_variable, torch.float64, x.device)
-        u = torch.linspace(co.u_of_t(sde.T), co.u_of_t(eps), int(trajectory_points),
+        tv = TimeVariable(sde, time_variable)
+        u = torch.linspace(tv.scalar_u_of_t(sde.T), tv.scalar_u_of_t(eps), int(trajectory_points),
                            dtype=torch.float64, device=x.device)[1:-1]
-        times = co.t_of_u(u).tolist()
+        times = tv.t_of_u(u).tolist()
     x_end, traj = integrate_probability_flow(score_fn, sde, x, sde.T, eps, method=method, rtol=rtol,
                                              atol=atol, steps=steps, time_variable=time_variable,
                                              times=times)
