@@ -63,10 +63,10 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from . import metrics
-from .mixture import MIXTURES, GaussianMixture, get_mixture
-from .samplers import build_sampler, integrate_probability_flow
-from .sde import SDE, get_sde
+from .. import metrics
+from ..mixture import MIXTURES, GaussianMixture, get_mixture
+from ..samplers import build_sampler, integrate_probability_flow
+from ..sde import SDE, get_sde
 
 Tensor = torch.Tensor
 
@@ -222,8 +222,8 @@ def load_problem(name: str, device=None) -> Problem:
     path = Path(name).expanduser()
     if not path.is_file():
         raise ValueError(f"problem {name!r} is neither a mixture ({sorted(MIXTURES)}) nor a checkpoint file")
-    from .data import build_dataset
-    from .train import load_model
+    from ..data import build_dataset
+    from ..train import load_model
 
     model = load_model(path, device=device)
     data_cfg = dict((model.checkpoint.get("config") or {}).get("data") or {})
@@ -848,7 +848,7 @@ def network_problem(problem: str, sde: str, network: Dict[str, Any], seed: int =
     output layer, which the networks start at zero, is drawn too, so that the flow moves and the
     adaptive solvers take steps as they would; an evaluation costs what a trained one would.
     """
-    from .score import build_score_model
+    from ..score import build_score_model
 
     base = load_problem(problem)
     if base.model is not None:
@@ -989,7 +989,7 @@ def song_reference(score_fn, sde: SDE, x: Tensor, *, eps: float, rtol: float, at
     ``(logp [B], z, nfe, seconds)``.  Needs a source checkout (benchmarks/ is not installed)."""
     import importlib.util
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "likelihood.py"
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "likelihood.py"
     if not path.is_file():
         raise ValueError(f"the reference method lives in {path}, which this installation lacks")
     spec = importlib.util.spec_from_file_location("_scoresde_benchmarks_likelihood", path)
