@@ -11,8 +11,9 @@ Writes benchmarks/results/likelihood.md, likelihood.csv and likelihood.png.
   term, so it measures the ODE solve alone; "total" uses the SDE's N(0, prior_std^2) prior, as a
   user would, and adds the prior mismatch |log p_T(z) - log N(z; 0, prior_std^2)|, which is a
   property of the SDE (its T and prior), not of the solver.
-* Speed: the reference re-created below (scipy RK45 on a flattened float64 NumPy state, the score
-  evaluated twice per right-hand side, one Rademacher probe, rtol = atol = 1e-5) and ours
+* Speed: the reference (re-created in scoresde/bench/reference.py: scipy RK45 on a flattened
+  float64 NumPy state, the score evaluated twice per right-hand side, one Rademacher probe,
+  rtol = atol = 1e-5) and ours
   (torchdiffeq dopri5 on the device, one score evaluation and one vector-Jacobian product per
   right-hand side, the same probe, the same tolerances), run alternately in one process on the
   same points; the median over repeats is reported.
@@ -32,52 +33,14 @@ import time
 
 import numpy as np
 import torch
-from scipy import integrate
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import scoresde as sd  # noqa: E402
+from scoresde.bench.reference import reference_log_likelihood  # noqa: E402  (the method compared against)
 
 RESULTS = ROOT / "benchmarks" / "results"
-
-
-# -- the reference method --------------------------------------------------------------------
-def reference_log_likelihood(score_fn, sde, data, probe, rtol=1e-5, atol=1e-5, eps=1e-5):
-    """A re-creation of score_sde_pytorch's ``likelihood.py`` (Song et al. 2021), without the
-    bits/dim offset: log p_eps in nats, the latent, and scipy's nfev.
-
-    Faithful in the parts that cost time: scipy's RK45 over one flattened float64 NumPy vector
-    [x, delta_logp], a float32 torch copy of the state at every evaluation, the drift of the
-    probability-flow ODE computed once for the state derivative and again (with autograd) for
-    the Hutchinson divergence of the whole drift, and a single fixed probe.
-    """
-    shape, B = data.shape, data.shape[0]
-    rsde = sde.reverse(score_fn, probability_flow=True)
-
-    def drift(x, t):
-        return rsde.sde(x, t)[0]
-
-    def divergence(x, t):
-        with torch.enable_grad():
-            x = x.requires_grad_(True)
-            g = torch.autograd.grad((drift(x, t) * probe).sum(), x)[0]
-        return (g * probe).reshape(B, -1).sum(1)
-
-    def rhs(t, state):
-        x = torch.from_numpy(state[:-B].reshape(shape)).to(data.device).float()
-        tt = torch.full((B,), t, device=data.device)
-        dx = drift(x, tt).detach().cpu().numpy().reshape(-1)
-        dlogp = divergence(x, tt).detach().cpu().numpy().reshape(-1)
-        return np.concatenate([dx, dlogp])
-
-    with torch.no_grad():
-        init = np.concatenate([data.detach().cpu().numpy().reshape(-1), np.zeros(B)])
-        sol = integrate.solve_ivp(rhs, (eps, sde.T), init, rtol=rtol, atol=atol, method="RK45")
-        end = sol.y[:, -1]
-        z = torch.from_numpy(end[:-B].reshape(shape)).float().to(data.device)
-        delta = torch.from_numpy(end[-B:]).float().to(data.device)
-    return sde.prior_logp(z) + delta, z, sol.nfev
 
 
 def rademacher(shape, seed):

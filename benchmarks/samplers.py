@@ -25,7 +25,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from scoresde import bench  # noqa: E402
-from scoresde.bench import Cell, _f, aggregate, md_table  # noqa: E402
+from scoresde.bench import Cell, aggregate, fmt, md_table  # noqa: E402
 from scoresde.flow import GRIDS  # noqa: E402
 
 EPS = 1e-3
@@ -120,10 +120,10 @@ def write(rows, out_dir: pathlib.Path, args, n, seeds, elapsed):
     for a in agg:
         a["section"] = section[(a["problem"], a["sde"], a["label"])]
     floors = {r["problem"]: r["w2_floor"] for r in agg}
-    base = [("sampler", lambda r: r["label"]), ("NFE", lambda r: _f(r["nfe"], ".0f")),
-            ("W2", lambda r: _f(r["w2"], ".4f")), ("W2/floor", lambda r: _f(r["w2_ratio"])),
-            ("sd", lambda r: _f(r["w2_ratio_sd"])), ("weight err", lambda r: _f(r["weight_error"], ".4f")),
-            ("s", lambda r: _f(r["seconds"], ".2f")), ("overhead", lambda r: _f(r["overhead"], ".2f"))]
+    base = [("sampler", lambda r: r["label"]), ("NFE", lambda r: fmt(r["nfe"], ".0f")),
+            ("W2", lambda r: fmt(r["w2"], ".4f")), ("W2/floor", lambda r: fmt(r["w2_ratio"])),
+            ("sd", lambda r: fmt(r["w2_ratio_sd"])), ("weight err", lambda r: fmt(r["weight_error"], ".4f")),
+            ("s", lambda r: fmt(r["seconds"], ".2f")), ("overhead", lambda r: fmt(r["overhead"], ".2f"))]
     md = ["# Samplers: quality against NFE on exact mixture scores\n",
           f"`python benchmarks/samplers.py{' --quick' if args.quick else ''}` (n = {n} samples, {seeds} seed(s) "
           f"averaged in the goal table, eps = {EPS}, torch threads = {args.threads}, {elapsed / 60:.1f} min; cells "
@@ -149,9 +149,9 @@ def write(rows, out_dir: pathlib.Path, args, n, seeds, elapsed):
         md += ["## Probability-flow ODE: time variable (dopri5, rtol = atol = tol; path error = |x - x_ref| "
                "against a float64 solve at 1e-9 from the same noise, median / mean)\n",
                md_table(rs, [("SDE", lambda r: r["sde"]), ("variable, tol", lambda r: r["label"]),
-                             ("NFE", lambda r: _f(r["nfe"], ".0f")),
+                             ("NFE", lambda r: fmt(r["nfe"], ".0f")),
                              ("path error", lambda r: f"{r['ode_err_med']:.2e} / {r['ode_err']:.2e}"),
-                             ("W2/floor", lambda r: _f(r["w2_ratio"]))])]
+                             ("W2/floor", lambda r: fmt(r["w2_ratio"]))])]
     (out_dir / "samplers.md").write_text("\n".join(md))
     bench.write_plots([r for r in rows if r["section"] == "curve"], out_dir, prefix="samplers")
 
