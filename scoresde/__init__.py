@@ -5,8 +5,8 @@ One interface joins every part: a score function ``score_fn(x, t) -> Tensor`` wi
 functions plug into every sampler and into the likelihood alike.
 """
 
-from .sde import SDE, VPSDE, SubVPSDE, VESDE, ReverseSDE, get_sde
-from .mixture import GaussianMixture, ring8, anisotropic, get_mixture
+from .sde import SDE, VPSDE, SubVPSDE, VESDE, ReverseSDE, build_sde
+from .mixture import GaussianMixture, ring8, anisotropic, build_mixture
 from . import metrics
 from . import samplers
 from .samplers import sample, build_sampler, SampleResult
@@ -20,8 +20,8 @@ from . import bench
 __version__ = "0.1.0"
 
 __all__ = [
-    "SDE", "VPSDE", "SubVPSDE", "VESDE", "ReverseSDE", "get_sde",
-    "GaussianMixture", "ring8", "anisotropic", "get_mixture",
+    "SDE", "VPSDE", "SubVPSDE", "VESDE", "ReverseSDE", "build_sde",
+    "GaussianMixture", "ring8", "anisotropic", "build_mixture",
     "metrics",
     "samplers", "sample", "build_sampler", "SampleResult",
     "ScoreModel", "build_score_model", "DSMLoss", "dsm_loss", "nn", "data", "Trainer", "load_model",

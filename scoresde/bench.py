@@ -64,9 +64,9 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import torch
 
 from . import metrics
-from .mixture import MIXTURES, GaussianMixture, get_mixture
+from .mixture import MIXTURES, GaussianMixture, build_mixture
 from .samplers import build_sampler, integrate_probability_flow
-from .sde import SDE, get_sde
+from .sde import SDE, build_sde
 
 Tensor = torch.Tensor
 
@@ -151,7 +151,7 @@ def expand_grid(problems: Sequence[str], sdes: Sequence[str], samplers: Sequence
     [min_nfe, max_nfe] simply has no cells.
     """
     for s in sdes:
-        get_sde(s)  # names checked before any work
+        build_sde(s)  # names checked before any work
     if not problems or not sdes or not samplers or not seeds:
         raise ValueError("the grid needs at least one problem, SDE, sampler and seed")
     labels = [s.label for s in samplers]
@@ -189,7 +189,7 @@ class Problem:
         return torch.float64 if self.model is None else torch.float32
 
     def sde(self, name: str) -> SDE:
-        return self.own_sde if self.own_sde is not None else get_sde(name)
+        return self.own_sde if self.own_sde is not None else build_sde(name)
 
     def score_fn(self, sde_name: str):
         if sde_name not in self._scores:
@@ -217,7 +217,7 @@ def load_problem(name: str, device=None) -> Problem:
     """A mixture by name, or a checkpoint path (:func:`scoresde.load_model`, data set rebuilt
     from its config)."""
     if not is_checkpoint(name):
-        mix = get_mixture(name)
+        mix = build_mixture(name)
         return Problem(name, mix.event_shape, mixture=mix)
     path = Path(name).expanduser()
     if not path.is_file():
@@ -750,7 +750,7 @@ def likelihood_rows(problems: Sequence[str] = ("ring8", "aniso16"), sdes: Sequen
     jobs = [(p, s) for p in problems for s in sdes]
     rows: List[Dict[str, Any]] = []
     for prob, sde_name in tqdm(jobs, desc="likelihood", disable=not progress):
-        mix, sde = get_mixture(prob), get_sde(sde_name)
+        mix, sde = build_mixture(prob), build_sde(sde_name)
         score = mix.score_fn(sde)
         x = mix.sample(n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
         exact = mix.log_prob_t(x, sde, eps)

@@ -25,7 +25,7 @@ from .sde import SDE, TimeLike, as_time
 
 Tensor = torch.Tensor
 
-__all__ = ["GaussianMixture", "ring8", "anisotropic", "get_mixture", "MIXTURES"]
+__all__ = ["GaussianMixture", "ring8", "anisotropic", "build_mixture", "MIXTURES"]
 
 
 class GaussianMixture:
@@ -247,7 +247,7 @@ MIXTURES = {
 }
 
 
-def get_mixture(name: str) -> GaussianMixture:
+def build_mixture(name: str) -> GaussianMixture:
     """A ready-made problem by name: ``ring8``, ``aniso16`` (16-d, 4 modes) or ``aniso8``."""
     if name not in MIXTURES:
         raise ValueError(f"unknown mixture {name!r}; valid names: {sorted(MIXTURES)}")

@@ -18,7 +18,7 @@ from typing import Any, Dict, Optional
 import torch
 from torch import nn
 
-from .sde import SDE, as_time, expand_to, get_sde
+from .sde import SDE, as_time, expand_to, build_sde
 
 Tensor = torch.Tensor
 
@@ -81,7 +81,7 @@ def build_score_model(spec: Dict[str, Any]) -> ScoreModel:
             raise ValueError(f"model spec needs {key!r} with a 'name'; got {spec!r}")
     sde_kw = {k: v for k, v in spec["sde"].items() if k != "name"}
     net_kw = {k: v for k, v in spec["model"].items() if k != "name"}
-    sde = get_sde(spec["sde"]["name"], **sde_kw)
+    sde = build_sde(spec["sde"]["name"], **sde_kw)
     net = build_model(spec["model"]["name"], **net_kw)
     model = ScoreModel(net, sde, spec.get("parameterization", "noise"), spec.get("time_input", "t"))
     model.spec = {"sde": dict(spec["sde"]), "model": dict(spec["model"]),

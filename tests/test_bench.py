@@ -70,7 +70,7 @@ def test_cell_numbers_are_consistent_with_the_sampler_and_metrics(small_bench):
     b = small_bench
     cell = bench.expand_grid(["ring8"], ["vp"], [bench.SamplerSpec("dpm", "dpm_solver")], [8], [3])[0]
     row = b.run_cell(cell)
-    mix, sde = sd.get_mixture("ring8"), sd.VPSDE()
+    mix, sde = sd.build_mixture("ring8"), sd.VPSDE()
     # the same prior draw through the public API gives the same samples and NFE
     z = sde.prior_sample((400, 2), generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     out = sd.sample(mix.score_fn(sde), sde, (400, 2), sampler="dpm_solver", steps=8, x_init=z.float())
@@ -217,7 +217,7 @@ def test_likelihood_rows_measure_error_against_the_exact_density(monkeypatch, tm
         z = torch.zeros_like(x)   # its prior term is replaced by the exact one: sde's prior must cancel
         return mix.log_prob_t(x, sde, eps) - 2 * rtol + sde.prior_logp(z) - mix.log_prob_t(z, sde, sde.T), z, 77, 1.0
 
-    mix = sd.get_mixture("ring8")
+    mix = sd.build_mixture("ring8")
     monkeypatch.setattr(sd, "log_likelihood", fake, raising=False)
     rows = bench.likelihood_rows(["ring8"], ["vp"], n=400, tolerances=(1e-3, 1e-5), probes=(1, 4),
                                  reference=reference, progress=False)

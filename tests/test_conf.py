@@ -68,7 +68,7 @@ def test_every_experiment_preset_composes_and_builds(preset):
     cfg = OmegaConf.to_container(_compose(overrides=[f"experiment={preset}"]), resolve=True)
     cfg["data"]["n_test"] = 8
     model, data, loss = build_from_config(cfg)
-    assert data.name == cfg["data"]["name"] and model.sde.__class__ is sd.get_sde(cfg["sde"]["name"]).__class__
+    assert data.name == cfg["data"]["name"] and model.sde.__class__ is sd.build_sde(cfg["sde"]["name"]).__class__
 
 
 def test_presets_change_what_they_state():

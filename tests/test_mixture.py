@@ -16,7 +16,7 @@ def _autograd_score(mix, sde, x, t):
 @pytest.mark.parametrize("name", ["ring8", "aniso16"])
 @pytest.mark.parametrize("t", [1e-5, 1e-3, 0.1, 0.5, 1.0])
 def test_score_matches_autograd_of_log_prob_t(sde, name, t):
-    mix = sd.get_mixture(name)
+    mix = sd.build_mixture(name)
     g = torch.Generator().manual_seed(1)
     x0 = mix.sample(64, generator=g, dtype=torch.float64)
     xt = sde.perturb(x0, t, torch.randn(x0.shape, generator=g, dtype=torch.float64))
@@ -44,7 +44,7 @@ def test_log_prob_t_integrates_to_one_on_a_grid(sde, t):
 
 
 def test_log_prob_matches_torch_distributions():
-    mix = sd.get_mixture("aniso8")
+    mix = sd.build_mixture("aniso8")
     comp = torch.distributions.MultivariateNormal(mix.means, covariance_matrix=mix.covs)
     ref = torch.distributions.MixtureSameFamily(torch.distributions.Categorical(mix.weights), comp)
     x = mix.sample(100, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
@@ -55,7 +55,7 @@ def test_log_prob_matches_torch_distributions():
 
 
 def test_samples_have_the_mixture_moments():
-    mix = sd.get_mixture("aniso8")
+    mix = sd.build_mixture("aniso8")
     n = 200_000
     x, labels = mix.sample(n, generator=torch.Generator().manual_seed(0), dtype=torch.float64, return_labels=True)
     frac = torch.bincount(labels, minlength=mix.n_components).double() / n
@@ -116,7 +116,7 @@ def test_ring8_entropy_is_log8_plus_gaussian_entropy():
 
 
 def test_ready_made_anisotropic_mixture_is_anisotropic():
-    mix = sd.get_mixture("aniso16")
+    mix = sd.build_mixture("aniso16")
     assert mix.dim == 16 and mix.n_components == 4
     lam = torch.linalg.eigvalsh(mix.covs)
     assert (lam.max(1).values / lam.min(1).values > 50).all()
@@ -148,4 +148,4 @@ def test_wrong_data_shape_raises():
 
 def test_unknown_mixture_name_lists_valid_ones():
     with pytest.raises(ValueError, match="ring8"):
-        sd.get_mixture("ring9")
+        sd.build_mixture("ring9")
