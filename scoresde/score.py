@@ -83,7 +83,8 @@ def build_score_model(spec: Dict[str, Any]) -> ScoreModel:
     net_kw = {k: v for k, v in spec["model"].items() if k != "name"}
     sde = build_sde(spec["sde"]["name"], **sde_kw)
     net = build_model(spec["model"]["name"], **net_kw)
-    model = ScoreModel(net, sde, spec.get("parameterization", "noise"), spec.get("time_input", "t"))
+    # absent keys take ScoreModel's defaults (stated there only)
+    model = ScoreModel(net, sde, **{k: spec[k] for k in ("parameterization", "time_input") if k in spec})
     model.spec = {"sde": dict(spec["sde"]), "model": dict(spec["model"]),
                   "parameterization": model.parameterization, "time_input": model.time_input}
     return model

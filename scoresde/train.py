@@ -9,7 +9,7 @@ The library entry points work without Hydra:
 
 Checkpoints are written atomically (a temporary file in the same directory, fsync, then
 ``os.replace``), so a crash leaves the previous checkpoint whole.  They hold the model, the EMA,
-the optimizer, the step, every RNG state the loop draws from and the config; ``resume`` continues
+the optimizer, the step, every RNG state the loop draws from (:func:`_rng_state`) and the config; ``resume`` continues
 bit-exactly (same weights as an uninterrupted run).  A non-finite loss or gradient stops the run
 with :class:`TrainingDiverged` before anything is written.
 
@@ -32,18 +32,16 @@ import dataclasses
 import json
 import math
 import os
-import random
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
-import numpy as np
 import torch
 
 from .data import DataSet, Scaler, build_dataset
-from .losses import DSMLoss
+from .losses import LOSSES, DSMLoss
 from .plots import save_samples_png
 from .score import ScoreModel, build_score_model
 
@@ -94,7 +92,7 @@ class TrainConfig:
     log_every: int = 100
     eval_every: int = 0             # periodic evaluation; 0 = only at the end
     ckpt_every: int = 1000          # periodic checkpoint; 0 = only at the end
-    resume: Optional[str] = None    # path of a checkpoint to continue from
+    resume: Optional[str] = None    # a checkpoint to continue from; "auto": out_dir's last.pt if present
     progress: bool = True           # tqdm bar (hidden when the output is not a terminal)
     tensorboard: bool = True        # also log to TensorBoard when it is installed
 
@@ -235,24 +233,22 @@ def load_model(path: PathLike, device=None, ema: bool = True) -> ScoreModel:
 
 
 def _rng_state(gen: torch.Generator) -> Dict[str, Any]:
-    np_state = np.random.get_state()
+    """The RNG states training draws from: the trainer's generator (data, times, noise) and
+    torch's global CPU and CUDA generators (dropout, e.g. the U-Net's).  Python's ``random`` and
+    numpy's global generator are not used by training, so they are not saved: restoring them
+    would only carry over whatever the interrupted process happened to hold."""
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "python": random.getstate(),
-        "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)),
-                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
         "train": gen.get_state(),
     }
 
 
 def _set_rng_state(state: Dict[str, Any], gen: torch.Generator) -> None:
+    # checkpoints of earlier versions also hold "python" and "numpy" states: unused, ignored
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-    random.setstate(state["python"])
-    n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
     gen.set_state(state["train"])
 
 
@@ -330,7 +326,11 @@ class Trainer:
         self.last_good_step: Optional[int] = None
         self._entropy: Optional[Tuple[float, float]] = None
         self.metrics: Dict[str, Any] = {}
-        if self.cfg.resume:
+        if self.cfg.resume == "auto":
+            # the same command continues a killed run (a preempted job) and starts a new one
+            if self.ckpt_path.is_file():
+                self.load(self.ckpt_path)
+        elif self.cfg.resume:
             self.load(self.cfg.resume)
 
     # -- state ---------------------------------------------------------------------------------
@@ -556,9 +556,9 @@ def build_from_config(config: Dict[str, Any]):
     model = build_score_model(spec)
     loss_cfg = dict(config.get("loss") or {})
     loss_name = loss_cfg.pop("name", "dsm")
-    if loss_name != "dsm":
-        raise ValueError(f"unknown loss {loss_name!r}; valid names: ['dsm']")
-    loss = _as_config(DSMLoss, loss_cfg, "loss")
+    if loss_name not in LOSSES:
+        raise ValueError(f"unknown loss {loss_name!r}; valid names: {sorted(LOSSES)}")
+    loss = _as_config(LOSSES[loss_name], loss_cfg, "loss")
     return model, data, loss
 
 
