@@ -110,3 +110,78 @@ def test_app_errors_name_the_problem_and_exit_nonzero(argv, needle, tmp_path, mo
     assert info.value.code not in (0, None)
     err = capsys.readouterr().err
     assert needle in err, err
+
+
+# ---------------------------------------------------------------------------------------------
+# kill -9 between two checkpoints, resume with the same command: the final checkpoint is that of
+# an uninterrupted run, every tensor of it
+# ---------------------------------------------------------------------------------------------
+def _assert_same(a, b, path="checkpoint") -> int:
+    """Every leaf of two checkpoint trees equal (tensors bit for bit, dtype and shape included;
+    the rest by ==); returns the number of tensors compared."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape, path
+        assert torch.equal(a, b), path
+        return 1
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b), (path, sorted(set(a) ^ set(b), key=str))
+        return sum(_assert_same(a[k], b[k], f"{path}[{k!r}]") for k in a)
+    if isinstance(a, (list, tuple)):
+        assert type(a) is type(b) and len(a) == len(b), path
+        return sum(_assert_same(x, y, f"{path}[{i}]") for i, (x, y) in enumerate(zip(a, b)))
+    assert type(a) is type(b) and a == b, (path, a, b)
+    return 0
+
+
+@pytest.mark.slow
+def test_sigkill_between_checkpoints_then_the_same_command_resumes_to_the_uninterrupted_checkpoint(tmp_path):
+    import signal
+    import subprocess
+    import time
+    from _tiny import ROOT, env
+    from scoresde.train import load_checkpoint
+
+    steps, every = 600, 100
+    overrides = [f"train.steps={steps}", f"train.ckpt_every={every}", "train.resume=auto", "train.batch_size=64",
+                 "train.log_every=50", "train.progress=false", "train.device=cpu", "train.tensorboard=false",
+                 "train.threads=1", "model.width=16", "model.depth=1", "model.emb_dim=8", "data.n_test=32",
+                 "eval.n_nll=0", "eval.n_samples=0", "seed=7"]
+
+    def command(run_dir):
+        return [sys.executable, "-m", "scoresde", "train", *overrides, f"hydra.run.dir={run_dir}"]
+
+    def run(run_dir):
+        r = subprocess.run(command(run_dir), cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+
+    run(tmp_path / "straight")
+
+    killed = tmp_path / "killed"
+    ckpt = killed / "checkpoints" / "last.pt"
+    proc = subprocess.Popen(command(killed), cwd=ROOT, env=env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 600
+        while not ckpt.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.002)
+        assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read()[-3000:]}"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    # killed between two checkpoints: a whole periodic checkpoint (atomic writes), no final one
+    step_at_kill = load_checkpoint(ckpt)["step"]
+    assert step_at_kill % every == 0 and 0 < step_at_kill < steps, step_at_kill
+    assert not (killed / "metrics.json").exists()
+
+    run(killed)                                     # the same command again
+    a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")
+    b = load_checkpoint(ckpt)
+    assert a["step"] == b["step"] == steps
+    # weights, EMA, optimiser moments and steps, every RNG state saved, config, spec, scaler
+    n = _assert_same(a, b)
+    assert {"model", "ema", "optimizer", "rng"} <= set(a) and set(a["rng"]) == {"torch", "cuda", "train"}
+    assert n >= 3 * len(a["model"]) + 2, n
