@@ -1,7 +1,7 @@
 """Digits benchmark: does the U-Net preset draw digits a classifier recognises?
 
 1. (unless ``--run-dir`` names a finished run) trains the preset through the train app,
-   ``python -m scoresde.cli experiment=digits``, timing it (wall clock and CPU seconds);
+   ``python -m scoresde train experiment=digits``, timing it (wall clock and CPU seconds);
 2. trains a classifier on the real training digits (the preset's split; kernel logistic regression,
    RBF features + multinomial logistic regression in scikit-learn, on the 64 pixels in [-1, 1]) and reports its held-out accuracy;
 3. draws ``--n`` samples from the run's EMA model (``sd.load_model``) with the predictor-corrector
@@ -45,7 +45,7 @@ GAMMA = 0.02
 
 def train_preset(run_dir: Path, threads: int, overrides) -> dict:
     """Run the train app on the digits preset; returns wall and CPU seconds of the child."""
-    cmd = [sys.executable, "-m", "scoresde.cli", "experiment=digits", f"hydra.run.dir={run_dir}",
+    cmd = [sys.executable, "-m", "scoresde", "train", "experiment=digits", f"hydra.run.dir={run_dir}",
            f"train.threads={threads}", "train.progress=false", *overrides]
     print("+", " ".join(cmd), flush=True)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -56,10 +56,10 @@ def per_dim(err, dim):
 def accuracy(n, rows):
     out = []
     for mname in ["ring8", "aniso16"]:
-        mix = sd.get_mixture(mname)
+        mix = sd.build_mixture(mname)
         x = mix.sample(n, generator=torch.Generator().manual_seed(1))
         for sname in ["vp", "subvp", "ve"]:
-            sde = sd.get_sde(sname)
+            sde = sd.build_sde(sname)
             exact = mix.log_prob_t(x, sde, 1e-5).double()
             for tv in ["t", "vp"]:
                 res = sd.log_likelihood(mix.score_fn(sde), sde, x, time_variable=tv,
@@ -87,8 +87,8 @@ def timed(fn):
 def speed(n, repeats, rows, cases):
     out = []
     for mname, sname in cases:
-        mix = sd.get_mixture(mname)
-        sde = sd.get_sde(sname)
+        mix = sd.build_mixture(mname)
+        sde = sd.build_sde(sname)
         score_fn = mix.score_fn(sde)
         x = mix.sample(n, generator=torch.Generator().manual_seed(1))
         probe = rademacher(x.shape, seed=0)
@@ -121,7 +121,7 @@ def speed(n, repeats, rows, cases):
 
 
 def work_precision(n, rows, tols):
-    mix = sd.get_mixture("aniso16")
+    mix = sd.build_mixture("aniso16")
     sde = sd.VPSDE()
     score_fn = mix.score_fn(sde)
     x = mix.sample(n, generator=torch.Generator().manual_seed(2))

@@ -41,11 +41,11 @@ def run_once(overrides, run_dir: Path, stand_in: bool) -> dict:
         # sd.log_likelihood is built on the likelihood branch; until it is on main the NLL is
         # computed by the tests' stand-in (torchdiffeq dopri5, exact divergence, same rtol/atol/eps)
         code = ("import sys; sys.path.insert(0, 'tests'); import scoresde as sd, _eval_fallback as fb; "
-                "sd.log_likelihood = fb.log_likelihood; from scoresde.cli import train_main; "
+                "sd.log_likelihood = fb.log_likelihood; from scoresde.apps.train import train_main; "
                 f"sys.argv = ['scoresde-train'] + {argv!r}; train_main()")
         cmd = [sys.executable, "-c", code]
     else:
-        cmd = [sys.executable, "-m", "scoresde.cli", *argv]
+        cmd = [sys.executable, "-m", "scoresde", "train", *argv]
     load0 = os.getloadavg()[0]
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()

@@ -3,10 +3,13 @@
 One interface joins every part: a score function ``score_fn(x, t) -> Tensor`` with ``x`` of shape
 ``[B, ...]`` and ``t`` of shape ``[B]``.  Closed-form mixtures, trained networks and your own
 functions plug into every sampler and into the likelihood alike.
+
+The benchmark engine (``scoresde.bench``) and the Hydra apps (``scoresde.apps``) sit above this core
+and are imported by name: ``import scoresde.bench``.
 """
 
-from .sde import SDE, VPSDE, SubVPSDE, VESDE, ReverseSDE, get_sde
-from .mixture import GaussianMixture, ring8, anisotropic, get_mixture
+from .sde import SDE, VPSDE, SubVPSDE, VESDE, ReverseSDE, build_sde
+from .mixture import GaussianMixture, ring8, anisotropic, build_mixture
 from . import metrics
 from . import samplers
 from .samplers import sample, build_sampler, SampleResult
@@ -15,16 +18,14 @@ from .losses import DSMLoss, dsm_loss
 from . import nn, data
 from .train import Trainer, load_model
 from .likelihood import log_likelihood, bits_per_dim, LikelihoodResult, BitsPerDimResult
-from . import bench
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "SDE", "VPSDE", "SubVPSDE", "VESDE", "ReverseSDE", "get_sde",
-    "GaussianMixture", "ring8", "anisotropic", "get_mixture",
+    "SDE", "VPSDE", "SubVPSDE", "VESDE", "ReverseSDE", "build_sde",
+    "GaussianMixture", "ring8", "anisotropic", "build_mixture",
     "metrics",
     "samplers", "sample", "build_sampler", "SampleResult",
     "ScoreModel", "build_score_model", "DSMLoss", "dsm_loss", "nn", "data", "Trainer", "load_model",
     "log_likelihood", "bits_per_dim", "LikelihoodResult", "BitsPerDimResult",
-    "bench",
 ]

@@ -9,7 +9,7 @@ import sys
 
 def main() -> None:
     apps = {
-        "train": ("scoresde.cli", "train_main"),
+        "train": ("scoresde.apps.train", "train_main"),
         "sample": ("scoresde.apps.sample", "main"),
         "likelihood": ("scoresde.apps.likelihood", "main"),
         "report": ("scoresde.apps.report", "main"),

@@ -1,7 +1,7 @@
 """Distributed data-parallel training under ``torchrun`` (DistributedDataParallel).
 
     torchrun --nproc_per_node=4 $(command -v scoresde-train) data=moons train.steps=20000
-    python -m torch.distributed.run --nproc_per_node=2 -m scoresde.cli train.device=cpu ...
+    python -m torch.distributed.run --nproc_per_node=2 -m scoresde.apps.train train.device=cpu ...
 
 What changes under torchrun (detected from the ``RANK``/``WORLD_SIZE`` variables it sets):
 

@@ -37,7 +37,7 @@ from .sde import SDE, expand_to
 Tensor = torch.Tensor
 
 __all__ = ["dsm_loss", "DSMLoss", "sample_time", "importance_time", "importance_norm",
-           "WEIGHTINGS", "REDUCTIONS"]
+           "WEIGHTINGS", "REDUCTIONS", "LOSSES"]
 
 WEIGHTINGS = ("sigma2", "likelihood")
 REDUCTIONS = ("mean", "sum")
@@ -144,3 +144,8 @@ class DSMLoss:
 
     def __call__(self, score_model, x0: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
         return self.per_sample(score_model, x0, generator).mean()
+
+
+LOSSES = {"dsm": DSMLoss}
+"""The training losses by the name a config's ``loss.name`` gives; the other keys are the
+constructor's keyword arguments."""

@@ -25,7 +25,7 @@ from .sde import SDE, TimeLike, as_time
 
 Tensor = torch.Tensor
 
-__all__ = ["GaussianMixture", "ring8", "anisotropic", "get_mixture", "MIXTURES"]
+__all__ = ["GaussianMixture", "ring8", "anisotropic", "build_mixture", "MIXTURES"]
 
 
 class GaussianMixture:
@@ -197,14 +197,35 @@ class GaussianMixture:
         x = x.reshape((n,) + self.event_shape)
         return (x, labels.to(x.device)) if return_labels else x
 
-    def entropy(self, n: int = 200_000, generator: Optional[torch.Generator] = None) -> Tuple[float, float]:
-        """Monte Carlo estimate of the differential entropy H(p_0) in nats and its standard error.
+    def entropy(self, n: int = 100_000, generator: Optional[torch.Generator] = None) -> Tuple[float, float]:
+        """Differential entropy H(p_0) in nats, a Monte Carlo estimate, and its standard error.
 
-        For well-separated modes (like ring8) it agrees with ``log K + mean Gaussian entropy``.
+        The plain estimate -mean log p(x) has the spread of log p itself (about 1 nat).  This one
+        splits off the exact part: with r_k(x) = w_k N_k(x) / p(x) the responsibility of
+        component k, log p(x) = log w_k + log N_k(x) - log r_k(x) for every k, so drawing
+        (k, x) ~ p jointly,
+
+            H = sum_k w_k (H_k - log w_k) + E_{(k, x) ~ p}[log r_k(x)],
+
+        with the component entropies H_k exact (:meth:`gaussian_entropies`) and only the last
+        term estimated, from ``n`` draws on ``generator``.  log r_k is 0 wherever the modes do not
+        overlap, so the standard error std(log r_k) / sqrt(n) is tiny for separated modes (below
+        1e-12 nats for ring8 at the default ``n``).
+
+        Returns ``(entropy, standard_error)``.
         """
-        x = self.sample(n, generator=generator, dtype=torch.float64)
-        lp = self.log_prob(x)
-        return float(-lp.mean()), float(lp.std() / math.sqrt(n))
+        if n < 2:
+            raise ValueError(f"n must be >= 2 for a standard error, got {n}")
+        x, k = self.sample(n, generator=generator, dtype=torch.float64, return_labels=True)
+        xf = self._flatten(x)
+        one = torch.ones(n, dtype=torch.float64, device=xf.device)
+        terms, _ = self._component_terms(xf, one, torch.zeros_like(one), False)
+        # log_softmax, not log(softmax): r_k = 1 - 1e-12 must give -1e-12, not 0 or log of a clamp
+        log_r = torch.log_softmax(terms, 1).gather(1, k[:, None]).squeeze(1)
+        w = self.weights.to(log_r.device)
+        # xlogy: a component of weight 0 adds 0, not 0 * log 0 = nan
+        exact = (w * self.gaussian_entropies().to(log_r.device)).sum() - torch.xlogy(w, w).sum()
+        return float(exact + log_r.mean()), float(log_r.std() / math.sqrt(n))
 
     def gaussian_entropies(self) -> Tensor:
         """Entropy of each component, ``[K]`` nats."""
@@ -247,7 +268,7 @@ MIXTURES = {
 }
 
 
-def get_mixture(name: str) -> GaussianMixture:
+def build_mixture(name: str) -> GaussianMixture:
     """A ready-made problem by name: ``ring8``, ``aniso16`` (16-d, 4 modes) or ``aniso8``."""
     if name not in MIXTURES:
         raise ValueError(f"unknown mixture {name!r}; valid names: {sorted(MIXTURES)}")

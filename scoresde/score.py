@@ -21,7 +21,7 @@ from typing import Any, Dict, Optional
 import torch
 from torch import nn
 
-from .sde import SDE, ScoreFn, as_time, expand_to, get_sde
+from .sde import SDE, ScoreFn, as_time, expand_to, build_sde
 
 Tensor = torch.Tensor
 
@@ -84,9 +84,10 @@ def build_score_model(spec: Dict[str, Any]) -> ScoreModel:
             raise ValueError(f"model spec needs {key!r} with a 'name'; got {spec!r}")
     sde_kw = {k: v for k, v in spec["sde"].items() if k != "name"}
     net_kw = {k: v for k, v in spec["model"].items() if k != "name"}
-    sde = get_sde(spec["sde"]["name"], **sde_kw)
+    sde = build_sde(spec["sde"]["name"], **sde_kw)
     net = build_model(spec["model"]["name"], **net_kw)
-    model = ScoreModel(net, sde, spec.get("parameterization", "noise"), spec.get("time_input", "t"))
+    # absent keys take ScoreModel's defaults (stated there only)
+    model = ScoreModel(net, sde, **{k: spec[k] for k in ("parameterization", "time_input") if k in spec})
     model.spec = {"sde": dict(spec["sde"]), "model": dict(spec["model"]),
                   "parameterization": model.parameterization, "time_input": model.time_input}
     return model

@@ -81,7 +81,7 @@ __all__ = [
     "VESDE",
     "ReverseSDE",
     "ScoreFn",
-    "get_sde",
+    "build_sde",
     "SDES",
     "expand_to",
     "as_time",
@@ -528,7 +528,7 @@ class VESDE(SDE):
 SDES = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE}
 
 
-def get_sde(name: str, **kwargs) -> SDE:
+def build_sde(name: str, **kwargs) -> SDE:
     """Build an SDE by name: ``"vp"``, ``"subvp"`` or ``"ve"``."""
     key = str(name).lower().replace("-", "").replace("_", "")
     if key not in SDES:

@@ -9,7 +9,7 @@ The library entry points work without Hydra:
 
 Checkpoints are written atomically (a temporary file in the same directory, fsync, then
 ``os.replace``), so a crash leaves the previous checkpoint whole.  They hold the model, the EMA,
-the optimizer, the step, every RNG state the loop draws from and the config; ``resume`` continues
+the optimizer, the step, every RNG state the loop draws from (:func:`_rng_state`) and the config; ``resume`` continues
 bit-exactly (same weights as an uninterrupted run).  A non-finite loss or gradient stops the run
 with :class:`TrainingDiverged` before anything is written.
 
@@ -20,7 +20,7 @@ the probability-flow ODE (``sd.log_likelihood``), and, for mixtures with an exac
 
 estimated two ways on the same held-out points: ``kl`` = mean(log p_data(x) - log p_model(x))
 (paired: the shared Monte Carlo noise cancels) and ``kl_entropy`` = NLL - H(p_data) with the
-exact entropy (:func:`mixture_entropy`).  Samples (``sd.sample``) go to a PNG and, for mixtures, to the
+entropy of :meth:`scoresde.GaussianMixture.entropy` (a low-variance Monte Carlo estimate).  Samples (``sd.sample``) go to a PNG and, for mixtures, to the
 mode-by-mode W2 of :func:`scoresde.metrics.mode_w2`.
 """
 
@@ -32,26 +32,24 @@ import dataclasses
 import json
 import math
 import os
-import random
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
-import numpy as np
 import torch
 
 from .data import DataSet, Scaler, build_dataset
-from .losses import DSMLoss
+from .losses import LOSSES, DSMLoss
+from .plots import save_samples_png
 from .score import ScoreModel, build_score_model
 
 Tensor = torch.Tensor
 PathLike = Union[str, os.PathLike]
 
 __all__ = ["OptimConfig", "TrainConfig", "EvalConfig", "Trainer", "TrainingDiverged", "CheckpointError",
-           "train", "load_model", "load_checkpoint", "mixture_entropy", "save_checkpoint", "resolve_device", "EMA",
-           "save_samples_png"]
+           "train", "load_model", "load_checkpoint", "save_checkpoint", "resolve_device", "EMA"]
 
 CHECKPOINT_FORMAT = "scoresde-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -94,7 +92,7 @@ class TrainConfig:
     log_every: int = 100
     eval_every: int = 0             # periodic evaluation; 0 = only at the end
     ckpt_every: int = 1000          # periodic checkpoint; 0 = only at the end
-    resume: Optional[str] = None    # path of a checkpoint to continue from
+    resume: Optional[str] = None    # a checkpoint to continue from; "auto": out_dir's last.pt if present
     progress: bool = True           # tqdm bar (hidden when the output is not a terminal)
     tensorboard: bool = True        # also log to TensorBoard when it is installed
 
@@ -235,70 +233,23 @@ def load_model(path: PathLike, device=None, ema: bool = True) -> ScoreModel:
 
 
 def _rng_state(gen: torch.Generator) -> Dict[str, Any]:
-    np_state = np.random.get_state()
+    """The RNG states training draws from: the trainer's generator (data, times, noise) and
+    torch's global CPU and CUDA generators (dropout, e.g. the U-Net's).  Python's ``random`` and
+    numpy's global generator are not used by training, so they are not saved: restoring them
+    would only carry over whatever the interrupted process happened to hold."""
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "python": random.getstate(),
-        "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)),
-                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
         "train": gen.get_state(),
     }
 
 
 def _set_rng_state(state: Dict[str, Any], gen: torch.Generator) -> None:
+    # checkpoints of earlier versions also hold "python" and "numpy" states: unused, ignored
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-    random.setstate(state["python"])
-    n = state["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
     gen.set_state(state["train"])
-
-
-# ---------------------------------------------------------------------------------------------
-# plots
-# ---------------------------------------------------------------------------------------------
-def save_samples_png(x: Tensor, path: PathLike, reference: Optional[Tensor] = None, title: str = "") -> Path:
-    """Samples as a PNG: a scatter plot for vectors (first two coordinates, over ``reference``
-    in grey), an image grid for ``[N, C, H, W]`` with values in [0, 1]."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    x = x.detach().float().cpu()
-    if x.dim() == 4:
-        n = min(x.shape[0], 64)
-        cols = int(math.ceil(math.sqrt(n)))
-        rows = int(math.ceil(n / cols))
-        C, H, W = x.shape[1:]
-        grid = torch.ones(C, rows * (H + 1) + 1, cols * (W + 1) + 1)
-        for i in range(n):
-            r, c = divmod(i, cols)
-            grid[:, 1 + r * (H + 1):1 + r * (H + 1) + H, 1 + c * (W + 1):1 + c * (W + 1) + W] = x[i]
-        img = grid.clamp(0, 1).permute(1, 2, 0).numpy()
-        fig, ax = plt.subplots(figsize=(6, 6 * rows / cols))
-        ax.imshow(img[..., 0] if C == 1 else img, cmap="gray" if C == 1 else None, interpolation="nearest")
-    else:
-        xf = x.reshape(x.shape[0], -1)
-        if xf.shape[1] == 1:
-            xf = torch.cat([xf, torch.zeros_like(xf)], 1)
-        fig, ax = plt.subplots(figsize=(6, 6))
-        if reference is not None:
-            rf = reference.detach().float().cpu().reshape(reference.shape[0], -1)
-            if rf.shape[1] >= 2:
-                ax.scatter(rf[:, 0], rf[:, 1], s=2, c="0.75", label="data")
-        ax.scatter(xf[:, 0], xf[:, 1], s=2, c="C0", label="samples")
-        ax.set_aspect("equal")
-        ax.legend(loc="upper right", markerscale=4)
-    ax.set_title(title)
-    ax.axis("off" if x.dim() == 4 else "on")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
 
 
 # ---------------------------------------------------------------------------------------------
@@ -373,9 +324,13 @@ class Trainer:
         self.gen = torch.Generator(self.device).manual_seed(self.seed)
         self.step = 0
         self.last_good_step: Optional[int] = None
-        self._entropy: Optional[float] = None
+        self._entropy: Optional[Tuple[float, float]] = None
         self.metrics: Dict[str, Any] = {}
-        if self.cfg.resume:
+        if self.cfg.resume == "auto":
+            # the same command continues a killed run (a preempted job) and starts a new one
+            if self.ckpt_path.is_file():
+                self.load(self.ckpt_path)
+        elif self.cfg.resume:
             self.load(self.cfg.resume)
 
     # -- state ---------------------------------------------------------------------------------
@@ -544,7 +499,7 @@ class Trainer:
                 diff = lp_data - logp
                 out["kl"] = float(diff.mean())
                 out["kl_se"] = float(diff.std() / math.sqrt(diff.numel()))
-                out["entropy"] = self._mixture_entropy()
+                out["entropy"], out["entropy_se"] = self._mixture_entropy()
                 out["kl_entropy"] = float(-logp.mean()) - out["entropy"]
         if ec.n_samples > 0:
             opts = {k: v for k, v in self.sampler.items() if k != "name"}
@@ -572,26 +527,12 @@ class Trainer:
         self.metrics.update(out)
         return out
 
-    def _mixture_entropy(self) -> float:
+    def _mixture_entropy(self) -> Tuple[float, float]:
+        """H(p_data) and its standard error, once per run (the evaluation seed fixes its draws)."""
         if self._entropy is None:
-            self._entropy = mixture_entropy(self.data.mixture)
+            g = torch.Generator().manual_seed(self.eval_cfg.seed)
+            self._entropy = self.data.mixture.entropy(n=100_000, generator=g)
         return self._entropy
-
-
-def mixture_entropy(mix, n: int = 100_000, seed: int = 12345) -> float:
-    """Differential entropy of a Gaussian mixture in nats, with a low-variance estimator.
-
-    Since log p(x) = log w_k + log N_k(x) - log r_k(x) for any k (r_k the responsibility),
-
-        H = sum_k w_k (H_k - log w_k) + E_{(k, x) ~ p}[log r_k(x)],
-
-    the first part exact (component entropies H_k), the second a Monte Carlo mean that is ~0 with
-    tiny variance when the modes are well separated (for ring8 the estimate is exact to ~1e-10).
-    """
-    x, k = mix.sample(n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64, return_labels=True)
-    log_r = torch.log(mix.responsibilities(x).gather(1, k[:, None]).clamp_min(1e-300)).squeeze(1)
-    w = mix.weights
-    return float((w * (mix.gaussian_entropies() - torch.log(w))).sum() + log_r.mean())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -615,9 +556,9 @@ def build_from_config(config: Dict[str, Any]):
     model = build_score_model(spec)
     loss_cfg = dict(config.get("loss") or {})
     loss_name = loss_cfg.pop("name", "dsm")
-    if loss_name != "dsm":
-        raise ValueError(f"unknown loss {loss_name!r}; valid names: ['dsm']")
-    loss = _as_config(DSMLoss, loss_cfg, "loss")
+    if loss_name not in LOSSES:
+        raise ValueError(f"unknown loss {loss_name!r}; valid names: {sorted(LOSSES)}")
+    loss = _as_config(LOSSES[loss_name], loss_cfg, "loss")
     return model, data, loss
 
 

@@ -6,7 +6,7 @@ import scoresde as sd
 
 @pytest.fixture(params=["vp", "subvp", "ve"])
 def sde(request):
-    return sd.get_sde(request.param)
+    return sd.build_sde(request.param)
 
 
 @pytest.fixture

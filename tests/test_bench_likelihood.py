@@ -24,7 +24,7 @@ def test_likelihood_rows_measure_error_against_the_exact_density(monkeypatch, tm
         z = torch.zeros_like(x)   # its prior term is replaced by the exact one: sde's prior must cancel
         return mix.log_prob_t(x, sde, eps) - 2 * rtol + sde.prior_logp(z) - mix.log_prob_t(z, sde, sde.T), z, 77, 1.0
 
-    mix = sd.get_mixture("ring8")
+    mix = sd.build_mixture("ring8")
     monkeypatch.setattr(sd, "log_likelihood", fake, raising=False)
     rows = bench.likelihood_rows(["ring8"], ["vp"], n=400, tolerances=(1e-3, 1e-5), probes=(1, 4),
                                  reference=reference, progress=False)

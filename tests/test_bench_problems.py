@@ -39,7 +39,7 @@ def test_network_problem_is_the_configured_architecture_with_a_moving_flow():
 def test_a_trained_checkpoint_is_a_problem_with_its_own_sde(tmp_path):
     from tests._tiny import TINY, run
 
-    run(["-m", "scoresde.cli"] + TINY + [f"hydra.run.dir={tmp_path / 'train'}"], cwd=ROOT)
+    run(["-m", "scoresde", "train"] + TINY + [f"hydra.run.dir={tmp_path / 'train'}"], cwd=ROOT)
     ckpt = tmp_path / "train" / "checkpoints" / "last.pt"
     assert ckpt.is_file()
     cells = bench.expand_grid([str(ckpt)], ["vp", "ve"], [bench.SamplerSpec("dpm", "dpm_solver")], [6], [0])

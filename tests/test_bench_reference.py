@@ -29,7 +29,7 @@ def _solver_logp(mix, sde, x, probe, tol):
 def test_two_sign_probes_average_to_the_exact_log_density_per_sample(sde_name):
     # in 2-d the probes (1, 1) and (1, -1) average v^T J v to tr J exactly (the cross terms cancel),
     # so the mean of the two runs is the exact-trace log-likelihood: only the solver's error is left
-    mix, sde, n = sd.get_mixture("ring8"), sd.get_sde(sde_name), 64
+    mix, sde, n = sd.build_mixture("ring8"), sd.build_sde(sde_name), 64
     x = mix.sample(n, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     exact = mix.log_prob_t(x, sde, EPS)
 
@@ -48,7 +48,7 @@ def test_two_sign_probes_average_to_the_exact_log_density_per_sample(sde_name):
 
 
 def test_song_reference_is_unbiased_with_one_probe_and_reports_its_cost():
-    mix, sde, n = sd.get_mixture("ring8"), sd.VPSDE(), 400
+    mix, sde, n = sd.build_mixture("ring8"), sd.VPSDE(), 400
     x = mix.sample(n, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     logp, z, nfe, seconds = song_reference(mix.score_fn(sde), sde, x, eps=EPS, rtol=1e-5, atol=1e-5,
                                            generator=torch.Generator().manual_seed(2))
@@ -74,7 +74,7 @@ import torch
 import scoresde
 from scoresde import bench
 assert scoresde.__file__.startswith(sys.argv[2]), scoresde.__file__
-mix, sde = scoresde.get_mixture("ring8"), scoresde.VPSDE()
+mix, sde = scoresde.build_mixture("ring8"), scoresde.VPSDE()
 x = mix.sample(16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
 rows = bench.likelihood_rows(["ring8"], ["vp"], n=16, tolerances=(1e-3,), probes=(1,), probe_tol=1e-3,
                              reference="scoresde.bench:song_reference", progress=False)

@@ -22,7 +22,7 @@ def test_cell_numbers_are_consistent_with_the_sampler_and_metrics(small_bench):
     b = small_bench
     cell = bench.expand_grid(["ring8"], ["vp"], [bench.SamplerSpec("dpm", "dpm_solver")], [8], [3])[0]
     row = b.run_cell(cell)
-    mix, sde = sd.get_mixture("ring8"), sd.VPSDE()
+    mix, sde = sd.build_mixture("ring8"), sd.VPSDE()
     # the same prior draw through the public API gives the same samples and NFE
     z = sde.prior_sample((400, 2), generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     out = sd.sample(mix.score_fn(sde), sde, (400, 2), sampler="dpm_solver", steps=8, x_init=z.float())

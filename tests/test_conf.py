@@ -2,6 +2,7 @@
 schemas reject typos and wrong types naming the key; user configs plug in; the config ships in the
 wheel."""
 
+import dataclasses
 import subprocess
 import sys
 import zipfile
@@ -13,7 +14,7 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import OmegaConf
 
 import scoresde as sd
-from scoresde import cli  # noqa: F401  (stores the train schemas)
+from scoresde.apps import _common, train as _train_app  # noqa: F401  (stores the train schemas)
 from scoresde.apps import likelihood as likelihood_app, sample as sample_app  # noqa: F401
 from scoresde.apps.schema import SCHEMAS
 from scoresde.data import DATASETS
@@ -22,7 +23,8 @@ from scoresde.train import build_from_config
 
 from _tiny import CONF, ROOT
 
-SCHEMA_GROUPS = {"sde": sd.sde.SDES, "model": MODELS, "data": DATASETS, "sampler": sd.samplers.SAMPLERS}
+SCHEMA_GROUPS = {"sde": sd.sde.SDES, "model": MODELS, "data": DATASETS, "sampler": sd.samplers.SAMPLERS,
+                 "loss": sd.losses.LOSSES}
 
 
 def _compose(name="train", overrides=(), hydra=False, config_dir=CONF):
@@ -40,7 +42,7 @@ def test_every_group_option_names_a_registered_constructor_and_uses_its_schema(g
         node = _compose(overrides=[f"{group}={opt}"])[group]
         assert node.name in SCHEMA_GROUPS[group], (group, opt)
         assert OmegaConf.get_type(node) is SCHEMAS[f"{group}/{node.name}"], (group, opt)
-        assert f"/schema/{group}/{opt}@_here_" in (CONF / group / f"{opt}.yaml").read_text()
+        assert f"/schema/{group}/{node.name}@_here_" in (CONF / group / f"{opt}.yaml").read_text()
 
 
 def test_every_registered_constructor_has_a_config():
@@ -68,7 +70,7 @@ def test_every_experiment_preset_composes_and_builds(preset):
     cfg = OmegaConf.to_container(_compose(overrides=[f"experiment={preset}"]), resolve=True)
     cfg["data"]["n_test"] = 8
     model, data, loss = build_from_config(cfg)
-    assert data.name == cfg["data"]["name"] and model.sde.__class__ is sd.get_sde(cfg["sde"]["name"]).__class__
+    assert data.name == cfg["data"]["name"] and model.sde.__class__ is sd.build_sde(cfg["sde"]["name"]).__class__
 
 
 def test_presets_change_what_they_state():
@@ -93,6 +95,18 @@ def test_sample_and_likelihood_configs_compose_with_their_defaults():
     ("train", "model.width=wide", "width"),
     ("train", "data.n_test=1.5", "n_test"),
     ("train", "sampler.stpes=3", "stpes"),
+    ("train", "loss.weigthing=likelihood", "weigthing"),
+    ("train", "loss.importance_sampling=maybe", "importance_sampling"),
+    ("train", "loss.eps=tiny", "eps"),
+    ("train", "optim.lr=fast", "lr"),
+    ("train", "optim.beta=0.9", "beta"),
+    ("train", "optim.warmup=1.5", "warmup"),
+    ("train", "train.batchsize=8", "batchsize"),
+    ("train", "train.ckpt_every=often", "ckpt_every"),
+    ("train", "train.progress=sometimes", "progress"),
+    ("train", "eval.n_nl=8", "n_nl"),
+    ("train", "eval.rtol=loose", "rtol"),
+    ("train", "seed=one", "seed"),
     ("sample", "sampler.steps=many", "steps"),
     ("sample", "n=lots", "n"),
     ("likelihood", "divergance=exact", "divergance"),
@@ -138,7 +152,7 @@ def test_launcher_presets_compose_onto_the_plugins(preset, target):
 
 
 def test_config_path_is_the_package_when_installed_else_the_checkout():
-    path = cli.config_path()
+    path = _common.config_path()
     assert path == "pkg://scoresde.conf" or Path(path) == CONF
 
 
@@ -158,7 +172,7 @@ def test_wheel_ships_every_config_and_the_packaged_config_composes(tmp_path):
         assert f"scoresde/conf/{f.relative_to(CONF).as_posix()}" in names, f
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
-    code = ("import scoresde.cli as c; from hydra import compose, initialize_config_module;\n"
+    code = ("import scoresde.apps._common as c; from hydra import compose, initialize_config_module;\n"
             "assert c.config_path() == 'pkg://scoresde.conf', c.config_path()\n"
             "with initialize_config_module('scoresde.conf', version_base='1.3'):\n"
             "    cfg = compose('train', overrides=['experiment=moons_subvp'])\n"
@@ -168,3 +182,55 @@ def test_wheel_ships_every_config_and_the_packaged_config_composes(tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert str(site) in r.stdout
+
+
+def _defaults(schema):
+    out = {}
+    for f in dataclasses.fields(schema):
+        out[f.name] = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else "???")
+    return out
+
+
+@pytest.mark.parametrize("group, cls", [("optim", "OptimConfig"), ("train", "TrainConfig"), ("eval", "EvalConfig")])
+def test_optim_train_eval_schemas_are_the_dataclasses_fields_and_defaults(group, cls):
+    import inspect
+    import scoresde.train as tr
+    from scoresde.apps.schema import CONFIG_SCHEMAS
+    params = inspect.signature(getattr(tr, cls)).parameters
+    assert _defaults(CONFIG_SCHEMAS[group]) == {k: p.default for k, p in params.items()}
+    # and the composed default config holds exactly them: conf/ restates none of them
+    assert OmegaConf.to_container(_compose()[group]) == {k: p.default for k, p in params.items()}
+
+
+def test_loss_schema_is_the_losses_signature():
+    import inspect
+    params = inspect.signature(sd.DSMLoss).parameters
+    assert _defaults(SCHEMAS["loss/dsm"]) == {"name": "dsm", **{k: p.default for k, p in params.items()}}
+    cfg = OmegaConf.to_container(_compose(overrides=["loss=likelihood"]).loss)
+    assert cfg == {"name": "dsm", **{k: p.default for k, p in params.items()},
+                   "weighting": "likelihood", "importance_sampling": True}
+    assert sd.losses.LOSSES["dsm"] is sd.DSMLoss
+
+
+def test_top_level_seed_default_is_the_trainers():
+    import inspect
+    assert _compose().seed == inspect.signature(sd.Trainer).parameters["seed"].default
+
+
+def test_no_config_file_restates_a_default_of_the_code():
+    """Each default is stated once, in a signature: an option file sets only what differs."""
+    from scoresde.apps.schema import CONFIG_SCHEMAS
+    checked = 0
+    for group in sorted(SCHEMA_GROUPS) + sorted(CONFIG_SCHEMAS):
+        for f in sorted((CONF / group).glob("*.yaml")):
+            node = OmegaConf.to_container(OmegaConf.load(f)) or {}
+            node.pop("defaults", None)
+            schema = CONFIG_SCHEMAS[group] if group in CONFIG_SCHEMAS else SCHEMAS[f"{group}/{node['name']}"]
+            defaults = _defaults(schema)
+            same = sorted(k for k, v in node.items() if k != "name" and k in defaults and defaults[k] == v
+                          and type(defaults[k]) is type(v))
+            assert not same, (f"{group}/{f.name} restates the default(s) {same}")
+            checked += 1
+    assert checked >= 25
+

@@ -17,7 +17,7 @@ from _tiny import CONF, TINY, run as run_python
 
 def _config(overrides=()):
     from hydra import compose, initialize_config_dir
-    from scoresde import cli  # noqa: F401
+    from scoresde.apps import train  # noqa: F401  (stores the train schema)
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("train", overrides=TINY + ["eval.n_nll=0", "eval.n_samples=0"] + list(overrides))
     return OmegaConf.to_container(cfg, resolve=True)
@@ -70,7 +70,7 @@ def test_torchrun_refuses_multirun_with_a_message():
 
 def _torchrun(tmp_path, overrides, nproc=2):
     args = ["-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={_free_port()}",
-            "-m", "scoresde.cli"] + TINY + ["train.batch_size=64", "eval.n_nll=0"] + list(overrides)
+            "-m", "scoresde.apps.train"] + TINY + ["train.batch_size=64", "eval.n_nll=0"] + list(overrides)
     r = run_python(args, cwd=tmp_path, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return r

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 import scoresde as sd
-from scoresde import cli
+from scoresde.apps import train as train_app
 from scoresde.data import build_dataset
 from scoresde.data.images import DIGITS_LEVELS, digits_split, from_model_range
 from scoresde.nn import build_model
@@ -89,7 +89,7 @@ def _run_app(run_dir, monkeypatch, extra):
     argv = ["scoresde-train", "experiment=digits", f"hydra.run.dir={run_dir}", "train.progress=false",
             "train.threads=null", "train.tensorboard=false", *extra]
     monkeypatch.setattr(sys, "argv", argv)
-    cli.train_main()
+    train_app.train_main()
     for f in ("checkpoints/last.pt", "metrics.json", "samples.png", "train_log.csv"):
         assert (run_dir / f).is_file(), f
     model = sd.load_model(run_dir / "checkpoints" / "last.pt")

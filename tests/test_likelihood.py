@@ -27,7 +27,7 @@ def mean_err_per_dim(logp, exact, dim):
 
 @pytest.mark.parametrize("name,n", [("ring8", 24), ("aniso8", 12)])
 def test_exact_trace_logp_matches_mixture_density(sde, name, n):
-    mix = sd.get_mixture(name)
+    mix = sd.build_mixture(name)
     x = mix.sample(n, generator=torch.Generator().manual_seed(1))
     res = sd.log_likelihood(mix.score_fn(sde), sde, x, prior_logp=exact_prior(mix, sde))
     exact = mix.log_prob_t(x, sde, 1e-5)
@@ -37,7 +37,7 @@ def test_exact_trace_logp_matches_mixture_density(sde, name, n):
 
 @pytest.mark.slow
 def test_exact_trace_logp_matches_mixture_density_aniso16(sde):
-    mix = sd.get_mixture("aniso16")
+    mix = sd.build_mixture("aniso16")
     x = mix.sample(64, generator=torch.Generator().manual_seed(1))
     res = sd.log_likelihood(mix.score_fn(sde), sde, x, prior_logp=exact_prior(mix, sde))
     assert mean_err_per_dim(res.logp, mix.log_prob_t(x, sde, 1e-5), mix.dim) < TOL_PER_DIM
@@ -88,7 +88,7 @@ def test_single_gaussian_latent_and_logp_are_closed_form(sde):
 @pytest.mark.parametrize("noise", ["rademacher", "gaussian"])
 def test_hutchinson_mean_agrees_with_exact_trace_within_its_standard_error(noise):
     sde = sd.VPSDE()
-    mix = sd.get_mixture("aniso8")
+    mix = sd.build_mixture("aniso8")
     n, probes = 8, 16
     x = mix.sample(n, generator=torch.Generator().manual_seed(4))
     exact = sd.log_likelihood(mix.score_fn(sde), sde, x)
@@ -147,7 +147,7 @@ def test_batch_chunks_agree_with_one_solve():
 
 def test_image_shaped_data_gives_the_flat_answer():
     sde = sd.VPSDE()
-    flat = sd.get_mixture("aniso8")
+    flat = sd.build_mixture("aniso8")
     img = sd.GaussianMixture(flat.weights, flat.means, flat.covs, event_shape=(2, 2, 2))
     x = flat.sample(6, generator=torch.Generator().manual_seed(9))
     a = sd.log_likelihood(flat.score_fn(sde), sde, x)

@@ -55,7 +55,7 @@ def test_fixture_covers_every_sampler_sde_and_time_variable():
 
 @pytest.mark.parametrize("rec", REF["samplers"], ids=_id)
 def test_samplers_reproduce_the_recorded_samples(rec):
-    sde, mix = sd.get_sde(rec["sde"]), sd.ring8()
+    sde, mix = sd.build_sde(rec["sde"]), sd.ring8()
     out = sd.sample(mix.score_fn(sde), sde, (N_SAMPLES, 2), sampler=rec["sampler"],
                     generator=torch.Generator().manual_seed(0), **_translate(rec["options"]))
     assert out.nfe == rec["nfe"]
@@ -65,7 +65,7 @@ def test_samplers_reproduce_the_recorded_samples(rec):
 
 @pytest.mark.parametrize("rec", REF["likelihood"], ids=_id)
 def test_log_likelihood_reproduces_the_recorded_values(rec):
-    sde, mix = sd.get_sde(rec["sde"]), sd.ring8()
+    sde, mix = sd.build_sde(rec["sde"]), sd.ring8()
     x = mix.sample(N_LIKELIHOOD, generator=torch.Generator().manual_seed(1))
     res = sd.log_likelihood(mix.score_fn(sde), sde, x, generator=torch.Generator().manual_seed(2),
                             **_translate(rec["options"]))

@@ -36,7 +36,7 @@ _FLOORS = {}
 
 def floor(mix_name: str, n: int = N) -> float:
     if (mix_name, n) not in _FLOORS:
-        _FLOORS[(mix_name, n)] = metrics.exact_floor(sd.get_mixture(mix_name), n, repeats=10)
+        _FLOORS[(mix_name, n)] = metrics.exact_floor(sd.build_mixture(mix_name), n, repeats=10)
     return _FLOORS[(mix_name, n)]
 
 
@@ -61,7 +61,7 @@ CONFIGS = {
 
 
 def run(sampler, opts, sde, mix_name, n=N, seed=0):
-    mix = sd.get_mixture(mix_name)
+    mix = sd.build_mixture(mix_name)
     out = sd.sample(mix.score_fn(sde), sde, (n, mix.dim), sampler=sampler,
                     generator=torch.Generator().manual_seed(seed), **opts)
     return mix, out

@@ -262,8 +262,8 @@ def test_bad_parameters_raise_naming_them(ctor, kwargs, word):
 
 def test_unknown_sde_name_lists_valid_ones():
     with pytest.raises(ValueError, match="vpp.*subvp.*ve.*vp"):
-        sd.get_sde("vpp")
-    assert isinstance(sd.get_sde("sub-vp"), sd.SubVPSDE)
+        sd.build_sde("vpp")
+    assert isinstance(sd.build_sde("sub-vp"), sd.SubVPSDE)
 
 
 def test_time_of_wrong_shape_raises(sde):

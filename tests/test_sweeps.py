@@ -22,7 +22,7 @@ def test_sde_sweep_runs_through_the_launcher_and_reports(launcher, tmp_path):
     if launcher in PLUGINS:
         pytest.importorskip(PLUGINS[launcher])
     sweep = tmp_path / "sweep"
-    r = run_python(["-m", "scoresde.cli", "-m", "sde=vp,subvp,ve", f"hydra.sweep.dir={sweep}"] + TINY
+    r = run_python(["-m", "scoresde", "train", "-m", "sde=vp,subvp,ve", f"hydra.sweep.dir={sweep}"] + TINY
                    + ["eval.n_nll=0"] + LAUNCHERS[launcher], cwd=tmp_path, timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     for job in range(3):

@@ -1,8 +1,9 @@
-"""What the Hydra apps share: the config location, the run directory, errors as exit codes."""
+"""What the apps share: the config location, the run directory, errors as exit codes."""
 
 from __future__ import annotations
 
 import functools
+import importlib.util
 import logging
 import sys
 from pathlib import Path
@@ -20,17 +21,42 @@ log = logging.getLogger("scoresde")
 USER_ERRORS = (ValueError, FileNotFoundError, CheckpointError, TrainingDiverged)
 
 
+def config_path() -> str:
+    """Where every Hydra app finds conf/: the source checkout this package sits in, else the
+    installed package (``pkg://scoresde.conf``, conf/ mapped into it by setuptools).
+
+    The checkout comes first: where another checkout is installed in editable mode, its
+    ``scoresde.conf`` is importable from everywhere, and a checkout running its own code (pytest's
+    ``pythonpath``, ``python -m scoresde`` in its root) would otherwise read that tree's configs.
+    """
+    local = Path(__file__).resolve().parents[2] / "conf"
+    if (local / "train.yaml").is_file():
+        return str(local)
+    try:
+        if importlib.util.find_spec("scoresde.conf") is not None:
+            return "pkg://scoresde.conf"
+    except ModuleNotFoundError:
+        pass
+    return str(local)
+
+
+def report_user_error(e: BaseException) -> int:
+    """Log a user error, print it as one ``error: ...`` line on stderr; the exit code (1)."""
+    log.error("%s: %s", type(e).__name__, e)
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+
+
 def exit_on_user_error(fn: Callable) -> Callable:
-    """Decorate an app body: a user error is logged as ``error: ...`` and the process exits 1."""
+    """Decorate an app body: a user error (:data:`USER_ERRORS`) is reported as one line and the
+    process exits 1; any other exception keeps its traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except USER_ERRORS as e:
-            log.error("%s: %s", type(e).__name__, e)
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(1)
+            sys.exit(report_user_error(e))
 
     return wrapper
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import platform
 import os
-import sys
 from pathlib import Path
 from typing import Any, Dict
 
@@ -22,23 +21,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from . import schema as _schemas  # noqa: F401  (stores schema/<group>/<name>, which conf/model/ uses)
+from ._common import config_path, exit_on_user_error
 
 log = logging.getLogger("scoresde")
 
-__all__ = ["run_bench", "main", "config_path"]
+__all__ = ["run_bench", "main"]
 
 _KEYS = ("quick", "problems", "sdes", "budgets", "seeds", "n", "eps", "ref_tol", "floor_repeats", "device",
          "threads", "samplers", "only", "progress", "out_dir", "quick_settings", "likelihood", "overhead")
-
-
-def config_path() -> str:
-    """conf/ of this source checkout when it is one (so a checkout's bench.yaml wins over that of
-    an installed copy), else the installed package's (:func:`scoresde.cli.config_path`)."""
-    local = Path(__file__).resolve().parents[2] / "conf"
-    if (local / "bench.yaml").is_file():
-        return str(local)
-    from ..cli import config_path as shared
-    return shared()
 
 
 def _load_average() -> str:
@@ -105,11 +95,7 @@ def _app(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     plain = OmegaConf.to_container(cfg, resolve=True)
-    try:
-        run_bench(plain, Path(HydraConfig.get().runtime.output_dir))
-    except ValueError as e:  # a wrong setting: one line and exit 1, not a traceback
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    exit_on_user_error(run_bench)(plain, Path(HydraConfig.get().runtime.output_dir))
 
 
 def main() -> None:

@@ -24,6 +24,8 @@ from typing import Any, Dict, List, NamedTuple, Optional, Sequence
 
 import yaml
 
+from ._common import USER_ERRORS, report_user_error
+
 __all__ = ["collect_runs", "report_table", "Table", "write_report", "main", "DEFAULT_METRICS"]
 
 # the metrics shown (in this order) when present; --metrics chooses others
@@ -182,9 +184,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = p.parse_args(argv)
     try:
         rep = write_report(args.sweep_dir, args.out, args.metrics, args.sort, args.plot_metrics)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except USER_ERRORS as e:
+        return report_user_error(e)
     print(rep["markdown"], end="")
     print("written: " + ", ".join(str(f) for f in rep["files"]), file=sys.stderr)
     return 0

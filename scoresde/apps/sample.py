@@ -25,11 +25,11 @@ import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from ..cli import config_path
 from ..data import Scaler, build_dataset
-from ..train import load_model, resolve_device, save_samples_png
+from ..plots import save_samples_png
+from ..train import load_model, resolve_device
 from . import schema  # noqa: F401  (registers the group schemas)
-from ._common import checkpoint_path, cpu_generator, exit_on_user_error, run_dir
+from ._common import checkpoint_path, config_path, cpu_generator, exit_on_user_error, run_dir
 
 log = logging.getLogger("scoresde")
 

@@ -1,14 +1,22 @@
 """Structured-config schemas: a typo or a wrong type fails when Hydra composes, naming the key.
 
-The schema of each option of the ``sde``, ``model``, ``data`` and ``sampler`` groups is derived
-from the keyword arguments of the constructor its ``name`` selects in the library's registries
-(:data:`scoresde.sde.SDES`, :data:`scoresde.nn.MODELS`, :data:`scoresde.data.DATASETS`,
-:data:`scoresde.samplers.SAMPLERS`), so the config and the code cannot drift apart.  The schemas
-are stored in Hydra's ConfigStore as ``schema/<group>/<name>``; a config file opts in with
+Every schema is derived from a signature, so the config and the code cannot drift apart and each
+default is stated once, in the code (a file in conf/ states only what differs from it):
 
-    defaults:
-      - /schema/sde/vp@_here_
-      - _self_
+* each option of the ``sde``, ``model``, ``data``, ``sampler`` and ``loss`` groups: the keyword
+  arguments of the constructor its ``name`` selects in the library's registries
+  (:data:`scoresde.sde.SDES`, :data:`scoresde.nn.MODELS`, :data:`scoresde.data.DATASETS`,
+  :data:`scoresde.samplers.SAMPLERS`, :data:`scoresde.losses.LOSSES`; a model node also takes
+  the :class:`~scoresde.ScoreModel` options).  They are stored in Hydra's ConfigStore as
+  ``schema/<group>/<name>``; a config file opts in with
+
+      defaults:
+        - /schema/sde/vp@_here_
+        - _self_
+
+* the ``optim``, ``train`` and ``eval`` nodes: the fields of :class:`scoresde.train.OptimConfig`,
+  :class:`~scoresde.train.TrainConfig` and :class:`~scoresde.train.EvalConfig`
+  (:data:`CONFIG_SCHEMAS`), typed into the train app's top-level schema.
 
 Types come from the annotations (``int``, ``float``, ``bool``, ``str`` and ``Optional`` of those;
 anything else is ``Any``), or from the default where a parameter has no annotation.  Register a
@@ -17,6 +25,7 @@ network, data set or sampler of your own, then call :func:`register_schemas` aga
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import typing
 from dataclasses import MISSING, field, make_dataclass
@@ -24,12 +33,14 @@ from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
 from hydra.core.config_store import ConfigStore
 
-__all__ = ["schema_from_signature", "register_schemas", "SCHEMA_GROUPS"]
+__all__ = ["schema_from_signature", "register_schemas", "SCHEMA_GROUPS", "CONFIG_GROUPS", "SCHEMAS",
+           "CONFIG_SCHEMAS"]
 
 _PRIMITIVES = (bool, int, float, str)
 
-# group -> (registry, parameters the library fills in itself, extra fields of that group)
-SCHEMA_GROUPS = ("sde", "model", "data", "sampler")
+# groups whose options are constructors chosen by ``name``, and groups that are one dataclass
+SCHEMA_GROUPS = ("sde", "model", "data", "sampler", "loss")
+CONFIG_GROUPS = ("optim", "train", "eval")
 
 
 def _field_type(annotation: Any, default: Any) -> Any:
@@ -49,17 +60,26 @@ def _field_type(annotation: Any, default: Any) -> Any:
     return Any
 
 
-def schema_from_signature(cls_name: str, fn: Callable, name: str, skip: Iterable[str] = (),
+def _hints(fn: Callable) -> Dict[str, Any]:
+    """Resolved annotations of ``fn``'s parameters ({} where a forward reference cannot resolve)."""
+    out: Dict[str, Any] = {}
+    # a dataclass's generated __init__ carries its annotations as strings of the class's module
+    targets = ([fn] if dataclasses.is_dataclass(fn) else []) + [fn.__init__ if inspect.isclass(fn) else fn]
+    for target in targets:
+        try:
+            out = {**typing.get_type_hints(target), **out}
+        except Exception:  # unresolvable forward references: fall back to the defaults' types
+            pass
+    return out
+
+
+def schema_from_signature(cls_name: str, fn: Callable, name: Optional[str], skip: Iterable[str] = (),
                           extra: Iterable[Tuple[str, Any, Any]] = ()) -> type:
-    """A dataclass with a ``name`` field (default ``name``) and one field per keyword parameter
-    of ``fn`` (minus ``skip`` and private ``_x`` ones), typed and defaulted as in ``fn``;
-    ``extra`` adds ``(field, type, default)`` triples."""
-    target = fn.__init__ if inspect.isclass(fn) else fn
-    try:
-        hints = typing.get_type_hints(target)
-    except Exception:  # unresolvable forward references: fall back to the defaults' types
-        hints = {}
-    fields = [("name", str, field(default=name))]
+    """A dataclass with a ``name`` field (default ``name``; none when ``name`` is None) and one
+    field per keyword parameter of ``fn`` (minus ``skip`` and private ``_x`` ones), typed and
+    defaulted as in ``fn``; ``extra`` adds ``(field, type, default)`` triples."""
+    hints = _hints(fn)
+    fields = [] if name is None else [("name", str, field(default=name))]
     skip = set(skip) | {"self", "name"}
     for p in inspect.signature(fn).parameters.values():
         if p.name in skip or p.name.startswith("_") or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
@@ -75,19 +95,35 @@ def schema_from_signature(cls_name: str, fn: Callable, name: str, skip: Iterable
     return make_dataclass(cls_name, fields)
 
 
+def _extra_fields(fn: Callable, skip: Iterable[str]) -> Tuple[Tuple[str, Any, Any], ...]:
+    """``(field, type, default)`` of ``fn``'s keyword parameters outside ``skip``."""
+    return tuple((f.name, f.type, f.default) for f in dataclasses.fields(schema_from_signature("_", fn, None, skip)))
+
+
 def _registries() -> Dict[str, Tuple[Dict[str, Callable], Tuple[str, ...], Tuple]]:
+    """group -> (registry, parameters the library fills in itself, extra fields of that group)."""
     from ..sde import SDES
     from ..nn import MODELS
     from ..data import DATASETS
     from ..samplers import SAMPLERS
+    from ..losses import LOSSES
+    from ..score import ScoreModel
 
-    score_fields = (("parameterization", str, "noise"), ("time_input", str, "t"))
+    # a model node also says how the ScoreModel reads the network (parameterization, time_input)
+    score_fields = _extra_fields(ScoreModel, ("net", "sde"))
     return {
         "sde": (SDES, (), ()),
         "model": (MODELS, ("data_shape",), score_fields),   # data_shape comes from the data set
         "data": (DATASETS, (), ()),
         "sampler": (SAMPLERS, ("score_fn", "sde", "x", "ctx"), ()),
+        "loss": (LOSSES, (), ()),
     }
+
+
+def _config_classes() -> Dict[str, type]:
+    from ..train import EvalConfig, OptimConfig, TrainConfig
+
+    return {"optim": OptimConfig, "train": TrainConfig, "eval": EvalConfig}
 
 
 def register_schemas() -> Dict[str, type]:
@@ -105,3 +141,7 @@ def register_schemas() -> Dict[str, type]:
 
 
 SCHEMAS = register_schemas()
+
+CONFIG_SCHEMAS: Dict[str, type] = {g: schema_from_signature(f"{g.capitalize()}Schema", cls, None)
+                                   for g, cls in _config_classes().items()}
+"""The schema of the ``optim``, ``train`` and ``eval`` nodes, by group."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..samplers import build_sampler
-from ..sde import get_sde
+from ..sde import build_sde
 from .problems import is_checkpoint
 
 __all__ = ["DETERMINISTIC", "SamplerSpec", "Cell", "expand_grid", "DEFAULT_SAMPLERS", "QUICK_SAMPLERS",
@@ -93,7 +93,7 @@ def expand_grid(problems: Sequence[str], sdes: Sequence[str], samplers: Sequence
     [min_nfe, max_nfe] simply has no cells.
     """
     for s in sdes:
-        get_sde(s)  # names checked before any work
+        build_sde(s)  # names checked before any work
     if not problems or not sdes or not samplers or not seeds:
         raise ValueError("the grid needs at least one problem, SDE, sampler and seed")
     labels = [s.label for s in samplers]

@@ -14,8 +14,8 @@ from typing import Any, Dict, List, Sequence, Union
 
 import torch
 
-from ..mixture import get_mixture
-from ..sde import get_sde
+from ..mixture import build_mixture
+from ..sde import build_sde
 from .tables import fmt, md_table, sde_order, write_csv
 
 __all__ = ["likelihood_rows", "write_likelihood"]
@@ -62,7 +62,7 @@ def likelihood_rows(problems: Sequence[str] = ("ring8", "aniso16"), sdes: Sequen
     jobs = [(p, s) for p in problems for s in sdes]
     rows: List[Dict[str, Any]] = []
     for prob, sde_name in tqdm(jobs, desc="likelihood", disable=not progress):
-        mix, sde = get_mixture(prob), get_sde(sde_name)
+        mix, sde = build_mixture(prob), build_sde(sde_name)
         score = mix.score_fn(sde)
         x = mix.sample(n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
         exact = mix.log_prob_t(x, sde, eps)

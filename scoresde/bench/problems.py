@@ -15,8 +15,8 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from ..mixture import MIXTURES, GaussianMixture, get_mixture
-from ..sde import SDE, get_sde
+from ..mixture import MIXTURES, GaussianMixture, build_mixture
+from ..sde import SDE, build_sde
 
 Tensor = torch.Tensor
 
@@ -48,7 +48,7 @@ class Problem:
         return torch.float64 if self.model is None else torch.float32
 
     def sde(self, name: str) -> SDE:
-        return self.own_sde if self.own_sde is not None else get_sde(name)
+        return self.own_sde if self.own_sde is not None else build_sde(name)
 
     def score_fn(self, sde_name: str):
         if sde_name not in self._scores:
@@ -76,7 +76,7 @@ def load_problem(name: str, device=None) -> Problem:
     """A mixture by name, or a checkpoint path (:func:`scoresde.load_model`, data set rebuilt
     from its config)."""
     if not is_checkpoint(name):
-        mix = get_mixture(name)
+        mix = build_mixture(name)
         return Problem(name, mix.event_shape, mixture=mix)
     path = Path(name).expanduser()
     if not path.is_file():

@@ -3,7 +3,7 @@
 Each set draws fresh samples from its generator for every batch (infinite data) and keeps a
 fixed held-out set drawn with its own ``seed``:
 
-* ``ring8`` and the other mixtures of :func:`scoresde.get_mixture`: exact density, so the trainer
+* ``ring8`` and the other mixtures of :func:`scoresde.build_mixture`: exact density, so the trainer
   reports KL(data || model).  ring8 is the project's default problem.
 * ``moons`` (two interleaved half circles), ``swissroll`` (a 2-D swiss roll), ``checkerboard``
   (uniform on the black squares of a 4 x 4 board over [-4, 4]^2), each with a little Gaussian
@@ -18,7 +18,7 @@ from typing import Optional
 
 import torch
 
-from ..mixture import MIXTURES, get_mixture
+from ..mixture import MIXTURES, build_mixture
 from . import DataSet, register_dataset
 
 Tensor = torch.Tensor
@@ -82,7 +82,7 @@ def _checkerboard(n_test: int = 2000, seed: int = 1234) -> DataSet:
 
 def mixture_dataset(name: str = "ring8", n_test: int = 2000, seed: int = 1234) -> DataSet:
     """A Gaussian-mixture data set (fresh exact samples each batch) carrying its exact density."""
-    mix = get_mixture(name)
+    mix = build_mixture(name)
     g = torch.Generator().manual_seed(seed)
     test = mix.sample(n_test, generator=g, dtype=torch.float32)
 

@@ -62,14 +62,14 @@ LIKELIHOOD_CASES.append(dict(divergence="exact", time_variable="vp", method="rk4
 
 
 def sampler_outputs(sde_name: str, sampler: str, opts: dict):
-    sde, mix = sd.get_sde(sde_name), sd.ring8()
+    sde, mix = sd.build_sde(sde_name), sd.ring8()
     out = sd.sample(mix.score_fn(sde), sde, (N_SAMPLES, 2), sampler=sampler,
                     generator=torch.Generator().manual_seed(0), **opts)
     return out.x.double().flatten().tolist(), out.nfe
 
 
 def likelihood_outputs(sde_name: str, opts: dict):
-    sde, mix = sd.get_sde(sde_name), sd.ring8()
+    sde, mix = sd.build_sde(sde_name), sd.ring8()
     x = mix.sample(N_LIKELIHOOD, generator=torch.Generator().manual_seed(1))
     res = sd.log_likelihood(mix.score_fn(sde), sde, x, generator=torch.Generator().manual_seed(2), **opts)
     return res.logp.double().tolist(), res.z.double().flatten().tolist(), res.nfe

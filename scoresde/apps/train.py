@@ -1,0 +1,90 @@
+"""``scoresde-train``: the train app.  A thin layer: compose the config from ``conf/``, hand the
+plain dict to the library (:func:`scoresde.train.train`), log a summary.  The library works
+without Hydra.
+
+    scoresde-train                                   # ring8, VP, MLP: the defaults
+    scoresde-train data=moons train.steps=2000 seed=1
+    python -m scoresde train train.steps=100 hydra.run.dir=/tmp/run
+    scoresde-train -m sde=vp,subvp,ve                 # a sweep (hydra/launcher=joblib, submitit_local, slurm)
+    torchrun --nproc_per_node=4 $(command -v scoresde-train) ...   # DDP (scoresde.distributed)
+    scoresde-train train.resume=auto hydra.run.dir=runs/a   # the same command continues after a kill
+
+The config is found by :func:`scoresde.apps._common.config_path`.  The top-level schema
+(:data:`TrainAppSchema`) types the ``optim``, ``train`` and ``eval`` nodes with the schemas
+derived from :class:`~scoresde.train.OptimConfig`, :class:`~scoresde.train.TrainConfig` and
+:class:`~scoresde.train.EvalConfig`, and the sde/model/data/sampler/loss options opt into the
+schemas derived from their constructors (:mod:`scoresde.apps.schema`), so a misspelt key or a
+wrong type fails at composition, naming it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import sys
+from dataclasses import field, make_dataclass
+from pathlib import Path
+from typing import Any, Dict
+
+import hydra
+from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from ..train import Trainer, train
+from . import schema as _schemas
+from ._common import config_path, exit_on_user_error
+
+log = logging.getLogger("scoresde")
+
+__all__ = ["train_main", "run_train", "TrainAppSchema"]
+
+TrainAppSchema = make_dataclass("TrainAppSchema", [
+    # the seed's default is the Trainer's
+    ("seed", int, field(default=inspect.signature(Trainer).parameters["seed"].default)),
+    # plain dicts whose keys are the keyword arguments of the constructor they name (each option
+    # file opts into /schema/<group>/<name>)
+    *[(g, Dict[str, Any], field(default_factory=dict)) for g in _schemas.SCHEMA_GROUPS],
+    # one dataclass each, checked field by field
+    *[(g, s, field(default_factory=s)) for g, s in _schemas.CONFIG_SCHEMAS.items()],
+])
+TrainAppSchema.__doc__ = "Top level of the train app (see the module docstring)."
+
+ConfigStore.instance().store(name="train_schema", node=TrainAppSchema)
+
+
+def run_train(cfg: DictConfig) -> Dict[str, Any]:
+    """The body of the train app: config -> library -> metrics (written to the run dir)."""
+    from .. import distributed
+
+    # under torchrun, rank 0's run dir for every rank (the others have none of their own)
+    out_dir = Path(distributed.broadcast_run_dir(HydraConfig.get().runtime.output_dir))
+    config = OmegaConf.to_container(cfg, resolve=True)
+    log.info("training in %s\n%s", out_dir, OmegaConf.to_yaml(cfg))
+    metrics = train(config, out_dir, trainer_cls=distributed.trainer_class())
+    log.info("metrics: %s", json.dumps(metrics))
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path=config_path(), config_name="train")
+def _train_app(cfg: DictConfig) -> None:
+    exit_on_user_error(run_train)(cfg)
+
+
+def train_main() -> None:
+    """Console script ``scoresde-train``; under torchrun, one DDP rank (see scoresde.distributed)."""
+    from .. import distributed
+
+    if not distributed.under_torchrun():
+        _train_app()
+        return
+    sys.argv = exit_on_user_error(distributed.torchrun_argv)(sys.argv)
+    try:
+        _train_app()
+    finally:
+        distributed.finish()
+
+
+if __name__ == "__main__":
+    train_main()
