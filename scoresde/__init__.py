@@ -18,6 +18,7 @@ from .losses import DSMLoss, dsm_loss
 from . import nn, data
 from .train import Trainer, load_model
 from .likelihood import log_likelihood, bits_per_dim, LikelihoodResult, BitsPerDimResult
+from .elbo import elbo, ELBOResult
 
 __version__ = "0.1.0"
 
@@ -27,5 +28,5 @@ __all__ = [
     "metrics",
     "samplers", "sample", "build_sampler", "SampleResult",
     "ScoreModel", "build_score_model", "DSMLoss", "dsm_loss", "nn", "data", "Trainer", "load_model",
-    "log_likelihood", "bits_per_dim", "LikelihoodResult", "BitsPerDimResult",
+    "log_likelihood", "bits_per_dim", "LikelihoodResult", "BitsPerDimResult", "elbo", "ELBOResult",
 ]

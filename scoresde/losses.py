@@ -28,6 +28,7 @@ lambda / ((T - eps) q) = Z sigma^2 / (T - eps), so
 from __future__ import annotations
 
 from dataclasses import dataclass
+import math
 from typing import Callable, Optional, Tuple
 
 import torch
@@ -37,7 +38,7 @@ from .sde import SDE, expand_to
 Tensor = torch.Tensor
 
 __all__ = ["dsm_loss", "DSMLoss", "sample_time", "importance_time", "importance_norm",
-           "WEIGHTINGS", "REDUCTIONS", "LOSSES"]
+           "bound_constant", "dsm_bound", "WEIGHTINGS", "REDUCTIONS", "LOSSES"]
 
 WEIGHTINGS = ("sigma2", "likelihood")
 REDUCTIONS = ("mean", "sum")
@@ -149,3 +150,60 @@ class DSMLoss:
 LOSSES = {"dsm": DSMLoss}
 """The training losses by the name a config's ``loss.name`` gives; the other keys are the
 constructor's keyword arguments."""
+
+
+def bound_constant(sde: SDE, x0: Tensor, eps: float = 1e-5) -> Tensor:
+    r"""C(x0) ``[B]`` (nats): with likelihood weighting and ``reduction="sum"``, C - (T - eps) E[loss]
+    is a lower bound on E log q_eps(x_eps) over the data blurred to eps, x_eps ~ N(alpha_eps x0,
+    sigma_eps^2 I), for the SDE's prior N(0, s^2 I).
+
+    Derivation.  Average the per-point bound of ``scoresde.elbo`` (transitions from eps) over
+    x_eps | x0: the transitions compose, x_t | x0 ~ N(alpha_t x0, sigma_t^2 I), and Stein's lemma
+    on *that* Gaussian, E[div s] = E[s . z] / sigma_t, gives
+
+        E_{x_eps|x0} log q_eps(x_eps) >= E log pi(x_T) + D log(alpha_T / alpha_eps)
+            + int_eps^T D g^2 / (2 sigma^2) dt - 1/2 int_eps^T g^2 E|s(x_t, t) + z / sigma_t|^2 dt.
+
+    The last integral is (T - eps) times the likelihood-weighted, sum-reduced DSM loss (its time
+    average over U(eps, T); the importance-sampled loss has the same mean).  The third term is
+    D/2 Z with Z = ``importance_norm`` = 2 (lambda(eps) - lambda(T)); it is finite because
+    sigma_eps > 0 (from eps itself it would diverge, which is why the per-point ELBO needs
+    antithetic pairs).  The prior term is closed form, x_T ~ N(alpha_T x0, sigma_T^2 I):
+    E log pi = -D/2 log(2 pi s^2) - (alpha_T^2 |x0|^2 + D sigma_T^2) / (2 s^2).  So
+
+        C = E log pi(x_T) + D log(alpha_T / alpha_eps) + D (lambda(eps) - lambda(T)),
+
+    and -(C - (T - eps) loss) bounds -log q_eps of the blurred data from above (Song, Durkan,
+    Murray & Ermon 2021, Thm. 1 and its DSM form; Huang et al. 2021, Thm. 3).
+    """
+    if not 0 < eps < sde.T:
+        raise ValueError(f"eps must lie in (0, T={sde.T}), got {eps}")
+    B, D = x0.shape[0], x0[0].numel()
+    ends = torch.tensor([eps, sde.T], dtype=torch.float64)
+    al, sg, lam = sde.mean_coef(ends), sde.std(ends), sde.log_snr(ends)
+    s2 = sde.prior_std ** 2
+    sq = x0.detach().to(torch.float64).reshape(B, -1).pow(2).sum(1)
+    prior = -0.5 * D * math.log(2 * math.pi * s2) - (float(al[1]) ** 2 * sq + D * float(sg[1]) ** 2) / (2 * s2)
+    const = D * (math.log(float(al[1]) / float(al[0])) + float(lam[0] - lam[1]))
+    return prior + const
+
+
+def dsm_bound(score_fn: Callable[[Tensor, Tensor], Tensor], sde: SDE, x0: Tensor, *,
+              importance_sampling: bool = True, eps: float = 1e-5,
+              generator: Optional[torch.Generator] = None, t: Optional[Tensor] = None,
+              noise: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    r"""The training bound from one DSM draw per point: returns ``(bound, loss)``, both ``[B]``.
+
+    ``loss`` is :func:`dsm_loss` with ``weighting="likelihood"``, ``reduction="sum"`` (and
+    importance sampling if asked: it removes the loss's 1/sigma^2 spike at small t, see the module
+    docstring), whatever weighting the model was trained with; ``bound = C - (T - eps) loss`` with
+    C from :func:`bound_constant` is an unbiased one-draw estimate of a lower bound on
+    E log q_eps(x_eps) over x_eps ~ N(alpha_eps x0, sigma_eps^2 I), in nats; ``-bound`` is the
+    upper bound on the NLL of the blurred data (divide by D log 2 for bits/dim).  Same t and noise
+    (given, or drawn from ``generator``) give the same loss and bound.
+    """
+    loss = dsm_loss(score_fn, sde, x0, weighting="likelihood", importance_sampling=importance_sampling,
+                    eps=eps, reduction="sum", generator=generator, t=t, noise=noise)
+    C = bound_constant(sde, x0, eps).to(device=loss.device)
+    bound = C - (sde.T - eps) * loss.to(torch.float64)
+    return bound.to(loss.dtype), loss
