@@ -16,6 +16,7 @@ from . import nn, data
 from .train import Trainer, load_model
 from .likelihood import log_likelihood, bits_per_dim, LikelihoodResult, BitsPerDimResult
 from . import bench
+from . import interop
 
 __version__ = "0.1.0"
 
@@ -26,5 +27,5 @@ __all__ = [
     "samplers", "sample", "build_sampler", "SampleResult",
     "ScoreModel", "build_score_model", "DSMLoss", "dsm_loss", "nn", "data", "Trainer", "load_model",
     "log_likelihood", "bits_per_dim", "LikelihoodResult", "BitsPerDimResult",
-    "bench",
+    "bench", "interop",
 ]
