@@ -16,8 +16,10 @@ t_{N-1} = T) and add ac = 1 at t = 0.  Then
   differs from ``log alpha(t_k)^2 = -int_0^{t_k} beta`` by the rule's error and by the
   ``beta_i^2 / 2`` terms of ``log(1 - beta_i)``.  For DDPM's table (1e-4, 0.02, N = 1000) the
   log-SNR of the VP SDE at t_k is within **0.047** of the table's at every k (0.047 at k = 0,
-  0.034 at k = 999; ``test_linear_table_is_the_vp_sde_to_within_0p05_in_log_snr``).  That is why
-  the time given to the model is never ``t N - 1`` but the noise-level match below;
+  0.034 at k = 999; ``test_linear_table_is_the_vp_sde_to_within_0p05_in_log_snr``), i.e. the
+  timestep of the same noise level differs from ``t N - 1`` by up to 3.4 timesteps (0.09 at
+  k = 0, -0.60 at k = 500, -3.36 at k = 999).  That is why the time given to the model is
+  never ``t N - 1`` but the noise-level match below;
 * any other table (``squaredcos_cap_v2``, ``scaled_linear``, ``trained_betas``) becomes a
   :class:`DiscreteVPSDE`: the cumulative ``B(t) = -log alpha(t)^2 = log(1 + exp(-2 lambda))``
   (a smooth, increasing function of the log-SNR lambda that stays finite at t = 0, where
@@ -436,7 +438,7 @@ def to_diffusers(score_fn: ScoreFn, sde: Optional[SDE] = None, num_train_timeste
     if n < 2:
         raise ValueError(f"num_train_timesteps must be >= 2, got {num_train_timesteps}")
     common = dict(num_train_timesteps=n, prediction_type="epsilon", clip_sample=False,
-                  timestep_spacing="linspace")
+                  timestep_spacing="trailing")
     if type(sde) is VPSDE and abs(sde.T - 1.0) < 1e-12:
         sched = diffusers.DDPMScheduler(beta_schedule="linear", beta_start=sde.beta_min / n,
                                         beta_end=sde.beta_max / n, **common)
@@ -446,7 +448,13 @@ def to_diffusers(score_fn: ScoreFn, sde: Optional[SDE] = None, num_train_timeste
         log_ac = torch.cat([torch.zeros(1, dtype=torch.float64), log_ac])
         betas = -torch.expm1(log_ac[1:] - log_ac[:-1])
         sched = diffusers.DDPMScheduler(trained_betas=betas.tolist(), **common)
-    table = DiscreteVPSDE(sched.alphas_cumprod, T=sde.T)
+    ac = sched.alphas_cumprod
+    if not bool((ac[1:] < ac[:-1]).all()) or not bool((ac < 1).all()):
+        raise ValueError(f"{sde!r} cannot be exported with num_train_timesteps={n}: its noise levels at the "
+                         "first timesteps are below the resolution of diffusers' float32 alphas_cumprod "
+                         f"(smallest 1 - ac_k: {float(1 - ac.double().max()):.3g}); use an SDE whose "
+                         "sigma/alpha at t = T/N exceeds about 3e-4")
+    table = DiscreteVPSDE(ac, T=sde.T)
     return DiffusersModel(score_fn, sde, table), sched
 
 
