@@ -311,8 +311,9 @@ def test_diffusers_schedulers_on_the_exported_exact_score_match_our_ode(name, ri
     al, sg = sde.coefs(torch.tensor([t1], dtype=F64))
     ref = (ref + sg ** 2 * score_fn(ref, torch.full((noise.shape[0],), t1, dtype=F64))) / al
     err = rel(out.x, ref)
-    # first order (DDIM, Euler) at 500 steps (DDIM: N // steps must divide N, its step is N // steps), second order at 100: all within 1 % of the path
-    assert err < {"ddim": 1e-2, "euler": 1e-2, "dpm": 2e-3, "unipc": 2e-3}[name], err
+    # measured: DDIM 500 steps 7.6e-4, Euler 500 steps 7.6e-4, DPM-Solver++(2M) 100 steps 1.0e-3,
+    # UniPC 100 steps 7.3e-4 (DDIM: its step N // steps must divide N, so 500 and not 400)
+    assert err < 2e-3, err
     # and at the exact-sample floor (mode W2 within 1.5x of exact samples', N = 2000)
     floor = sd.metrics.exact_floor(mix, noise.shape[0])
     assert sd.metrics.mode_w2(out.x, mix).w2 < 1.5 * floor
