@@ -19,6 +19,7 @@ from . import nn, data
 from .train import Trainer, load_model
 from .likelihood import log_likelihood, bits_per_dim, LikelihoodResult, BitsPerDimResult
 from .elbo import elbo, ELBOResult
+from . import interop
 
 __version__ = "0.1.0"
 
@@ -29,4 +30,5 @@ __all__ = [
     "samplers", "sample", "build_sampler", "SampleResult",
     "ScoreModel", "build_score_model", "DSMLoss", "dsm_loss", "nn", "data", "Trainer", "load_model",
     "log_likelihood", "bits_per_dim", "LikelihoodResult", "BitsPerDimResult", "elbo", "ELBOResult",
+    "interop",
 ]
