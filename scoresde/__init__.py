@@ -16,6 +16,8 @@ from . import nn, data
 from .train import Trainer, load_model
 from .likelihood import log_likelihood, bits_per_dim, LikelihoodResult, BitsPerDimResult
 from . import bench
+from . import ops
+from .inverse import sample_posterior, PosteriorResult
 
 __version__ = "0.1.0"
 
@@ -27,4 +29,5 @@ __all__ = [
     "ScoreModel", "build_score_model", "DSMLoss", "dsm_loss", "nn", "data", "Trainer", "load_model",
     "log_likelihood", "bits_per_dim", "LikelihoodResult", "BitsPerDimResult",
     "bench",
+    "ops", "sample_posterior", "PosteriorResult",
 ]

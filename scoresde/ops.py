@@ -130,6 +130,10 @@ class LinearOperator:
         """A^+ A x: the orthogonal projection of x onto the observed subspace."""
         return self.pinv(self.forward(x))
 
+    def consistent(self, x: Tensor, y: Tensor) -> Tensor:
+        """The hard data-consistency step x + A^+ (y - A x): the point nearest x with A x = y."""
+        return x + self.pinv(y - self.forward(x))
+
     def as_matrix(self, event_shape: Sequence[int], dtype: torch.dtype = torch.float64, device=None) -> Tensor:
         """The dense ``[m, D]`` matrix of A on inputs of ``event_shape`` (columns: A applied to the
         standard basis), for small problems and the oracle."""
@@ -192,6 +196,13 @@ class Mask(LinearOperator):
 
     def input_shape(self, obs_shape: Sequence[int]) -> Tuple[int, ...]:
         return tuple(self.mask.shape)
+
+    def consistent(self, x: Tensor, y: Tensor) -> Tensor:
+        """x with its observed entries set to y (exactly: an assignment, not x + (y - x))."""
+        self._check(x)
+        out = x.reshape(x.shape[0], -1).clone()
+        out[:, self._index(x.device)] = y.to(out.dtype)
+        return out.reshape(x.shape)
 
     def _basis(self, dtype, device):
         return None, torch.ones(self.n_observed, dtype=dtype, device=device)
