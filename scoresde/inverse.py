@@ -331,7 +331,7 @@ def repaint(score_fn, sde: SDE, op: LinearOperator, y: Tensor, x: Tensor, ctx: S
 
 def smc(score_fn, sde: SDE, op: LinearOperator, y: Tensor, x: Tensor, ctx: SamplerContext, *,
         eps: float, steps: int = 200, particles: Optional[int] = None, ess_threshold: float = 0.5,
-        info: Optional[dict] = None) -> Tensor:
+        grid: str = "logsnr", info: Optional[dict] = None) -> Tensor:
     """Sequential Monte Carlo for linear inverse problems, exact as particles and steps grow.
 
     The filtering posterior sampler FPS-SMC (Dou & Song, "Diffusion posterior sampling for linear
@@ -391,7 +391,7 @@ def smc(score_fn, sde: SDE, op: LinearOperator, y: Tensor, x: Tensor, ctx: Sampl
     else:
         tau = torch.zeros(r, dtype=torch.float64)
         ratio2 = torch.zeros(r, dtype=torch.float64)
-    uniform = _uniform_grid(sde, steps, eps)
+    uniform = _smc_grid(sde, steps, eps, grid)
     extra = sorted({float(v) for v in tau.tolist() if eps < v < sde.T and not any(abs(v - u) < 1e-12 for u in uniform)})
     desc = sorted(set(uniform) | set(extra), reverse=True)
     asc = desc[::-1]
@@ -453,6 +453,24 @@ def smc(score_fn, sde: SDE, op: LinearOperator, y: Tensor, x: Tensor, ctx: Sampl
     if info is not None:
         info.update({"resamples": n_resample, "grid_points": n, "clouds": C, "particles": P})
     return x
+
+
+SMC_GRIDS = ("logsnr", "time_uniform")
+
+
+def _smc_grid(sde: SDE, steps: int, eps: float, grid: str) -> List[float]:
+    """``steps + 1`` times from T down to eps: uniform in the log-SNR lambda (default) or in t."""
+    if grid not in SMC_GRIDS:
+        raise ValueError(f"unknown grid {grid!r}; valid grids: {list(SMC_GRIDS)}")
+    if grid == "time_uniform":
+        return _uniform_grid(sde, steps, eps)
+    if int(steps) != steps or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps}")
+    lam = [sde.log_snr(torch.tensor([v], dtype=torch.float64)).item() for v in (sde.T, eps)]
+    u = torch.linspace(0.0, 1.0, int(steps) + 1, dtype=torch.float64)
+    t = [sde.scalar_t_from_log_snr(lam[0] + float(v) * (lam[1] - lam[0])) for v in u]
+    t[0], t[-1] = sde.T, eps
+    return t
 
 
 def _systematic(w: Tensor, ctx: SamplerContext) -> Tensor:
