@@ -362,12 +362,16 @@ def smc(score_fn, sde: SDE, op: LinearOperator, y: Tensor, x: Tensor, ctx: Sampl
     returned particles are equally weighted.  As particles grow the filter is consistent for the
     discrete chain; as steps grow the chain's Gaussian transitions become the exact reverse ones.
 
-    ``particles``: cloud size (default: the whole batch is one cloud); the batch is split into
-    batch / particles independent clouds, each with one observation (y must agree within a cloud).
+    ``particles``: cloud size (default: the largest divisor of the batch up to 512); the batch is
+    split into batch / particles independent clouds, each with its own observation path (y must
+    agree within a cloud).  The path's realization leaves an error that more particles in one cloud
+    do not remove at a finite number of steps (it vanishes as the steps grow); clouds average it
+    out: on ring8 (x1 = 3.6, 400 steps, 8,000 samples) one cloud gave mode-weight errors 0.015-0.043,
+    clouds of 1,000 or 200 particles 0.002-0.010.
     NFE = ``steps`` + the number of tau_i inserted.
     """
     B = x.shape[0]
-    P = B if particles is None else int(particles)
+    P = max(d for d in range(1, min(B, 512) + 1) if B % d == 0) if particles is None else int(particles)
     if P < 1 or B % P:
         raise ValueError(f"particles must be a positive divisor of the batch size {B}, got {particles}")
     if not 0 <= ess_threshold <= 1:
