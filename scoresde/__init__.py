@@ -20,6 +20,8 @@ from .train import Trainer, load_model
 from .likelihood import log_likelihood, bits_per_dim, LikelihoodResult, BitsPerDimResult
 from .elbo import elbo, ELBOResult
 from . import interop
+from . import ops
+from .inverse import sample_posterior, PosteriorResult
 
 __version__ = "0.1.0"
 
@@ -31,4 +33,5 @@ __all__ = [
     "ScoreModel", "build_score_model", "DSMLoss", "dsm_loss", "nn", "data", "Trainer", "load_model",
     "log_likelihood", "bits_per_dim", "LikelihoodResult", "BitsPerDimResult", "elbo", "ELBOResult",
     "interop",
+    "ops", "sample_posterior", "PosteriorResult",
 ]

@@ -34,8 +34,10 @@ class GaussianMixture:
     Args:
         weights: ``[K]`` non-negative, not all zero; normalized here.
         means: ``[K, D]``.
-        covs: ``[K, D, D]`` symmetric positive definite, or ``[K, D]`` diagonals, or ``[K]``
-            isotropic variances.
+        covs: ``[K, D, D]`` symmetric positive semi-definite, or ``[K, D]`` diagonals, or ``[K]``
+            isotropic variances.  Singular covariances (an exact posterior given noiseless
+            observations) sample exactly, and their p_t and score are regular for sigma(t) > 0;
+            at sigma = 0 the density is taken on the support (see :meth:`condition`).
         event_shape: the data shape of one sample (default ``(D,)``); samples are reshaped to
             ``[n, *event_shape]`` and inputs of that shape are flattened, so a mixture can stand in
             for image-shaped data too.
@@ -72,10 +74,15 @@ class GaussianMixture:
         if not torch.allclose(c, c.transpose(1, 2), rtol=1e-10, atol=1e-12):
             raise ValueError("covariances must be symmetric")
         lam, U = torch.linalg.eigh(c)
-        if (lam <= 0).any():
-            bad = sorted(set(torch.nonzero(lam <= 0)[:, 0].tolist()))
-            raise ValueError(f"covariances of components {bad} are not positive definite "
+        # positive semi-definite covariances are allowed (an exact posterior given noiseless
+        # observations is singular): eigenvalues within rounding of zero become exactly zero
+        tol = 1e-12 * lam.abs().amax(1, keepdim=True).clamp_min(1.0)
+        if (lam < -tol).any():
+            bad = sorted(set(torch.nonzero(lam < -tol)[:, 0].tolist()))
+            raise ValueError(f"covariances of components {bad} are not positive semi-definite "
                              f"(smallest eigenvalue {lam.min().item():.3g})")
+        lam = torch.where(lam <= tol, torch.zeros_like(lam), lam)
+        self._singular = bool((lam == 0).any())
         self.weights = w / w.sum()
         self.means = mu
         self.covs = c
@@ -119,7 +126,17 @@ class GaussianMixture:
         diff = x[:, None, :] - alpha[:, None, None] * mu[None]                 # [B, K, D]
         y = torch.einsum("bkd,kde->bke", diff, U)                               # U^T diff
         v = alpha[:, None, None] ** 2 * lam[None] + sigma[:, None, None] ** 2   # [B, K, D]
-        logn = -0.5 * (y ** 2 / v).sum(-1) - 0.5 * torch.log(v).sum(-1) - 0.5 * self.dim * math.log(2 * math.pi)
+        if self._singular and bool((v == 0).any()):
+            # a singular covariance at sigma = 0: the density on the component's support (the
+            # directions of zero variance are left out; see `condition`, whose components share
+            # one support, so that the responsibilities are the posterior's)
+            pos = v > 0
+            v = torch.where(pos, v, torch.ones_like(v))
+            y = torch.where(pos, y, torch.zeros_like(y))
+            rank = pos.sum(-1)
+            logn = -0.5 * (y ** 2 / v).sum(-1) - 0.5 * torch.log(v).sum(-1) - 0.5 * rank * math.log(2 * math.pi)
+        else:
+            logn = -0.5 * (y ** 2 / v).sum(-1) - 0.5 * torch.log(v).sum(-1) - 0.5 * self.dim * math.log(2 * math.pi)
         terms = log_w[None] + logn
         comp_score = None
         if want_score:
@@ -230,6 +247,73 @@ class GaussianMixture:
     def gaussian_entropies(self) -> Tensor:
         """Entropy of each component, ``[K]`` nats."""
         return 0.5 * self.dim * (1 + math.log(2 * math.pi)) + 0.5 * torch.log(self._lam).sum(1)
+
+    # -- inverse problems -----------------------------------------------------------------------
+    def condition(self, A, y, noise_std: Optional[float] = None) -> "GaussianMixture":
+        """The exact posterior p(x0 | y) for y = A x0 + noise_std * e, e ~ N(0, I): a mixture again.
+
+        ``A``: a :mod:`scoresde.ops` operator or a dense ``[m, D]`` matrix; ``y``: one observation,
+        of the operator's output shape with or without a batch dimension of 1; ``noise_std``
+        (default: the operator's, 0 for a matrix).  Component by component (Bishop, PRML eq. 2.116;
+        the Kalman update), with G_k = A C_k A^T + s^2 I:
+
+            w_k'  ∝ w_k N(y; A mu_k, G_k)                      (the evidence reweights the modes),
+            mu_k' = mu_k + C_k A^T G_k^-1 (y - A mu_k),
+            C_k'  = C_k - C_k A^T G_k^-1 A C_k.
+
+        For s = 0 the posterior covariances are singular (zero variance along the row space of A;
+        every component's mean satisfies A mu_k' = y, so all components share one support, and
+        :meth:`log_prob` and :meth:`responsibilities` are densities on it).  G_k must be
+        invertible: for s = 0, A needs full row rank on each component's support.
+
+        The exact conditional score of p_t(x_t | y) at every t is this posterior's score under the
+        SDE, ``mix.condition(A, y).score_fn(sde)``: diffusing p(x0 | y) gives p_t(x_t | y), since the
+        forward noise does not depend on y.
+        """
+        from .ops import as_operator
+
+        op = as_operator(A, noise_std, self.event_shape)
+        s = op.noise_std if noise_std is None else float(noise_std)
+        if not (s >= 0 and math.isfinite(s)):
+            raise ValueError(f"noise_std must be a finite number >= 0, got {s}")
+        M = op.as_matrix(self.event_shape)                                     # [m, D]
+        m = M.shape[0]
+        yf = torch.as_tensor(y, dtype=torch.float64).detach().cpu().reshape(-1)
+        if yf.numel() != m:
+            raise ValueError(f"y must hold the m={m} values the operator gives one sample "
+                             f"(one observation, batch dimension 1 at most), got shape {tuple(torch.as_tensor(y).shape)}")
+        if not torch.isfinite(yf).all():
+            raise ValueError("y must be finite")
+        AC = torch.einsum("md,kde->kme", M, self.covs)                         # [K, m, D]
+        G = AC @ M.T + s ** 2 * torch.eye(m, dtype=torch.float64)              # [K, m, m]
+        L, info = torch.linalg.cholesky_ex(0.5 * (G + G.transpose(1, 2)))
+        if bool((info != 0).any()):
+            bad = torch.nonzero(info).reshape(-1).tolist()
+            raise ValueError(f"A C_k A^T + noise_std^2 I is singular for components {bad}: with noise_std = 0, "
+                             "A needs independent rows (full row rank on each component's support)")
+        r = yf[None] - self.means @ M.T                                        # [K, m]
+        sol = torch.cholesky_solve(r[..., None], L)                            # G^-1 r
+        log_ev = (-0.5 * (r[..., None] * sol).sum((1, 2)) - torch.log(torch.diagonal(L, dim1=1, dim2=2)).sum(1)
+                  - 0.5 * m * math.log(2 * math.pi))
+        means = self.means + (AC.transpose(1, 2) @ sol)[..., 0]
+        X = torch.linalg.solve_triangular(L, AC, upper=False)                  # L^-1 A C
+        covs = self.covs - X.transpose(1, 2) @ X
+        covs = 0.5 * (covs + covs.transpose(1, 2))
+        log_w = self._log_w + log_ev
+        weights = torch.softmax(log_w, 0)
+        return GaussianMixture(weights, means, covs, self.event_shape)
+
+    def prune(self, min_weight: float = 1e-6) -> "GaussianMixture":
+        """The mixture without components of weight below ``min_weight`` (weights renormalized).
+
+        A posterior often keeps modes of weight 1e-20; mode-by-mode W2 needs samples in every
+        mode it scores, so judge samples against the pruned posterior (it differs from the full
+        one by at most K * min_weight in total variation).
+        """
+        keep = self.weights >= min_weight
+        if not bool(keep.any()):
+            raise ValueError(f"no component has weight >= {min_weight} (largest {float(self.weights.max()):.3g})")
+        return GaussianMixture(self.weights[keep], self.means[keep], self.covs[keep], self.event_shape)
 
 
 def ring8(radius: float = 4.0, std: float = 0.25) -> GaussianMixture:
