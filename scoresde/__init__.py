@@ -13,6 +13,7 @@ from .samplers import sample, build_sampler, SampleResult
 from .score import ScoreModel, build_score_model
 from .losses import DSMLoss, dsm_loss
 from . import nn, data
+from . import guidance, classifier
 from .train import Trainer, load_model
 from .likelihood import log_likelihood, bits_per_dim, LikelihoodResult, BitsPerDimResult
 from . import bench
@@ -26,5 +27,5 @@ __all__ = [
     "samplers", "sample", "build_sampler", "SampleResult",
     "ScoreModel", "build_score_model", "DSMLoss", "dsm_loss", "nn", "data", "Trainer", "load_model",
     "log_likelihood", "bits_per_dim", "LikelihoodResult", "BitsPerDimResult",
-    "bench",
+    "bench", "guidance", "classifier",
 ]
