@@ -16,6 +16,7 @@ from .samplers import sample, build_sampler, SampleResult
 from .score import ScoreModel, build_score_model
 from .losses import DSMLoss, dsm_loss
 from . import nn, data
+from . import guidance, classifier
 from .train import Trainer, load_model
 from .likelihood import log_likelihood, bits_per_dim, LikelihoodResult, BitsPerDimResult
 from .elbo import elbo, ELBOResult
@@ -34,4 +35,5 @@ __all__ = [
     "log_likelihood", "bits_per_dim", "LikelihoodResult", "BitsPerDimResult", "elbo", "ELBOResult",
     "interop",
     "ops", "sample_posterior", "PosteriorResult",
+    "guidance", "classifier",
 ]

@@ -23,6 +23,13 @@ log-SNR, and has normaliser Z = 2 (lambda_snr(eps) - lambda_snr(T)).  The import
 lambda / ((T - eps) q) = Z sigma^2 / (T - eps), so
 
     l_IS = Z / (T - eps) * R(sigma s + z)^2,      E_q[l_IS] = E_{U(eps, T)}[l_likelihood].
+
+Label dropout (classifier-free guidance, Ho & Salimans 2022, Alg. 1).  With ``labels`` the score
+is ``s(x_t, t, y)``, and each label is replaced by the null label K (``score_fn.num_classes``)
+with probability ``p_uncond``: one network learns both grad log p_t(x | y) and, at the null
+label, grad log p_t(x) (the minimiser of the DSM loss over the dropped samples, which are
+distributed as the unconditional data).  The drop draws come from the caller's generator after
+t and the noise, so t and z are the same with or without labels.
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ from .sde import SDE, expand_to
 
 Tensor = torch.Tensor
 
-__all__ = ["dsm_loss", "DSMLoss", "sample_time", "importance_time", "importance_norm",
+__all__ = ["dsm_loss", "DSMLoss", "drop_labels", "sample_time", "importance_time", "importance_norm",
            "bound_constant", "dsm_bound", "WEIGHTINGS", "REDUCTIONS", "LOSSES"]
 
 WEIGHTINGS = ("sigma2", "likelihood")
@@ -89,11 +96,14 @@ def importance_time(sde: SDE, n: int, eps: float = 1e-5, generator: Optional[tor
 def dsm_loss(score_fn: Callable[[Tensor, Tensor], Tensor], sde: SDE, x0: Tensor, *,
              weighting: str = "sigma2", importance_sampling: bool = False, eps: float = 1e-5,
              reduction: str = "mean", generator: Optional[torch.Generator] = None,
-             t: Optional[Tensor] = None, noise: Optional[Tensor] = None) -> Tensor:
+             t: Optional[Tensor] = None, noise: Optional[Tensor] = None,
+             labels: Optional[Tensor] = None, p_uncond: float = 0.1) -> Tensor:
     """Per-sample denoising score-matching losses ``[B]`` (see the module docstring).
 
     ``t`` and ``noise`` may be given (common random numbers in tests); otherwise they are drawn
-    with ``generator`` on x0's device.
+    with ``generator`` on x0's device.  ``labels [B]`` (integers in [0, K)) train a
+    class-conditional ``score_fn(x, t, y)`` with ``num_classes`` K, each label dropped to the null
+    label K with probability ``p_uncond``; without labels ``p_uncond`` is unused.
     """
     _check(sde, eps, weighting, reduction, importance_sampling)
     B = x0.shape[0]
@@ -105,7 +115,11 @@ def dsm_loss(score_fn: Callable[[Tensor, Tensor], Tensor], sde: SDE, x0: Tensor,
     xt = sde.perturb(x0, t, noise)
     # the squared error in at least float32, also under autocast (half-precision scores)
     ct = torch.promote_types(x0.dtype, torch.float32)
-    score = score_fn(xt, t).to(ct)
+    if labels is None:
+        score = score_fn(xt, t).to(ct)
+    else:
+        y = drop_labels(labels, getattr(score_fn, "num_classes", 0), p_uncond, B, generator, x0.device)
+        score = score_fn(xt, t, y).to(ct)
     noise, tc = noise.to(ct), t.to(ct)
     sigma = sde.std(tc)
     err = expand_to(sigma, score) * score + noise              # sigma s + z
@@ -118,19 +132,45 @@ def dsm_loss(score_fn: Callable[[Tensor, Tensor], Tensor], sde: SDE, x0: Tensor,
     return per
 
 
+def drop_labels(labels: Tensor, num_classes: int, p_uncond: float, batch: int,
+                generator: Optional[torch.Generator] = None, device=None) -> Tensor:
+    """``labels`` with each entry replaced by the null label ``num_classes`` with prob. ``p_uncond``."""
+    if not num_classes:
+        raise ValueError("labels need a class-conditional score model (score_fn.num_classes > 0)")
+    if not (isinstance(p_uncond, (int, float)) and 0.0 <= p_uncond <= 1.0):
+        raise ValueError(f"p_uncond must lie in [0, 1], got {p_uncond!r}")
+    y = torch.as_tensor(labels, device=device)
+    if y.is_floating_point() or y.dtype == torch.bool or y.shape != (batch,):
+        raise ValueError(f"labels must be an integer tensor of shape [B] = [{batch}], got "
+                         f"{y.dtype} {tuple(y.shape)}")
+    if ((y < 0) | (y >= num_classes)).any():
+        raise ValueError(f"labels must lie in [0, {num_classes}), got values {sorted(set(y.tolist()))}")
+    y = y.long()
+    if p_uncond > 0:
+        gdev = generator.device if generator is not None else device
+        drop = (torch.rand(batch, generator=generator, device=gdev) < p_uncond).to(y.device)
+        y = torch.where(drop, torch.full_like(y, num_classes), y)
+    return y
+
+
 @dataclass
 class DSMLoss:
     """The training loss as a callable ``loss(score_model, x0, generator) -> scalar``.
 
-    ``score_model`` needs ``.sde``; the batch mean of :func:`dsm_loss` is returned.
+    ``score_model`` needs ``.sde``; the batch mean of :func:`dsm_loss` is returned.  With
+    ``labels`` (a class-conditional model) each is dropped to the null label with probability
+    ``p_uncond``.
     """
 
     weighting: str = "sigma2"
     importance_sampling: bool = False
     eps: float = 1e-5
     reduction: str = "mean"
+    p_uncond: float = 0.1
 
     def __post_init__(self):
+        if not (isinstance(self.p_uncond, (int, float)) and 0.0 <= self.p_uncond <= 1.0):
+            raise ValueError(f"p_uncond must lie in [0, 1], got {self.p_uncond!r}")
         if self.weighting not in WEIGHTINGS:
             raise ValueError(f"unknown weighting {self.weighting!r}; valid names: {list(WEIGHTINGS)}")
         if self.reduction not in REDUCTIONS:
@@ -141,10 +181,11 @@ class DSMLoss:
     def per_sample(self, score_model, x0: Tensor, generator: Optional[torch.Generator] = None, **kw) -> Tensor:
         return dsm_loss(score_model, score_model.sde, x0, weighting=self.weighting,
                         importance_sampling=self.importance_sampling, eps=self.eps,
-                        reduction=self.reduction, generator=generator, **kw)
+                        reduction=self.reduction, generator=generator, p_uncond=self.p_uncond, **kw)
 
-    def __call__(self, score_model, x0: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
-        return self.per_sample(score_model, x0, generator).mean()
+    def __call__(self, score_model, x0: Tensor, generator: Optional[torch.Generator] = None,
+                 labels: Optional[Tensor] = None) -> Tensor:
+        return self.per_sample(score_model, x0, generator, labels=labels).mean()
 
 
 LOSSES = {"dsm": DSMLoss}

@@ -12,6 +12,16 @@ U_k diag(alpha^2 lam_k + sigma^2) U_k^T, so its log-density and score take one p
     grad log p_t(x) = sum_k r_k(x) (-U_k (y_k / v_k)),  r = softmax_k(log w_k + log N_k),
 
 computed in float64 with log-sum-exp, so it is stable far from the modes and at tiny t.
+
+Classes.  Each component k carries a class label c(k) (by default its own index).  The class
+conditional p_0(x | y) = sum_{c(k)=y} (w_k / W_y) N(mu_k, C_k), W_y = sum_{c(k)=y} w_k, is again
+a mixture, and diffusing commutes with conditioning (p_t(x | y) = int p(x_t | x_0) p_0(x_0 | y)),
+so the exact time-dependent classifier is
+
+    log p_t(y | x) = logsumexp_{c(k)=y} log r_k(x, t),
+
+with r the responsibilities above; its gradient is grad log p_t(x | y) - grad log p_t(x) exactly
+(Bayes: log p_t(y | x) = log p_t(x | y) + log W_y - log p_t(x)), the field classifier guidance adds.
 """
 
 from __future__ import annotations
@@ -41,9 +51,15 @@ class GaussianMixture:
         event_shape: the data shape of one sample (default ``(D,)``); samples are reshaped to
             ``[n, *event_shape]`` and inputs of that shape are flattened, so a mixture can stand in
             for image-shaped data too.
+        labels: ``[K]`` integer class of each component (default ``arange(K)``: each component
+            its own class); see :meth:`conditional` and :meth:`class_log_prob_t`.
+        num_classes: number of classes (default ``max(labels) + 1``).  A class may own no
+            component (as in ``mix.conditional(y)``, which keeps the class count): its
+            probability is zero and it has no conditional.
     """
 
-    def __init__(self, weights, means, covs, event_shape: Optional[Sequence[int]] = None):
+    def __init__(self, weights, means, covs, event_shape: Optional[Sequence[int]] = None,
+                 labels=None, num_classes: Optional[int] = None):
         w = torch.as_tensor(weights, dtype=torch.float64).detach().clone()
         mu = torch.as_tensor(means, dtype=torch.float64).detach().clone()
         c = torch.as_tensor(covs, dtype=torch.float64).detach().clone()
@@ -92,6 +108,7 @@ class GaussianMixture:
         self.event_shape = tuple(event_shape) if event_shape is not None else (D,)
         if math.prod(self.event_shape) != D:
             raise ValueError(f"event_shape {self.event_shape} does not hold D={D} values")
+        self.labels, self.num_classes = _check_labels(labels, num_classes, K)
 
     @property
     def n_components(self) -> int:
@@ -196,7 +213,7 @@ class GaussianMixture:
         tt = torch.tensor([float(t)], dtype=torch.float64)
         a, s = float(sde.mean_coef(tt)), float(sde.std(tt))
         covs = a ** 2 * self.covs + s ** 2 * torch.eye(self.dim, dtype=torch.float64)
-        return GaussianMixture(self.weights, a * self.means, covs, self.event_shape)
+        return GaussianMixture(self.weights, a * self.means, covs, self.event_shape, self.labels, self.num_classes)
 
     # -- sampling -------------------------------------------------------------------------------
     def sample(self, n: int, generator: Optional[torch.Generator] = None, dtype: Optional[torch.dtype] = None,
@@ -301,7 +318,8 @@ class GaussianMixture:
         covs = 0.5 * (covs + covs.transpose(1, 2))
         log_w = self._log_w + log_ev
         weights = torch.softmax(log_w, 0)
-        return GaussianMixture(weights, means, covs, self.event_shape)
+        return GaussianMixture(weights, means, covs, self.event_shape, labels=self.labels,
+                               num_classes=self.num_classes)
 
     def prune(self, min_weight: float = 1e-6) -> "GaussianMixture":
         """The mixture without components of weight below ``min_weight`` (weights renormalized).
@@ -313,23 +331,165 @@ class GaussianMixture:
         keep = self.weights >= min_weight
         if not bool(keep.any()):
             raise ValueError(f"no component has weight >= {min_weight} (largest {float(self.weights.max()):.3g})")
-        return GaussianMixture(self.weights[keep], self.means[keep], self.covs[keep], self.event_shape)
+        return GaussianMixture(self.weights[keep], self.means[keep], self.covs[keep], self.event_shape,
+                               labels=self.labels[keep], num_classes=self.num_classes)
+
+    # -- classes --------------------------------------------------------------------------------
+    def _class_mask(self, device) -> Tensor:
+        """``[K, C]`` one-hot: component k belongs to class c."""
+        return torch.nn.functional.one_hot(self.labels.to(device), self.num_classes).to(torch.bool)
+
+    def _check_class(self, y) -> int:
+        if isinstance(y, bool) or not isinstance(y, int) and not (torch.is_tensor(y) and y.numel() == 1
+                                                                   and not y.is_floating_point()):
+            raise ValueError(f"class y must be an integer in [0, {self.num_classes}), got {y!r}")
+        y = int(y)
+        if not 0 <= y < self.num_classes:
+            raise ValueError(f"class y must lie in [0, {self.num_classes}), got {y}")
+        return y
+
+    def class_weights(self) -> Tensor:
+        """The class prior W_y = sum_{c(k)=y} w_k, ``[C]`` float64."""
+        return torch.zeros(self.num_classes, dtype=torch.float64).index_add_(0, self.labels, self.weights)
+
+    def conditional(self, y: int) -> "GaussianMixture":
+        """p_0(x | y): the mixture of class ``y``'s components with weights w_k / W_y (labels kept)."""
+        y = self._check_class(y)
+        keep = self.labels == y
+        if not keep.any():
+            raise ValueError(f"class {y} owns no component of this mixture (labels {self.labels.tolist()})")
+        return GaussianMixture(self.weights[keep], self.means[keep], self.covs[keep], self.event_shape,
+                               self.labels[keep], self.num_classes)
+
+    def class_log_prob_t(self, x: Tensor, sde: Optional[SDE], t: TimeLike = 0.0) -> Tensor:
+        """The exact classifier log p_t(y | x) for every class, ``[B, C]`` in x's dtype.
+
+        log-sum-exp over each class's component log-responsibilities, in float64 (so a class far
+        from x gets a finite, very negative value, not -inf); differentiable in x.  ``sde=None``
+        gives the classifier of p_0.
+        """
+        xf = self._flatten(x).to(torch.float64)
+        B = xf.shape[0]
+        if sde is None:
+            alpha = torch.ones(B, dtype=torch.float64, device=x.device)
+            sigma = torch.zeros_like(alpha)
+        else:
+            t64 = as_time(t, xf)
+            alpha, sigma = sde.mean_coef(t64), sde.std(t64)
+        terms, _ = self._component_terms(xf, alpha, sigma, False)
+        log_r = torch.log_softmax(terms, 1)                                         # [B, K]
+        mask = self._class_mask(x.device)                                           # [K, C]
+        present = mask.any(0)
+        masked = log_r[:, :, None].masked_fill(~mask[None, :, present], -math.inf)  # [B, K, C']
+        # an empty class is -inf without a graph (log-sum-exp over nothing has a NaN gradient)
+        out = torch.full((B, self.num_classes), -math.inf, dtype=torch.float64, device=x.device)
+        out = out.masked_scatter(present[None].expand(B, -1), torch.logsumexp(masked, 1))
+        return out.to(x.dtype)
+
+    def _labels_for(self, labels, B: int, device) -> Tensor:
+        y = torch.as_tensor(labels, device=device)
+        if y.is_floating_point() or y.dtype == torch.bool:
+            raise ValueError(f"labels must be integers, got dtype {y.dtype}")
+        if y.dim() == 0:
+            y = y.expand(B)
+        if y.shape != (B,):
+            raise ValueError(f"labels must be an integer or have shape [B={B}], got {tuple(y.shape)}")
+        if ((y < 0) | (y >= self.num_classes)).any():
+            raise ValueError(f"labels must lie in [0, {self.num_classes}), got values {sorted(set(y.tolist()))}")
+        return y.long()
+
+    def class_score_t(self, x: Tensor, sde: SDE, t: TimeLike, labels) -> Tensor:
+        """grad_x log p_t(x | y_b) for each sample's own class ``labels [B]`` (or one int for all).
+
+        The components outside y_b are dropped from the responsibilities: the renormalised weights
+        w_k / W_y only shift every kept log-term by the same constant, which the softmax ignores.
+        """
+        xf = self._flatten(x).to(torch.float64)
+        y = self._labels_for(labels, xf.shape[0], x.device)
+        t64 = as_time(t, xf)
+        terms, comp = self._component_terms(xf, sde.mean_coef(t64), sde.std(t64), True)
+        inside = self.labels.to(x.device)[None, :] == y[:, None]                    # [B, K]
+        r = torch.softmax(terms.masked_fill(~inside, -math.inf), 1)
+        score = (r[:, :, None] * comp).sum(1)
+        return score.reshape(x.shape).to(x.dtype)
+
+    def class_score_fn(self, sde: SDE, labels):
+        """The exact conditional score grad log p_t(x | y) as a ``score_fn(x, t)``.
+
+        ``labels`` is one class for every sample or a ``[B]`` tensor, one class a sample (then
+        the sampler's batch must be B).  For a single class this equals
+        ``mix.conditional(y).score_fn(sde)``.
+        """
+        mix = self
+        if not torch.is_tensor(labels):
+            labels = self._check_class(labels)
+
+        def score_fn(x: Tensor, t: Tensor) -> Tensor:
+            return mix.class_score_t(x, sde, t, labels)
+
+        score_fn.sde = sde  # type: ignore[attr-defined]
+        return score_fn
+
+    def class_log_prob_fn(self, sde: SDE, labels):
+        """``log_prob_fn(x, t) -> [B]`` = exact log p_t(y_b | x_b), the input of classifier guidance."""
+        mix = self
+        if not torch.is_tensor(labels):
+            labels = self._check_class(labels)
+
+        def log_prob_fn(x: Tensor, t: Tensor) -> Tensor:
+            y = mix._labels_for(labels, x.shape[0], x.device)
+            return mix.class_log_prob_t(x, sde, t).gather(1, y[:, None])[:, 0]
+
+        return log_prob_fn
+
+    def sample_labelled(self, n: int, generator: Optional[torch.Generator] = None,
+                        dtype: Optional[torch.dtype] = None, device=None) -> Tuple[Tensor, Tensor]:
+        """``n`` exact samples and their classes ``[n]`` (the same draws as :meth:`sample`)."""
+        x, comp = self.sample(n, generator=generator, dtype=dtype, device=device, return_labels=True)
+        return x, self.labels.to(comp.device)[comp]
 
 
-def ring8(radius: float = 4.0, std: float = 0.25) -> GaussianMixture:
-    """Eight equal modes of std 0.25 centred on a circle of radius 4 (2-D)."""
+def _check_labels(labels, num_classes: Optional[int], K: int) -> Tuple[Tensor, int]:
+    """Component classes ``[K]`` (long, CPU) and the class count, validated."""
+    if labels is None:
+        lab = torch.arange(K)
+    else:
+        lab = torch.as_tensor(labels).detach().clone()
+        if lab.is_floating_point() or lab.dtype == torch.bool:
+            if lab.is_floating_point() and torch.equal(lab, lab.round()):
+                lab = lab.long()
+            else:
+                raise ValueError(f"labels must be integers, got {lab.tolist()}")
+        if lab.shape != (K,):
+            raise ValueError(f"labels must have shape [K={K}], got {tuple(lab.shape)}")
+        lab = lab.long().cpu()
+        if (lab < 0).any():
+            raise ValueError(f"labels must be non-negative, got {lab.tolist()}")
+    C = int(lab.max()) + 1 if num_classes is None else num_classes
+    if isinstance(C, bool) or not isinstance(C, int) or C < int(lab.max()) + 1:
+        raise ValueError(f"num_classes must be an integer > max(labels) = {int(lab.max())}, got {num_classes!r}")
+    return lab, C
+
+
+def ring8(radius: float = 4.0, std: float = 0.25, labels=None) -> GaussianMixture:
+    """Eight equal modes of std 0.25 centred on a circle of radius 4 (2-D).
+
+    Classes: one a mode by default (mode k, at angle 2 pi k / 8, is class k); pass ``labels``
+    (``[8]``) to group modes, e.g. ``[0, 1] * 4`` for two interleaved classes of four modes.
+    """
     ang = torch.arange(8, dtype=torch.float64) * (2 * math.pi / 8)
     means = radius * torch.stack([torch.cos(ang), torch.sin(ang)], 1)
-    return GaussianMixture(torch.ones(8), means, torch.full((8,), std ** 2, dtype=torch.float64))
+    return GaussianMixture(torch.ones(8), means, torch.full((8,), std ** 2, dtype=torch.float64), labels=labels)
 
 
 def anisotropic(dim: int = 16, n_modes: int = 4, seed: int = 0, spread: float = 4.0,
-                eig_min: float = 0.01, eig_max: float = 1.0) -> GaussianMixture:
+                eig_min: float = 0.01, eig_max: float = 1.0, labels=None) -> GaussianMixture:
     """A higher-dimensional mixture with unequal weights and rotated, anisotropic covariances.
 
     Means are drawn on a sphere of radius ``spread``; each covariance is R diag(lam) R^T with a
     random rotation R and eigenvalues log-spaced in [eig_min, eig_max] (condition number 100 by
-    default); weights are 1..K normalized.  Fixed by ``seed``.
+    default); weights are 1..K normalized.  Fixed by ``seed``.  Classes: one a mode (mode k is
+    class k) unless ``labels`` groups them.
     """
     g = torch.Generator().manual_seed(seed)
     m = torch.randn(n_modes, dim, generator=g, dtype=torch.float64)
@@ -342,7 +502,7 @@ def anisotropic(dim: int = 16, n_modes: int = 4, seed: int = 0, spread: float = 
         c = (q * lam[None]) @ q.T
         covs.append(0.5 * (c + c.T))
     weights = torch.arange(1, n_modes + 1, dtype=torch.float64)
-    return GaussianMixture(weights, means, torch.stack(covs))
+    return GaussianMixture(weights, means, torch.stack(covs), labels=labels)
 
 
 MIXTURES = {

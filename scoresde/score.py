@@ -12,6 +12,12 @@ The network sees the time through ``time_input``: ``"t"`` (the time itself, defa
 
 :class:`CountingScore` wraps any score function and counts its calls: the one NFE counter of the
 samplers and the likelihood.
+
+Class-conditional models.  When the network has ``num_classes`` K > 0 (``build_model(...,
+num_classes=K)``), ``model(x, t, y)`` is the score of p_t(x | y) for labels ``y [B]`` in [0, K),
+and the null label K (or ``y=None``) gives the unconditional score, trained by label dropout
+(``dsm_loss(..., labels=y, p_uncond=0.1)``; Ho & Salimans 2022).  ``model(x, t)`` keeps the
+plain score_fn interface, so a conditional model samples unconditionally as it is.
 """
 
 from __future__ import annotations
@@ -60,9 +66,26 @@ class ScoreModel(nn.Module):
             return torch.log(self.sde.std(t))
         return self.sde.log_snr(t)
 
-    def forward(self, x: Tensor, t) -> Tensor:
+    @property
+    def num_classes(self) -> int:
+        """K for a class-conditional network, 0 for an unconditional one."""
+        return int(getattr(self.net, "num_classes", 0) or 0)
+
+    @property
+    def null_label(self) -> int:
+        """The label of the unconditional score (= ``num_classes``) of a conditional model."""
+        if not self.num_classes:
+            raise ValueError("an unconditional model has no null label (num_classes=0)")
+        return self.num_classes
+
+    def forward(self, x: Tensor, t, y: Optional[Tensor] = None) -> Tensor:
         t = as_time(t, x)
-        out = self.net(x, self.conditioning(t))
+        if self.num_classes:
+            out = self.net(x, self.conditioning(t), y)
+        elif y is not None:
+            raise ValueError("labels given to an unconditional ScoreModel (its network has num_classes=0)")
+        else:
+            out = self.net(x, self.conditioning(t))
         if self.parameterization == "noise":
             return -out / expand_to(self.sde.std(t), x)
         return out
@@ -71,11 +94,15 @@ class ScoreModel(nn.Module):
         return f"sde={self.sde!r}, parameterization={self.parameterization!r}, time_input={self.time_input!r}"
 
 
-def build_score_model(spec: Dict[str, Any]) -> ScoreModel:
+def build_score_model(spec: Dict[str, Any], num_classes: Optional[int] = None) -> ScoreModel:
     """A :class:`ScoreModel` from a plain spec (the form checkpoints store)::
 
         {"sde": {"name": "vp", ...kwargs}, "model": {"name": "mlp", "data_shape": [2], ...},
          "parameterization": "noise", "time_input": "t"}
+
+    A class-conditional model has ``"num_classes": K`` in ``spec["model"]`` (saved there, so
+    ``load_model`` restores it); ``num_classes`` here sets it (it must agree with the spec's
+    if both are given).  0 or None is unconditional.
     """
     from .nn import build_model
 
@@ -84,11 +111,19 @@ def build_score_model(spec: Dict[str, Any]) -> ScoreModel:
             raise ValueError(f"model spec needs {key!r} with a 'name'; got {spec!r}")
     sde_kw = {k: v for k, v in spec["sde"].items() if k != "name"}
     net_kw = {k: v for k, v in spec["model"].items() if k != "name"}
+    if num_classes is not None:
+        if net_kw.get("num_classes") not in (None, num_classes):
+            raise ValueError(f"num_classes={num_classes} disagrees with the spec's model.num_classes="
+                             f"{net_kw['num_classes']}")
+        net_kw["num_classes"] = num_classes
     sde = build_sde(spec["sde"]["name"], **sde_kw)
     net = build_model(spec["model"]["name"], **net_kw)
     # absent keys take ScoreModel's defaults (stated there only)
     model = ScoreModel(net, sde, **{k: spec[k] for k in ("parameterization", "time_input") if k in spec})
-    model.spec = {"sde": dict(spec["sde"]), "model": dict(spec["model"]),
+    model_spec = dict(spec["model"])
+    if num_classes is not None:
+        model_spec["num_classes"] = num_classes
+    model.spec = {"sde": dict(spec["sde"]), "model": model_spec,
                   "parameterization": model.parameterization, "time_input": model.time_input}
     return model
 

@@ -320,3 +320,99 @@ def test_sampling_with_exact_conditional_score_reaches_posterior_floor(sampler, 
     # TV of multinomial frequencies: E ~ sum_k sqrt(w_k (1 - w_k) / n) / 2 ~ 0.005; allow 4x
     assert st.weight_error < 4 * 0.5 * float((post.weights * (1 - post.weights) / n).sqrt().sum())
     assert st.w2 < 1.5 * floor, (st.w2, floor)
+
+
+# -- classes ------------------------------------------------------------------------------------
+def _grouped():
+    mix = sd.build_mixture("aniso8")     # 3 components, unequal weights 1:2:3
+    return sd.GaussianMixture(mix.weights, mix.means, mix.covs, labels=[1, 0, 1])
+
+
+def test_default_labels_give_each_component_its_own_class():
+    mix = sd.ring8()
+    assert mix.num_classes == 8 and mix.labels.tolist() == list(range(8))
+    assert sd.build_mixture("aniso16").num_classes == 4
+    x = mix.sample(50, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    sde = sd.VPSDE()
+    torch.testing.assert_close(mix.class_log_prob_t(x, sde, 0.2).exp(), mix.responsibilities(x, sde, 0.2),
+                               rtol=1e-10, atol=1e-12)
+
+
+def test_conditional_keeps_the_class_components_with_renormalised_weights():
+    mix = _grouped()
+    c1 = mix.conditional(1)
+    torch.testing.assert_close(c1.weights, torch.tensor([1.0, 3.0], dtype=torch.float64) / 4)
+    torch.testing.assert_close(c1.means, mix.means[[0, 2]])
+    assert c1.labels.tolist() == [1, 1] and c1.num_classes == 2
+    torch.testing.assert_close(mix.class_weights(), torch.tensor([2.0, 4.0], dtype=torch.float64) / 6)
+    # p(x) = sum_y W_y p(x | y)
+    x = mix.sample(100, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    mixed = torch.logsumexp(torch.stack([mix.class_weights()[y].log() + mix.conditional(y).log_prob(x)
+                                         for y in range(2)]), 0)
+    torch.testing.assert_close(mixed, mix.log_prob(x), rtol=1e-10, atol=1e-10)
+    with pytest.raises(ValueError, match="owns no component"):
+        c1.conditional(0)
+    with pytest.raises(ValueError, match=r"\[0, 2\)"):
+        mix.conditional(2)
+
+
+@pytest.mark.parametrize("t", [1e-3, 0.1, 0.5, 1.0])
+def test_exact_classifier_is_bayes_and_its_gradient_is_class_score_minus_score(sde, t):
+    mix = _grouped()
+    g = torch.Generator().manual_seed(3)
+    x0 = mix.sample(64, generator=g, dtype=torch.float64)
+    xt = sde.perturb(x0, t, torch.randn(x0.shape, generator=g, dtype=torch.float64)).requires_grad_(True)
+    lp = mix.class_log_prob_t(xt, sde, t)
+    torch.testing.assert_close(torch.logsumexp(lp, 1), torch.zeros(64, dtype=torch.float64), rtol=0, atol=1e-12)
+    for y in range(2):
+        cond = mix.conditional(y)
+        # Bayes: log p_t(y | x) = log W_y + log p_t(x | y) - log p_t(x)
+        bayes = mix.class_weights()[y].log() + cond.log_prob_t(xt, sde, t) - mix.log_prob_t(xt, sde, t)
+        torch.testing.assert_close(lp[:, y], bayes, rtol=1e-9, atol=1e-9)
+        (grad,) = torch.autograd.grad(lp[:, y].sum(), xt, retain_graph=True)
+        diff = cond.score_t(xt.detach(), sde, t) - mix.score_t(xt.detach(), sde, t)
+        torch.testing.assert_close(grad, diff, rtol=1e-8, atol=1e-8 * float(diff.abs().max()))
+        torch.testing.assert_close(mix.class_score_t(xt.detach(), sde, t, y), cond.score_t(xt.detach(), sde, t),
+                                   rtol=1e-10, atol=1e-10)
+
+
+def test_class_score_takes_one_label_a_sample(sde):
+    mix = _grouped()
+    x = mix.sample(30, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    y = torch.arange(30) % 2
+    t = torch.full((30,), 0.3, dtype=torch.float64)
+    got = mix.class_score_fn(sde, y)(x, t)
+    for c in range(2):
+        torch.testing.assert_close(got[y == c], mix.conditional(c).score_t(x[y == c], sde, 0.3), rtol=1e-10, atol=1e-10)
+    lp = mix.class_log_prob_fn(sde, y)(x, t)
+    torch.testing.assert_close(lp, mix.class_log_prob_t(x, sde, t)[torch.arange(30), y])
+    with pytest.raises(ValueError, match="labels"):
+        mix.class_score_t(x, sde, t, torch.full((30,), 2))
+
+
+def test_sample_labelled_gives_the_classes_of_the_drawn_components():
+    mix = _grouped()
+    x, y = mix.sample_labelled(4000, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    x2, comp = mix.sample(4000, generator=torch.Generator().manual_seed(5), dtype=torch.float64, return_labels=True)
+    assert torch.equal(x, x2) and torch.equal(y, mix.labels[comp])
+    # well separated modes: the exact p_0 classifier recovers the drawn classes
+    assert (mix.class_log_prob_t(x, None).argmax(1) == y).float().mean() > 0.999
+    assert mix.marginal_t(sd.VPSDE(), 0.3).labels.tolist() == [1, 0, 1]
+
+
+def test_labels_are_validated():
+    w, m, c = [1.0, 1.0], [[0.0], [1.0]], [1.0, 1.0]
+    with pytest.raises(ValueError, match="shape"):
+        sd.GaussianMixture(w, m, c, labels=[0])
+    with pytest.raises(ValueError, match="integers"):
+        sd.GaussianMixture(w, m, c, labels=[0.5, 1])
+    with pytest.raises(ValueError, match="non-negative"):
+        sd.GaussianMixture(w, m, c, labels=[-1, 0])
+    with pytest.raises(ValueError, match="num_classes"):
+        sd.GaussianMixture(w, m, c, labels=[0, 3], num_classes=2)
+    mix = sd.GaussianMixture(w, m, c, labels=[0, 2])   # class 1 is empty: probability 0, finite gradients
+    x = torch.zeros(3, 1, dtype=torch.float64, requires_grad=True)
+    lp = mix.class_log_prob_t(x, sd.VPSDE(), 0.5)
+    assert torch.isinf(lp[:, 1]).all() and torch.isfinite(lp[:, [0, 2]]).all()
+    (gr,) = torch.autograd.grad(lp[:, 0].sum(), x)
+    assert torch.isfinite(gr).all()

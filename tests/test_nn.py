@@ -3,6 +3,8 @@ import math
 import pytest
 import torch
 
+import scoresde as sd
+
 from scoresde.nn import (MODELS, GaussianFourierProjection, MLPScoreNet, SinusoidalEmbedding, build_model,
                          build_time_embedding, register_model)
 
@@ -106,3 +108,57 @@ def test_mlp_output_grows_linearly_far_from_the_data():
     with torch.no_grad():
         ratio = net(100 * x, t).norm() / net(10 * x, t).norm()
     assert 5 < ratio < 20
+
+
+# -- class-conditional networks -----------------------------------------------------------------
+@pytest.mark.parametrize("name,shape,kw", [("mlp", (2,), dict(width=32, depth=2)),
+                                           ("unet", (1, 8, 8), dict(nf=8, ch_mult=(1, 2), num_res_blocks=1))])
+def test_conditional_network_adds_only_a_label_table_and_starts_as_its_unconditional_twin(name, shape, kw):
+    torch.manual_seed(0)
+    plain = sd.nn.build_model(name, data_shape=shape, **kw)
+    torch.manual_seed(0)
+    none = sd.nn.build_model(name, data_shape=shape, num_classes=None, **kw)
+    torch.manual_seed(0)
+    cond = sd.nn.build_model(name, data_shape=shape, num_classes=3, **kw)
+    # unconditional: the same parameters, drawn the same way, whether num_classes is omitted or None
+    assert list(plain.state_dict()) == list(none.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), none.state_dict().values()))
+    extra = sorted(set(cond.state_dict()) - set(plain.state_dict()))
+    assert extra == ["label_embed.table.weight"]
+    assert all(torch.equal(plain.state_dict()[k], cond.state_dict()[k]) for k in plain.state_dict())
+    x = torch.randn((4,) + shape, generator=torch.Generator().manual_seed(1))
+    t = torch.rand(4, generator=torch.Generator().manual_seed(2))
+    plain.eval(), cond.eval()
+    with torch.no_grad():
+        ref = plain(x, t)
+        for y in (None, torch.tensor([0, 1, 2, 3])):
+            torch.testing.assert_close(cond(x, t, y), ref)
+        # the zero-initialised last layers (and the U-Net's residual branches) hide the labels at
+        # first; give every parameter a value, then the labels must move the output
+        for p in cond.parameters():
+            if not p.abs().sum():
+                p.normal_(std=0.1)
+        out = [cond(x, t, torch.tensor([0, 0, 0, 0])), cond(x, t, torch.tensor([1, 1, 1, 1])), cond(x, t)]
+        assert (out[0] - out[1]).abs().max() > 1e-3 and (out[1] - out[2]).abs().max() > 1e-3
+
+
+def test_conditional_network_rejects_bad_labels():
+    cond = sd.nn.build_model("mlp", data_shape=(2,), width=8, depth=1, num_classes=2)
+    plain = sd.nn.build_model("mlp", data_shape=(2,), width=8, depth=1)
+    x, t = torch.zeros(3, 2), torch.full((3,), 0.5)
+    with pytest.raises(ValueError, match=r"\[0, 2\]"):
+        cond(x, t, torch.tensor([0, 1, 3]))
+    with pytest.raises(ValueError, match="integers"):
+        cond(x, t, torch.tensor([0.0, 1.0, 1.0]))
+    with pytest.raises(ValueError, match="unconditional"):
+        plain(x, t, torch.tensor([0, 1, 1]))
+    with pytest.raises(ValueError, match="num_classes"):
+        sd.nn.build_model("mlp", data_shape=(2,), num_classes=-1)
+    model = sd.build_score_model({"sde": {"name": "vp"}, "model": {"name": "mlp", "data_shape": [2], "width": 8,
+                                                                    "depth": 1}}, num_classes=2)
+    assert model.num_classes == 2 and model.null_label == 2 and model.spec["model"]["num_classes"] == 2
+    assert sd.build_score_model(model.spec).num_classes == 2   # what load_model calls
+    with pytest.raises(ValueError, match="disagrees"):
+        sd.build_score_model(model.spec, num_classes=3)
+    with pytest.raises(ValueError, match="unconditional ScoreModel"):
+        sd.ScoreModel(plain, sd.VPSDE())(x, t, torch.tensor([0, 1, 1]))

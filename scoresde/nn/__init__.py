@@ -16,12 +16,12 @@ from typing import Callable, Dict
 
 from torch import nn
 
-from .embeddings import GaussianFourierProjection, SinusoidalEmbedding, build_time_embedding
+from .embeddings import GaussianFourierProjection, LabelEmbedding, SinusoidalEmbedding, build_time_embedding
 from .mlp import MLPScoreNet
 from .unet import UNet, unet
 
 __all__ = ["MODELS", "register_model", "build_model", "MLPScoreNet", "GaussianFourierProjection",
-           "SinusoidalEmbedding", "build_time_embedding", "UNet"]
+           "SinusoidalEmbedding", "build_time_embedding", "LabelEmbedding", "UNet"]
 
 MODELS: Dict[str, Callable[..., nn.Module]] = {"mlp": MLPScoreNet, "unet": unet}
 

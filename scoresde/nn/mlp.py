@@ -4,7 +4,9 @@
     h_{l+1} = h_l + W_2 SiLU(LN(W_1 SiLU(h_l) + E_l(temb)))      (l = 0 .. depth-1)
     out = W_out SiLU(h_L)                                           (reshaped to x's shape)
 
-with ``temb = MLP(embedding(t))``.  The residual stream and the output are not normalised, so the
+with ``temb = MLP(embedding(t))`` (plus a learned label embedding E(y) for a class-conditional
+network, ``num_classes > 0``; ``y = num_classes`` or None is the null label, the unconditional
+score of classifier-free guidance).  The residual stream and the output are not normalised, so the
 output can grow linearly in x far from the data, as the true noise (about x at large t for VP)
 does; a LayerNorm before the output would cap it, and the probability-flow ODE then throws
 samples from the prior's tails far out.  The output layer starts at zero, so an untrained network
@@ -14,12 +16,12 @@ predicts zero noise (or zero score), the loss's neutral point.
 from __future__ import annotations
 
 import math
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import torch
 from torch import nn
 
-from .embeddings import build_time_embedding
+from .embeddings import LabelEmbedding, build_time_embedding, check_num_classes
 
 Tensor = torch.Tensor
 
@@ -50,11 +52,14 @@ class MLPScoreNet(nn.Module):
         emb_dim: size of the time embedding.  fourier_scale / emb_scale: the embedding's
             frequency scale (``scale`` of the chosen embedding).
         norm: LayerNorm inside each block.
+        num_classes: 0 or None (default) for an unconditional network; K > 0 adds a label
+            embedding (K classes and the null label K) to the time embedding, and
+            ``net(x, t, y)`` takes labels ``y [B]`` (None: the null label).
     """
 
     def __init__(self, data_shape: Union[int, Sequence[int]] = 2, width: int = 256, depth: int = 4,
                  embedding: str = "fourier", emb_dim: int = 128, emb_scale: float = 16.0,
-                 norm: bool = True):
+                 norm: bool = True, num_classes: Optional[int] = None):
         super().__init__()
         self.data_shape = (int(data_shape),) if isinstance(data_shape, int) else tuple(int(d) for d in data_shape)
         if width <= 0 or depth < 0:
@@ -67,12 +72,21 @@ class MLPScoreNet(nn.Module):
         self.out = nn.Linear(width, dim)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
+        # built last and only when asked, so unconditional networks (their parameters, their
+        # random initialisation, their checkpoints) are exactly what they were before labels
+        self.num_classes = check_num_classes(num_classes)
+        if self.num_classes:
+            self.label_embed = LabelEmbedding(self.num_classes, emb_dim)
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, y: Optional[Tensor] = None) -> Tensor:
         if tuple(x.shape[1:]) != self.data_shape:
             raise ValueError(f"MLPScoreNet expects x of shape [B, {', '.join(map(str, self.data_shape))}], "
                              f"got {tuple(x.shape)}")
         temb = self.time_embed(t.reshape(-1).expand(x.shape[0]) if t.numel() == 1 else t)
+        if self.num_classes:
+            temb = temb + self.label_embed(y, x.shape[0]).to(temb.dtype)
+        elif y is not None:
+            raise ValueError("labels given to an unconditional network (num_classes=0)")
         h = self.inp(x.reshape(x.shape[0], -1))
         for block in self.blocks:
             h = block(h, temb)

@@ -8,7 +8,10 @@ parameterization).  The architecture follows DDPM++ (``ncsnpp.py`` of score_sde_
 * time conditioning: an embedding of t (Gaussian Fourier features sin/cos(2 pi W t), W ~ N(0, s^2),
   Tancik et al. 2020, as in NCSN++; or the sinusoidal embedding of Vaswani et al. on 1000 t, as in
   DDPM) followed by an MLP  Linear -> SiLU -> Linear;  every residual block adds a learned
-  projection of SiLU(embedding) to its hidden state;
+  projection of SiLU(embedding) to its hidden state;  a class-conditional network
+  (``num_classes`` K > 0) adds a learned label embedding (K classes and the null label K, the
+  unconditional score of classifier-free guidance) to the time embedding, as the class
+  embedding of Dhariwal & Nichol's and Ho & Salimans' U-Nets;
 * residual blocks  h = Conv(SiLU(GN(x))) + Dense(SiLU(temb));  h = Conv(Dropout(SiLU(GN(h))));
   out = (skip(x) + h) / sqrt(2)  (DDPM++'s ``skip_rescale``: keeps the variance of the sum of
   two unit-variance branches at one, so depth does not inflate activations);
@@ -40,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .embeddings import GaussianFourierProjection, SinusoidalEmbedding
+from .embeddings import GaussianFourierProjection, LabelEmbedding, SinusoidalEmbedding, check_num_classes
 
 Tensor = torch.Tensor
 
@@ -151,13 +154,15 @@ class UNet(nn.Module):
         embedding: ``"fourier"`` (Gaussian Fourier features of t) or ``"sinusoidal"`` (of 1000 t).
         fourier_scale: std s of the Fourier frequencies W ~ N(0, s^2).
         skip_rescale: divide every residual sum by sqrt(2) (DDPM++).
+        num_classes: 0 or None (default): unconditional; K > 0: ``net(x, t, y)`` takes labels
+            ``y [B]`` in [0, K] (K or None = the null label).
     """
 
     def __init__(self, image_size: int = 8, channels: int = 1, nf: int = 32,
                  ch_mult: Sequence[int] = (1, 2, 2), num_res_blocks: int = 2,
                  attn_resolutions: Optional[Sequence[int]] = None, dropout: float = 0.1,
                  embedding: str = "fourier", fourier_scale: float = 16.0,
-                 skip_rescale: bool = True):
+                 skip_rescale: bool = True, num_classes: Optional[int] = None):
         super().__init__()
         ch_mult = tuple(int(m) for m in ch_mult)
         if attn_resolutions is None:
@@ -222,8 +227,13 @@ class UNet(nn.Module):
 
         self.norm_out = nn.GroupNorm(_groups(ch), ch, eps=1e-6)
         self.conv_out = _init(nn.Conv2d(ch, channels, 3, padding=1), zero=True)
+        # built last and only when asked: unconditional networks keep their parameters, their
+        # random initialisation and their checkpoints exactly
+        self.num_classes = check_num_classes(num_classes)
+        if self.num_classes:
+            self.label_embed = LabelEmbedding(self.num_classes, temb_dim)
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, y: Optional[Tensor] = None) -> Tensor:
         if x.ndim != 4 or x.shape[1] != self.channels or x.shape[2:] != (self.image_size,) * 2:
             raise ValueError(f"UNet expects x of shape [B, {self.channels}, {self.image_size}, "
                              f"{self.image_size}], got {list(x.shape)}")
@@ -233,6 +243,10 @@ class UNet(nn.Module):
         if t.shape != (x.shape[0],):
             raise ValueError(f"t must have shape [B] = [{x.shape[0]}], got {list(t.shape)}")
         temb = self.temb(t)
+        if self.num_classes:
+            temb = temb + self.label_embed(y, x.shape[0]).to(temb.dtype)
+        elif y is not None:
+            raise ValueError("labels given to an unconditional network (num_classes=0)")
         h = self.conv_in(x)
         skips = [h]
         for m in self.down:
@@ -254,7 +268,7 @@ class UNet(nn.Module):
 def unet(data_shape: Sequence[int], nf: int = 32, ch_mult: Sequence[int] = (1, 2, 2),
          num_res_blocks: int = 2, attn_resolutions: Optional[Sequence[int]] = None,
          dropout: float = 0.1, embedding: str = "fourier", fourier_scale: float = 16.0,
-         skip_rescale: bool = True) -> UNet:
+         skip_rescale: bool = True, num_classes: Optional[int] = None) -> UNet:
     """Registry factory: a :class:`UNet` for samples of shape ``data_shape = [C, H, W]`` (H = W);
     the other arguments are the UNet's (listed so that config schemas can check them)."""
     shape = tuple(int(d) for d in data_shape)
@@ -262,4 +276,5 @@ def unet(data_shape: Sequence[int], nf: int = 32, ch_mult: Sequence[int] = (1, 2
         raise ValueError(f"the U-Net needs square images, data_shape [C, H, H]; got {list(shape)}")
     return UNet(image_size=shape[1], channels=shape[0], nf=nf, ch_mult=ch_mult,
                 num_res_blocks=num_res_blocks, attn_resolutions=attn_resolutions, dropout=dropout,
-                embedding=embedding, fourier_scale=fourier_scale, skip_rescale=skip_rescale)
+                embedding=embedding, fourier_scale=fourier_scale, skip_rescale=skip_rescale,
+                num_classes=num_classes)
