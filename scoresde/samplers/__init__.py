@@ -229,7 +229,7 @@ def sample(score_fn: ScoreFn, sde: SDE, shape: Sequence[int], sampler: str = "pc
 
 # the registry is filled as the sampler modules are imported
 from . import grids  # noqa: E402,F401
-from . import pc, probability_flow, reverse_sde, dpm_solver, unipc, heun  # noqa: E402,F401
+from . import pc, probability_flow, reverse_sde, dpm_solver, unipc, heun, ipndm  # noqa: E402,F401
 from .probability_flow import integrate_probability_flow  # noqa: E402
 from .grids import GridResult, load_grid, optimize_grid, save_grid  # noqa: E402
 

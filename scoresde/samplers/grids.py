@@ -228,7 +228,7 @@ def _grid_of_theta(theta: Tensor, lam0: float, lam1: float, sde: SDE, T: float, 
 
 def optimize_grid(score_fn: ScoreFn, sde: SDE, steps: int, sampler: str = "unipc", *, data_shape: Sequence[int],
                   n: int = 512, generator: Optional[torch.Generator] = None, eps: float = 1e-3,
-                  init: GridLike = "logsnr", rho: float = 7.0, ref_tol: float = 1e-7,
+                  init: Optional[GridLike] = None, rho: float = 7.0, ref_tol: float = 1e-7,
                   dtype: torch.dtype = torch.float32, device=None, max_sweeps: int = 60,
                   delta: float = 0.5, min_delta: float = 1e-3, max_evaluations: int = 5000,
                   **sampler_options) -> GridResult:
@@ -244,7 +244,10 @@ def optimize_grid(score_fn: ScoreFn, sde: SDE, steps: int, sampler: str = "unipc
         data_shape: the shape of one sample (the batch is ``[n, *data_shape]``).
         n: prior draws in the batch the error is averaged over.
         generator: draws that batch (use another than the evaluation's).
-        eps: the sampler's eps; ``init``: the starting grid (any ``grid=`` form).
+        eps: the sampler's eps.
+        init: the starting grid (any ``grid=`` form); None: the named grid of
+            :data:`~scoresde.flow.GRIDS` with the lowest loss (the search is local, so a good
+            start matters; each named grid costs one evaluation of the objective).
         ref_tol: rtol = atol of the dopri5 reference solve.
         dtype, device: of the batch (float64 for closed-form scores where it is cheap).
         max_sweeps, delta, min_delta, max_evaluations: the compass search: start step ``delta`` in
@@ -277,12 +280,14 @@ def optimize_grid(score_fn: ScoreFn, sde: SDE, steps: int, sampler: str = "unipc
     nfe_ref = counter.calls
     dim = math.prod(shape[1:])
 
-    g0 = resolve_grid(sde, init, n_grid, eps, rho)
-    lam = sde.log_snr(g0)
-    lam0, lam1 = float(lam[0]), float(lam[-1])
-    inc = (lam[1:] - lam[:-1]) / (lam1 - lam0)
-    theta = torch.log(inc[1:] / inc[0])  # softmax([0, theta]) gives back the initial increments
+    lam_ends = sde.log_snr(torch.tensor([T, float(eps)], dtype=torch.float64))
+    lam0, lam1 = float(lam_ends[0]), float(lam_ends[1])
     evals = 0
+
+    def theta_of(grid: Tensor) -> Tensor:
+        lam = sde.log_snr(grid)
+        inc = (lam[1:] - lam[:-1]) / (lam1 - lam0)
+        return torch.log(inc[1:] / inc[0])  # softmax([0, theta]) gives back the grid's increments
 
     def loss_of(th: Tensor) -> float:
         nonlocal evals
@@ -295,7 +300,14 @@ def optimize_grid(score_fn: ScoreFn, sde: SDE, steps: int, sampler: str = "unipc
         err = float(((out.x - ref) ** 2).sum() / (n * dim))
         return err if math.isfinite(err) else math.inf
 
-    best = loss_of(theta)
+    starts = [init] if init is not None else list(GRIDS)
+    best, theta, g0 = math.inf, None, None
+    for start in starts:
+        g = resolve_grid(sde, start, n_grid, eps, rho)
+        th = theta_of(g)
+        val = loss_of(th)
+        if theta is None or val < best:
+            best, theta, g0, init_name = val, th, g, start if isinstance(start, str) else "explicit"
     history = [best]
     step = float(delta)
     for _ in range(int(max_sweeps)):
@@ -318,6 +330,6 @@ def optimize_grid(score_fn: ScoreFn, sde: SDE, steps: int, sampler: str = "unipc
     grid = _grid_of_theta(theta, lam0, lam1, sde, T, float(eps))
     meta = dict(sampler=sampler, steps=int(steps), options={k: v for k, v in sampler_options.items()},
                 sde=type(sde).__name__, T=T, eps=float(eps), n=int(n), ref_tol=ref_tol,
-                init=init if isinstance(init, str) else "explicit", loss=best, initial_loss=history[0],
+                init=init_name, loss=best, initial_loss=history[0],
                 nfe=counter.calls, method="compass search on softmax increments of log-SNR")
     return GridResult(grid, counter.calls, history, g0, nfe_ref, evals, meta)
