@@ -12,7 +12,7 @@ from .sde import SDE, VPSDE, SubVPSDE, VESDE, ReverseSDE, build_sde
 from .mixture import GaussianMixture, ring8, anisotropic, build_mixture
 from . import metrics
 from . import samplers
-from .samplers import sample, build_sampler, SampleResult
+from .samplers import sample, build_sampler, SampleResult, optimize_grid, save_grid, load_grid
 from .score import ScoreModel, build_score_model
 from .losses import DSMLoss, dsm_loss
 from . import nn, data
@@ -30,7 +30,7 @@ __all__ = [
     "SDE", "VPSDE", "SubVPSDE", "VESDE", "ReverseSDE", "build_sde",
     "GaussianMixture", "ring8", "anisotropic", "build_mixture",
     "metrics",
-    "samplers", "sample", "build_sampler", "SampleResult",
+    "samplers", "sample", "build_sampler", "SampleResult", "optimize_grid", "save_grid", "load_grid",
     "ScoreModel", "build_score_model", "DSMLoss", "dsm_loss", "nn", "data", "Trainer", "load_model",
     "log_likelihood", "bits_per_dim", "LikelihoodResult", "BitsPerDimResult", "elbo", "ELBOResult",
     "interop",

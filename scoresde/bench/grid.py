@@ -23,7 +23,7 @@ __all__ = ["DETERMINISTIC", "SamplerSpec", "Cell", "expand_grid", "DEFAULT_SAMPL
 
 # samplers that solve the probability-flow ODE without noise: their error against a tight
 # reference solve from the same z is defined
-DETERMINISTIC = ("ode", "dpm_solver", "unipc", "heun")
+DETERMINISTIC = ("ode", "dpm_solver", "unipc", "heun", "ipndm")
 
 
 @dataclass

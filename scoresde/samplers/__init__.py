@@ -18,7 +18,8 @@ Names (one file per algorithm): ``"pc"`` (predictor-corrector, :mod:`.pc`), ``"o
 (probability-flow ODE through torchdiffeq, :mod:`.probability_flow`), ``"sde"`` (reverse-time SDE
 through torchsde, :mod:`.reverse_sde`), and the few-step solvers in the scaled variables of
 :mod:`scoresde.flow`: ``"dpm_solver"`` (DPM-Solver++ multistep, :mod:`.dpm_solver`), ``"unipc"``
-(UniPC, :mod:`.unipc`) and ``"heun"`` (EDM's Heun, :mod:`.heun`).  ``CountingScore`` lives in
+(UniPC, :mod:`.unipc`) and ``"heun"`` (EDM's Heun, :mod:`.heun`).  Their time grids are data
+(:mod:`.grids`: a name, explicit times, a saved file, or :func:`optimize_grid`'s result).  ``CountingScore`` lives in
 :mod:`scoresde.score` and is re-exported here.
 """
 
@@ -227,7 +228,9 @@ def sample(score_fn: ScoreFn, sde: SDE, shape: Sequence[int], sampler: str = "pc
 
 
 # the registry is filled as the sampler modules are imported
-from . import pc, probability_flow, reverse_sde, dpm_solver, unipc, heun  # noqa: E402,F401
+from . import grids  # noqa: E402,F401
+from . import pc, probability_flow, reverse_sde, dpm_solver, unipc, heun, ipndm  # noqa: E402,F401
 from .probability_flow import integrate_probability_flow  # noqa: E402
+from .grids import GridResult, load_grid, optimize_grid, save_grid  # noqa: E402
 
-__all__ += ["integrate_probability_flow"]
+__all__ += ["integrate_probability_flow", "optimize_grid", "save_grid", "load_grid", "GridResult"]

@@ -15,9 +15,10 @@ import math
 
 import torch
 
-from ..flow import Denoiser, time_grid
+from ..flow import Denoiser
 from ..sde import SDE
 from . import register_sampler
+from .grids import GridLike, resolve_grid
 from ._scaled import check_steps, finish, grid_steps, record_scaled
 
 Tensor = torch.Tensor
@@ -25,7 +26,7 @@ Tensor = torch.Tensor
 
 @register_sampler("dpm_solver")
 def dpm_solver(score_fn, sde: SDE, x: Tensor, ctx, *, eps: float = 1e-3, steps: int = 20,
-               order: int = 2, grid: str = "vp_quadratic", rho: float = 7.0, denoise: bool = False,
+               order: int = 2, grid: GridLike = "vp_quadratic", rho: float = 7.0, denoise: bool = False,
                lower_order_final: bool = True) -> Tensor:
     """DPM-Solver++ multistep, one evaluation a step (see the module docstring).
 
@@ -56,7 +57,7 @@ def dpm_solver(score_fn, sde: SDE, x: Tensor, ctx, *, eps: float = 1e-3, steps: 
         raise ValueError(f"order must be 1, 2 or 3, got {order}")
     ctx.expect_nfe(steps)
     n_grid = grid_steps(steps, denoise)
-    t = time_grid(sde, n_grid, eps, grid, rho)
+    t = resolve_grid(sde, grid, n_grid, eps, rho)
     den = Denoiser(score_fn, sde, t, x)
     lam, tt = den.log_snr, den.times
     xt = den.scale(x, 0)

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import torch
 
-from ..flow import Denoiser, time_grid
+from ..flow import Denoiser
 from ..sde import SDE
 from . import register_sampler
+from .grids import GridLike, resolve_grid
 from ._scaled import check_steps, finish, grid_steps, record_scaled
 
 Tensor = torch.Tensor
@@ -17,7 +18,7 @@ Tensor = torch.Tensor
 
 @register_sampler("heun")
 def heun(score_fn, sde: SDE, x: Tensor, ctx, *, eps: float = 1e-3, steps: int = 10,
-         grid: str = "vp_quadratic", rho: float = 7.0, denoise: bool = False) -> Tensor:
+         grid: GridLike = "vp_quadratic", rho: float = 7.0, denoise: bool = False) -> Tensor:
     """Heun's second-order method (Karras et al. 2022, EDM, Algorithm 1), in sigma~.
 
     With d(x~, sigma~) = (x~ - D) / sigma~ and a step from sigma~_i to sigma~_{i+1}:
@@ -38,7 +39,7 @@ def heun(score_fn, sde: SDE, x: Tensor, ctx, *, eps: float = 1e-3, steps: int = 
     steps = check_steps(steps)
     n_grid = grid_steps(steps, denoise)
     ctx.expect_nfe(2 * steps - 1 if denoise else 2 * steps)
-    t = time_grid(sde, n_grid, eps, grid, rho)
+    t = resolve_grid(sde, grid, n_grid, eps, rho)
     den = Denoiser(score_fn, sde, t, x)
     sig, tt = den.sigma, den.times
     xt = den.scale(x, 0)

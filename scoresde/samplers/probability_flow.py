@@ -45,6 +45,7 @@ from torchdiffeq import odeint
 from ..flow import TIME_VARIABLES, VP_CLOCK, TimeVariable
 from ..sde import SDE
 from . import register_sampler
+from .grids import GridLike, resolve_grid
 
 Tensor = torch.Tensor
 # torchdiffeq's solvers (0.2.x): adaptive and fixed-grid
@@ -78,7 +79,8 @@ def integrate_probability_flow(score_fn, sde: SDE, x: Tensor, t_start: float, t_
                                method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5,
                                steps: Optional[int] = None, time_variable: str = "log_sigma",
                                times: Optional[Sequence[float]] = None,
-                               options: Optional[dict] = None) -> Tuple[Tensor, Optional[Tuple[Tensor, Tensor]]]:
+                               options: Optional[dict] = None,
+                               grid: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tuple[Tensor, Tensor]]]:
     """Solve the probability-flow ODE from ``x`` at ``t_start`` to ``t_end`` (either direction).
 
     Args:
@@ -89,6 +91,9 @@ def integrate_probability_flow(score_fn, sde: SDE, x: Tensor, t_start: float, t_
         times: extra output times (forward time t, between the ends) for a trajectory; the
             solvers interpolate there, so they cost no evaluation.
         options: passed to torchdiffeq as ``options``.
+        grid: fixed-grid methods only: the times (forward t, ``steps + 1`` of them from t_start
+            to t_end, checked by the caller) to step on, mapped to ``time_variable``; default
+            ``steps`` equal steps of ``time_variable``.
 
     Returns:
         ``(x_end, trajectory)`` with trajectory ``(times [n], states [n, B, ...])`` when ``times``
@@ -160,7 +165,15 @@ def integrate_probability_flow(score_fn, sde: SDE, x: Tensor, t_start: float, t_
         # torchdiffeq keeps the time in the state's dtype for its arithmetic
         u_grid = u_grid.to(x.dtype)
     opts = dict(options or {})
-    if fixed:
+    if grid is not None and not fixed:
+        raise ValueError(f"grid applies to fixed-grid methods, not the adaptive {method!r}")
+    if fixed and grid is not None:
+        g64 = torch.as_tensor(grid, dtype=torch.float64)
+        # the grid's times in u, with the ends exactly those of the solve
+        u_steps = [u0] + [tv.scalar_u_of_t(float(tt)) for tt in g64[1:-1].tolist()] + [u1]
+        opts.setdefault("grid_constructor",
+                        lambda func, y0, t: torch.tensor(u_steps, dtype=t.dtype, device=t.device))
+    elif fixed:
         n = int(steps) if steps is not None else 100
         g0, g1 = u_grid[0], u_grid[-1]
         opts.setdefault("grid_constructor",
@@ -180,8 +193,13 @@ def integrate_probability_flow(score_fn, sde: SDE, x: Tensor, t_start: float, t_
 @register_sampler("ode")
 def ode(score_fn, sde: SDE, x: Tensor, ctx, *, eps: float = 1e-3, method: str = "dopri5",
         rtol: float = 1e-5, atol: float = 1e-5, steps: Optional[int] = None,
-        time_variable: str = "log_sigma", trajectory_points: int = 101) -> Tensor:
+        time_variable: str = "log_sigma", trajectory_points: int = 101,
+        grid: Optional[GridLike] = None) -> Tensor:
     """Probability-flow ODE sampler: torchdiffeq from T down to eps (see the module docstring).
+
+    ``grid`` (fixed-grid methods): the times to step on, any form of
+    :mod:`scoresde.samplers.grids` (``steps + 1`` times, ``steps`` default 100); default
+    ``steps`` equal steps of ``time_variable``.
 
     With ``return_trajectory`` the states come at ``trajectory_points`` times evenly spaced in
     ``time_variable`` (interpolated by the solver: no extra evaluations).
@@ -192,9 +210,14 @@ def ode(score_fn, sde: SDE, x: Tensor, ctx, *, eps: float = 1e-3, method: str = 
         u = torch.linspace(tv.scalar_u_of_t(sde.T), tv.scalar_u_of_t(eps), int(trajectory_points),
                            dtype=torch.float64, device=x.device)[1:-1]
         times = tv.t_of_u(u).tolist()
+    t_grid = None
+    if grid is not None:
+        if method in ADAPTIVE_METHODS:
+            raise ValueError(f"grid applies to fixed-grid methods, not the adaptive {method!r}")
+        t_grid = resolve_grid(sde, grid, 100 if steps is None else int(steps), eps)
     x_end, traj = integrate_probability_flow(score_fn, sde, x, sde.T, eps, method=method, rtol=rtol,
                                              atol=atol, steps=steps, time_variable=time_variable,
-                                             times=times)
+                                             times=times, grid=t_grid)
     if traj is not None:
         for tt, xs in zip(traj[0], traj[1]):
             ctx.record(tt, xs)

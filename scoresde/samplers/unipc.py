@@ -9,9 +9,10 @@ import math
 
 import torch
 
-from ..flow import Denoiser, time_grid
+from ..flow import Denoiser
 from ..sde import SDE
 from . import register_sampler
+from .grids import GridLike, resolve_grid
 from ._scaled import check_steps, record_scaled
 
 Tensor = torch.Tensor
@@ -19,7 +20,7 @@ Tensor = torch.Tensor
 
 @register_sampler("unipc")
 def unipc(score_fn, sde: SDE, x: Tensor, ctx, *, eps: float = 1e-3, steps: int = 20, order: int = 1,
-          variant: str = "bh1", grid: str = "vp_quadratic", rho: float = 7.0,
+          variant: str = "bh1", grid: GridLike = "vp_quadratic", rho: float = 7.0,
           lower_order_final: bool = True) -> Tensor:
     """UniPC multistep with data prediction (Zhao et al. 2023, "UniPC", Algorithms 2-3).
 
@@ -47,7 +48,7 @@ def unipc(score_fn, sde: SDE, x: Tensor, ctx, *, eps: float = 1e-3, steps: int =
     if variant not in ("bh1", "bh2"):
         raise ValueError(f"unknown variant {variant!r}; valid variants: ['bh1', 'bh2']")
     ctx.expect_nfe(steps)
-    t = time_grid(sde, steps, eps, grid, rho)
+    t = resolve_grid(sde, grid, steps, eps, rho)
     den = Denoiser(score_fn, sde, t, x)
     lam, tt = den.log_snr, den.times
     xt = den.scale(x, 0)
