@@ -388,21 +388,19 @@ def test_our_ode_and_diffusers_dpm_solver_end_at_the_same_samples(unet_ddpm):
     assert rel(plain.x, theirs) > 0.01
 
 
-def test_our_dpm_solver_matches_diffusers_dpm_solver_2m_step_by_step(unet_ddpm, monkeypatch):
+def test_our_dpm_solver_matches_diffusers_dpm_solver_2m_step_by_step(unet_ddpm):
     """On diffusers' own grid (its timesteps mapped to our t by their noise level), our
     ``dpm_solver`` (order 2, ``denoise=True``) takes the same steps as DPM-Solver++(2M) with
     ``final_sigmas_type="zero"``: 1st order first and last-but-one (diffusers' lower_order_final
-    below 15 steps, ours always), 2nd in between, then x0 = D.  The sampler takes no explicit
-    grid yet (another issue adds it): its grid function is replaced for this call."""
+    below 15 steps, ours always), 2nd in between, then x0 = D.  Our sampler steps on that grid
+    through ``grid=`` (times from T down to eps)."""
     unet, sched, score_fn, noise = unet_ddpm
     steps = 10
     dpm = DPMSolverMultistepScheduler.from_config(sched.config)
     theirs = sd.interop.diffusers_sample(unet, dpm, noise, steps, return_trajectory=True)
     grid = score_fn.sde.t_from_log_snr(-torch.log(dpm.sigmas[:-1].double()))
-    module = sys.modules[sd.samplers.SAMPLERS["dpm_solver"].__module__]
-    monkeypatch.setattr(module, "time_grid", lambda *a, **k: grid.clone())
     ours = sd.sample(score_fn, sd.VPSDE(0.1, 20.0, T=float(grid[0])), noise.shape, sampler="dpm_solver",
-                     steps=steps, order=2, denoise=True, eps=float(grid[-1]), x_init=noise, dtype=F64,
+                     steps=steps, order=2, denoise=True, eps=float(grid[-1]), grid=grid, x_init=noise, dtype=F64,
                      return_trajectory=True)
     assert ours.nfe == theirs.nfe == steps
     ours_steps = ours.trajectory[1:]   # the states after each step
