@@ -83,6 +83,7 @@ import torch
 from torchdiffeq import odeint
 
 from . import flow
+from .adams import adams_pec
 from .score import CountingScore
 from .sde import SDE, ScoreFn
 
@@ -101,6 +102,9 @@ __all__ = [
 DIVERGENCES = ("exact", "hutchinson")
 NOISES = ("rademacher", "gaussian")
 TIME_VARIABLES = flow.TIME_VARIABLES  # ("t", "sigma", "log_sigma", "vp")
+
+# the hand-written adaptive Adams PEC method (scoresde.adams), beside torchdiffeq's methods
+ADAMS = "adams"
 
 # elements of the batched Jacobian-vector products held at once by the exact divergence
 _EXACT_CHUNK_ELEMS = 2 ** 25
@@ -346,8 +350,8 @@ def _check_inputs(sde: SDE, x: Tensor, divergence, probes, noise, rtol, atol, me
     if not (isinstance(eps, (int, float)) and 0 < eps < sde.T):
         raise ValueError(f"eps must lie in (0, T={sde.T}), got {eps!r}")
     solvers = importlib.import_module("torchdiffeq._impl.odeint").SOLVERS
-    if method not in solvers:
-        raise ValueError(f"unknown method {method!r}; valid torchdiffeq methods: {sorted(solvers)}")
+    if method not in solvers and method != ADAMS:
+        raise ValueError(f"unknown method {method!r}; valid: {ADAMS!r} or a torchdiffeq method {sorted(solvers)}")
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
     return divergence, noise, time_variable
@@ -389,8 +393,13 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: Tensor, *, divergence: str = 
         noise: Hutchinson probe distribution, ``"rademacher"`` (smaller variance) or ``"gaussian"``.
         rtol, atol: solver tolerances; torchdiffeq's error norm is the larger of the RMS errors
             (over the batch) of the state and of the log-det per dimension.
-        method: a torchdiffeq method (``"dopri5"``, ``"dopri8"``, ``"bosh3"``, ``"rk4"``, ...);
-            fixed-step methods need ``options={"step_size": h}`` in the time variable's units.
+        method: a torchdiffeq method (``"dopri5"``, ``"dopri8"``, ``"bosh3"``, ``"rk4"``, ...;
+            fixed-step methods need ``options={"step_size": h}`` in the time variable's units), or
+            ``"adams"``: :func:`scoresde.adams.adams_pec`, a variable-step Adams-Bashforth-Moulton
+            method in PEC mode (order 4 predictor, order 5 corrector, one score evaluation per
+            step, Milne's error estimate in the same mixed norm; ``options={"order": k}``).  At
+            rtol = atol = 1e-5 it takes about as many evaluations as dopri5 for a 20-50x smaller
+            error; at equal error about half as many (``benchmarks/likelihood.py``).
         eps: the ODE starts at t = eps (Song et al. use 1e-5): the result is log p_eps, the
             density of the data blurred by the SDE up to eps.
         generator: draws the Hutchinson probes.
@@ -438,10 +447,16 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: Tensor, *, divergence: str = 
             P = 1 if pc is None else pc.shape[0]
             y0 = xc / a_lo.to(x.dtype)
             d0 = torch.zeros(P, xc.shape[0], dtype=x.dtype, device=x.device)
-            ys, ds = odeint(func, (y0, d0), u_span, rtol=rtol, atol=atol, method=method, options=options)
-            z = ys[-1] * a_hi.to(x.dtype)
+            if method == ADAMS:
+                (y1, d1), _ = adams_pec(lambda u, st: func(torch.tensor(u, dtype=tv.dtype, device=x.device), st),
+                                        (y0, d0), float(tv.u_lo), float(tv.u_hi), rtol=rtol, atol=atol,
+                                        **(options or {}))
+            else:
+                ys, ds = odeint(func, (y0, d0), u_span, rtol=rtol, atol=atol, method=method, options=options)
+                y1, d1 = ys[-1], ds[-1]
+            z = y1 * a_hi.to(x.dtype)
             lp_T = prior(z)
-            per_probe = lp_T[None] + D * ds[-1] + log_det_ends.to(x.dtype)   # [P, B]
+            per_probe = lp_T[None] + D * d1 + log_det_ends.to(x.dtype)   # [P, B]
             logps.append(per_probe.mean(0))
             errs.append(per_probe.std(0) / math.sqrt(P) if P > 1 else None)
             zs.append(z)

@@ -1,0 +1,69 @@
+"""log_likelihood(method="adams") against dopri5 at 1e-9 and against exact mixture densities.
+
+With the exact score and the exact prior p_T the only error is the solver's; the Adams method's
+global error at rtol = atol = tol is measured at 0.1-10 tol nats/dim (benchmarks/likelihood.py),
+so the bound asserted is 20 tol per dim plus a 1e-6 floor.
+"""
+import pytest
+import torch
+
+import scoresde as sd
+
+
+def exact_prior(mix, sde):
+    return lambda z: mix.log_prob_t(z, sde, sde.T)
+
+
+def err_per_dim(logp, exact, dim):
+    return float((logp.double() - exact.double()).abs().mean()) / dim
+
+
+@pytest.mark.parametrize("divergence", ["exact", "hutchinson"])
+def test_adams_matches_dopri5_at_1e9(divergence):
+    mix, sde = sd.ring8(), sd.VPSDE()
+    x = mix.sample(8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    kw = dict(divergence=divergence, rtol=1e-9, atol=1e-9, prior_logp=exact_prior(mix, sde))
+    a = sd.log_likelihood(mix.score_fn(sde), sde, x, method="adams", generator=torch.Generator().manual_seed(1), **kw)
+    d = sd.log_likelihood(mix.score_fn(sde), sde, x, method="dopri5", generator=torch.Generator().manual_seed(1), **kw)
+    assert torch.allclose(a.logp, d.logp, rtol=0, atol=2e-7 * mix.dim)
+    assert torch.allclose(a.z, d.z, rtol=0, atol=1e-7 * float(d.z.abs().max()))
+
+
+@pytest.mark.parametrize("name", ["ring8", "aniso8"])
+def test_adams_logp_within_the_tolerance_bound(sde, name):
+    mix = sd.build_mixture(name)
+    x = mix.sample(16, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    exact = mix.log_prob_t(x, sde, 1e-5)
+    errs = []
+    for tol in (1e-3, 1e-5):
+        res = sd.log_likelihood(mix.score_fn(sde), sde, x, method="adams", rtol=tol, atol=tol,
+                                prior_logp=exact_prior(mix, sde))
+        errs.append(err_per_dim(res.logp, exact, mix.dim))
+        assert errs[-1] < 20 * tol + 1e-6
+    assert errs[1] < errs[0]
+
+
+def test_adams_nfe_counted_exactly():
+    mix, sde = sd.ring8(), sd.VESDE()
+    calls = []
+
+    def score_fn(xx, t):
+        calls.append(float(t[0]))
+        return mix.score_fn(sde)(xx, t)
+
+    x = mix.sample(4, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    res = sd.log_likelihood(score_fn, sde, x, method="adams")
+    assert res.nfe == len(calls) > 0
+    assert 1e-5 - 1e-12 <= min(calls) and max(calls) <= sde.T + 1e-12
+
+
+def test_adams_image_shaped_data_gives_the_flat_answer():
+    mix, sde = sd.build_mixture("aniso8"), sd.SubVPSDE()
+    x = mix.sample(4, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    flat = mix.score_fn(sde)
+    img_score = lambda xx, t: flat(xx.reshape(xx.shape[0], -1), t).reshape(xx.shape)  # noqa: E731
+    kw = dict(method="adams", divergence="hutchinson", probes=2)
+    a = sd.log_likelihood(flat, sde, x, generator=torch.Generator().manual_seed(4), **kw)
+    b = sd.log_likelihood(img_score, sde, x.reshape(4, 2, 2, 2), generator=torch.Generator().manual_seed(4), **kw)
+    assert torch.allclose(a.logp, b.logp, rtol=0, atol=1e-9)
+    assert a.stderr is not None and b.z.shape == (4, 2, 2, 2)
