@@ -13,6 +13,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 
 from ..train import CheckpointError, TrainingDiverged
+from . import schema  # noqa: F401  (registers every group's schema: conf/ cannot compose without it)
 
 log = logging.getLogger("scoresde")
 
