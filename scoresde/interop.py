@@ -422,12 +422,19 @@ def to_diffusers(score_fn: ScoreFn, sde: Optional[SDE] = None, num_train_timeste
     (beta_start = beta_min / N, beta_end = beta_max / N, which ``from_diffusers`` turns back into
     the same VP SDE), for any other SDE ``trained_betas`` giving ac_k = sigmoid(2 lambda(t_k))
     exactly.  It sets ``clip_sample=False`` (our data need not lie in [-1, 1]) and
-    ``timestep_spacing="linspace"`` (so DDIM, DPM-Solver, UniPC and Euler all start at k = N - 1,
-    our prior at t = T).  Any alphas_cumprod scheduler runs on it::
+    ``timestep_spacing="trailing"`` (so DDIM, DPM-Solver, UniPC and Euler all start at k = N - 1,
+    our prior at t = T, and end at k = 0, t = T / N, before their last step to sigma = 0).  Any
+    alphas_cumprod scheduler runs on it::
 
         model, ddpm = sd.interop.to_diffusers(score_model)
         sched = DPMSolverMultistepScheduler.from_config(ddpm.config)
         x = sd.interop.diffusers_sample(model, sched, noise, steps=20).x
+
+    Limits (diffusers' own, not the export's): ``DDIMScheduler`` steps from timestep k to
+    k - N // steps, so its chain is consistent only when ``steps`` divides N (for N = 1000:
+    5, 10, 20, 25, 40, 50, 100, ...; otherwise each step lands up to one timestep off the next
+    one); an SDE whose 1 - ac at t = T / N is below float32's resolution (sub-VP: sigma(T/N)^2
+    ~ 1e-8) cannot be exported and raises ValueError naming float32.
     """
     diffusers = _import_diffusers()
     if sde is None:
@@ -468,9 +475,16 @@ def diffusers_sample(model: Callable, scheduler, noise: Tensor, steps: int,
             eps = model(scheduler.scale_model_input(x, k), k).sample
             x = scheduler.step(eps, k, x).prev_sample
 
-    ``noise`` is a standard normal draw ``[B, ...]``; ``nfe`` counts the model calls;
-    ``trajectory`` holds the state after each step (``times``: the timesteps k).
+    ``noise`` is a standard normal draw ``[B, ...]``; ``nfe`` counts the model calls (one per
+    entry of ``scheduler.timesteps``: ``steps`` for the multistep, DDIM, Euler and LMS schedulers,
+    ``2 steps - 1`` for ``HeunDiscreteScheduler``, whose last step is an Euler step to sigma = 0);
+    ``trajectory`` holds the state after each step (``times``: the timesteps k).  ``generator``
+    goes to ``scheduler.step`` where it takes one (the stochastic schedulers), so no draw comes
+    from torch's global generator.  ``DDIMScheduler`` needs ``steps`` to divide
+    ``num_train_timesteps`` (see :func:`to_diffusers`).
     """
+    import inspect
+
     from .samplers import SampleResult
 
     if int(steps) != steps or steps < 1:
@@ -478,7 +492,8 @@ def diffusers_sample(model: Callable, scheduler, noise: Tensor, steps: int,
     scheduler.set_timesteps(int(steps), device=noise.device)
     x = noise * scheduler.init_noise_sigma
     calls, states = 0, []
-    step_kw = {"generator": generator} if generator is not None else {}
+    takes = "generator" in inspect.signature(scheduler.step).parameters
+    step_kw = {"generator": generator} if generator is not None and takes else {}
     if noise.device.type == "cuda":
         torch.cuda.synchronize(noise.device)
     start = time.perf_counter()

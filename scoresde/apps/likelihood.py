@@ -3,9 +3,14 @@
     scoresde-likelihood checkpoint=outputs/train/.../checkpoints/last.pt            # 2000 test points
     scoresde-likelihood checkpoint=... split=train n=500 divergence=hutchinson seed=1
     python -m scoresde.apps.likelihood checkpoint=... rtol=1e-6 atol=1e-6
+    scoresde-likelihood checkpoint=diffusers:/models/ddpm data=image_folder data.root=/my/images data.size=32
 
 The data set is rebuilt from the checkpoint's config (same seed: the same held-out points the
-trainer evaluated).  ``sd.log_likelihood`` gives log p in the model's space; the density of the
+trainer evaluated); ``data=NAME data.KEY=...`` scores another data set instead (it must live in
+the model's space).  ``checkpoint=diffusers:PATH`` is a local diffusers model folder
+(:func:`scoresde.apps._common.load_score`): it carries no data set, so ``data=`` is required (an
+image data set: 8-bit levels on the grid x = 2 k / 255 - 1, the DDPM convention).
+``sd.log_likelihood`` gives log p in the model's space; the density of the
 data as given is
 
     log p_data(x) = log p_model(s(x)) + log|det ds/dx|          (s: the data set's affine scaler)
@@ -39,13 +44,12 @@ from typing import Any, Dict, Optional
 import hydra
 import torch
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from ..data import build_dataset
 from ..data.images import from_model_range
-from ..train import load_model, resolve_device
 from . import schema  # noqa: F401  (registers the group schemas)
-from ._common import checkpoint_path, config_path, cpu_generator, exit_on_user_error, run_dir
+from ._common import LoadedScore, config_path, cpu_generator, exit_on_user_error, load_score, loaded_model, run_dir
 
 log = logging.getLogger("scoresde")
 
@@ -68,6 +72,7 @@ class LikelihoodAppSchema:
     seed: int = 0
     device: str = "auto"
     ema: bool = True
+    data: Optional[Dict[str, Any]] = None
 
 
 ConfigStore.instance().store(name="likelihood_schema", node=LikelihoodAppSchema)
@@ -85,10 +90,13 @@ def _points(data, split: str, n: Optional[int], generator: torch.Generator) -> t
 
 def checkpoint_likelihood(checkpoint, split: str = "test", n: Optional[int] = 2000, batch_size: int = 1000,
                           divergence: str = "exact", rtol: float = 1e-5, atol: float = 1e-5, eps: float = 1e-5,
-                          seed: int = 0, device: str = "auto", ema: bool = True) -> Dict[str, Any]:
+                          seed: int = 0, device: str = "auto", ema: bool = True,
+                          data: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """The NLL of ``n`` points of ``split`` under a checkpoint's model (see the module docstring).
 
-    ``checkpoint``: a path, or a model from :func:`scoresde.load_model`.
+    ``checkpoint``: a path, ``diffusers:PATH``, a model from :func:`scoresde.load_model` or a
+    :class:`LoadedScore`.  ``data``: a data set config (``name`` and its arguments) in place of
+    the checkpoint's own; required for a diffusers model.
     """
     import scoresde as sd
 
@@ -100,11 +108,18 @@ def checkpoint_likelihood(checkpoint, split: str = "test", n: Optional[int] = 20
         raise ValueError(f"n must be positive or null (the whole split), got {n}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    model = (checkpoint if isinstance(checkpoint, torch.nn.Module)
-             else load_model(checkpoint_path(str(checkpoint)), device=resolve_device(device), ema=ema))
-    dev = next(model.parameters()).device
-    data_cfg = dict(model.checkpoint["config"]["data"])
+    loaded = checkpoint if isinstance(checkpoint, LoadedScore) else (
+        loaded_model(checkpoint) if isinstance(checkpoint, torch.nn.Module) else load_score(checkpoint, device, ema))
+    score_fn, sde, event_shape, meta = loaded
+    dev = next(score_fn.parameters()).device
+    data_cfg = dict(data or meta["data"] or {})
+    if "name" not in data_cfg:
+        raise ValueError(f"{meta['path']} carries no data set to score: give one, e.g. data=image_folder "
+                         "data.root=/my/images data.size=32 (or data=torchvision ...)")
     data = build_dataset(data_cfg.pop("name"), **data_cfg)
+    if event_shape is not None and tuple(data.event_shape) != tuple(event_shape):
+        raise ValueError(f"data set {data.name!r} has samples of shape {tuple(data.event_shape)}, the model "
+                         f"takes {tuple(event_shape)}: set data.size / data.channels to match")
     g = cpu_generator(seed)
     x = _points(data, split, n, g)
     kwargs: Dict[str, Any] = dict(divergence=divergence, rtol=rtol, atol=atol, eps=eps, generator=g)
@@ -118,10 +133,10 @@ def checkpoint_likelihood(checkpoint, split: str = "test", n: Optional[int] = 20
     t0 = time.perf_counter()
     for start in range(0, x.shape[0], batch_size):
         if levels is None:
-            ll = sd.log_likelihood(model, model.sde, x[start:start + batch_size].to(dev), **kwargs)
+            ll = sd.log_likelihood(score_fn, sde, x[start:start + batch_size].to(dev), **kwargs)
             logps.append(ll.logp.detach().double().cpu())
         else:  # the dequantization bound on log P(k), in nats
-            ll = sd.bits_per_dim(model, model.sde, k[start:start + batch_size].to(dev), levels=levels,
+            ll = sd.bits_per_dim(score_fn, sde, k[start:start + batch_size].to(dev), levels=levels,
                                  data_range=grid, **kwargs)
             logps.append(ll.logp[0].detach().double().cpu() + ll.log_det)
         nfes.append(int(ll.nfe))
@@ -130,7 +145,7 @@ def checkpoint_likelihood(checkpoint, split: str = "test", n: Optional[int] = 20
     dims = math.prod(data.event_shape)
     nll = -(logp + (data.scaler.log_det(data.event_shape) if levels is None else 0.0))
     out: Dict[str, Any] = {
-        "step": model.checkpoint["step"], "data": data.name, "split": split, "n": int(x.shape[0]),
+        "step": meta["step"], "source": meta["source"], "data": data.name, "split": split, "n": int(x.shape[0]),
         "dims": dims, "nll": float(nll.mean()), "nll_se": float(nll.std() / math.sqrt(nll.numel())),
         "bits_per_dim": None, "divergence": divergence, "rtol": rtol, "atol": atol, "eps": eps,
         "nfe": sum(nfes), "nfe_per_batch": nfes, "seconds": round(seconds, 4), "seed": seed, "ema": ema,
@@ -148,8 +163,9 @@ def checkpoint_likelihood(checkpoint, split: str = "test", n: Optional[int] = 20
 
 def run_likelihood(cfg: DictConfig, out_dir: Path) -> Dict[str, Any]:
     """The body of the app: likelihood.json in ``out_dir``."""
+    data = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") is not None else None
     out = checkpoint_likelihood(cfg.checkpoint, cfg.split, cfg.n, cfg.batch_size, cfg.divergence, cfg.rtol,
-                                cfg.atol, cfg.eps, cfg.seed, cfg.device, cfg.ema)
+                                cfg.atol, cfg.eps, cfg.seed, cfg.device, cfg.ema, data=data)
     out = {"checkpoint": str(cfg.checkpoint), **out}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "likelihood.json").write_text(json.dumps(out, indent=2))
