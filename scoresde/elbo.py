@@ -84,6 +84,7 @@ from typing import Callable, Optional
 
 import torch
 
+from .likelihood import check_data
 from .losses import importance_norm, importance_time
 from .sde import SDE, ScoreFn, expand_to
 
@@ -257,14 +258,7 @@ def elbo(score_fn: ScoreFn, sde: SDE, x: Tensor, *, n_t: int = 64, estimator: st
         ``nfe``, ``evaluations``, ``seconds``).
     """
     start = time.perf_counter()
-    if not isinstance(sde, SDE):
-        raise ValueError(f"sde must be a scoresde SDE, got {type(sde).__name__}")
-    if not torch.is_tensor(x) or not x.is_floating_point():
-        raise ValueError("x must be a floating-point tensor of shape [B, ...]")
-    if x.dim() < 2 or x.shape[0] == 0 or x[0].numel() == 0:
-        raise ValueError(f"x must have shape [B, ...] with B >= 1 and a non-empty data shape, got {tuple(x.shape)}")
-    if not torch.isfinite(x).all():
-        raise ValueError("x has non-finite entries")
+    check_data(sde, x)
     n_t = _positive_int(n_t, "n_t", 2)
     estimator = _check_name(estimator, ESTIMATORS, "estimator")
     if divergence is None:

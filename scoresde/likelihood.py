@@ -325,10 +325,9 @@ def _check_name(value: str, valid: Sequence[str], what: str) -> str:
     return key
 
 
-def _check_inputs(sde: SDE, x: Tensor, divergence, probes, noise, rtol, atol, method, eps, batch_size,
-                  time_variable):
-    import importlib
-
+def check_data(sde: SDE, x: Tensor) -> None:
+    """The checks every density estimate makes of its inputs: a scoresde SDE and finite
+    floating-point data of shape ``[B, ...]`` (ValueError naming what is wrong)."""
     if not isinstance(sde, SDE):
         raise ValueError(f"sde must be a scoresde SDE, got {type(sde).__name__}")
     if not torch.is_tensor(x) or not x.is_floating_point():
@@ -337,6 +336,13 @@ def _check_inputs(sde: SDE, x: Tensor, divergence, probes, noise, rtol, atol, me
         raise ValueError(f"x must have shape [B, ...] with B >= 1 and a non-empty data shape, got {tuple(x.shape)}")
     if not torch.isfinite(x).all():
         raise ValueError("x has non-finite entries")
+
+
+def _check_inputs(sde: SDE, x: Tensor, divergence, probes, noise, rtol, atol, method, eps, batch_size,
+                  time_variable):
+    import importlib
+
+    check_data(sde, x)
     divergence = _check_name(divergence, DIVERGENCES, "divergence")
     noise = _check_name(noise, NOISES, "noise")
     time_variable = _check_name(time_variable, TIME_VARIABLES, "time_variable")

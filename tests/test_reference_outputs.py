@@ -38,12 +38,7 @@ def _id(rec) -> str:
     return rec["sde"] + "-" + (rec.get("sampler", "ll")) + "-" + ",".join(f"{k}={v}" for k, v in rec["options"].items())
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_fixture_covers_every_sampler_sde_and_time_variable():

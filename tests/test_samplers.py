@@ -22,13 +22,7 @@ N = 3000
 C = 1.6
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # the mixture score is a few small ops: threads only contend on a shared 2-core machine
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 _FLOORS = {}

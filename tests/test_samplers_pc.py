@@ -11,13 +11,7 @@ from scoresde import metrics
 
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # the mixture score is a few small ops: threads only contend on a shared 2-core machine
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_langevin_step_is_the_papers_per_sample_rule():

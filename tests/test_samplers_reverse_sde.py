@@ -10,13 +10,7 @@ import scoresde as sd
 
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # the mixture score is a few small ops: threads only contend on a shared 2-core machine
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_grid_brownian_increments_and_space_time_levy_area():
