@@ -23,6 +23,7 @@ in this list):
 ``likelihood.py``  :func:`likelihood_rows`: ``sd.log_likelihood`` against exact densities
 ``reference.py``   Song et al.'s likelihood method re-created (scipy RK45), the likelihood's yardstick
 ``overhead.py``    :func:`overhead_rows`: wall time over time inside the score, per batch size
+``peers.py``       :func:`peers.peer_rows`: diffusers' schedulers on exported exact scores (optional extra)
 =================  ==============================================================================
 
 The engine imports only the core of :mod:`scoresde` (never :mod:`scoresde.apps` or Hydra).
