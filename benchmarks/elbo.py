@@ -2,7 +2,7 @@
 likelihood (sd.log_likelihood) on exact-score mixtures, and the per-draw variance of each ELBO
 estimator with and without importance sampling of t.
 
-    python benchmarks/elbo.py            # about 5-10 minutes on one core
+    python benchmarks/elbo.py            # about 4 minutes on one core (mixtures 1, digits 3, under load)
     python benchmarks/elbo.py --quick    # small sizes, well under a minute
 
 Writes benchmarks/results/elbo.md and elbo.csv.
@@ -19,6 +19,10 @@ Writes benchmarks/results/elbo.md and elbo.csv.
   variance over the n_t draws; one draw = one t, one noise) for dsm/stein, ism/exact,
   ism/hutchinson, ism/stein, with and without importance sampling.  The standard error of an
   n_t-draw ELBO is sqrt(variance / n_t).
+* Table 3 (if /work/runs/digits/checkpoints/last.pt exists; --no-digits skips it, --digits-only
+  reruns only it and keeps the mixture rows of elbo.csv): the trained digits model, bits/dim by the
+  ODE (one Hutchinson probe) and by the ELBO on 20 test digits (dequantized cells of the plain grid,
+  as the likelihood app), and the trainer's held-out training bound (Trainer.heldout_bound).
 """
 
 from __future__ import annotations
