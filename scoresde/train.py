@@ -20,7 +20,30 @@ the probability-flow ODE (``sd.log_likelihood``), and, for mixtures with an exac
 
 estimated two ways on the same held-out points: ``kl`` = mean(log p_data(x) - log p_model(x))
 (paired: the shared Monte Carlo noise cancels) and ``kl_entropy`` = NLL - H(p_data) with the
-entropy of :meth:`scoresde.GaussianMixture.entropy` (a low-variance Monte Carlo estimate).  Samples (``sd.sample``) go to a PNG and, for mixtures, to the
+entropy of :meth:`scoresde.GaussianMixture.entropy` (a low-variance Monte Carlo estimate).
+
+The training bound (``eval.bound``, :meth:`Trainer.heldout_bound`): whatever weighting the model
+was trained with, the held-out points are scored with ``losses.dsm_bound`` (likelihood weighting,
+sum reduction, importance-sampled t, ``eval.bound_repeats`` draws per point, the model's own
+score), whose mean is C - (T - eps) E[loss] <= E log q_eps(x_eps): a lower bound on the model's
+log-density of the held-out data *blurred to eps*, x_eps ~ N(alpha_eps x, sigma_eps^2 I) (Song,
+Durkan, Murray & Ermon 2021, Thm. 1).  Reported (``metrics.json``, ``eval_log.csv``):
+
+* ``heldout_bound_loss``: that likelihood-weighted loss (comparable across weightings);
+* ``heldout_nll_bound`` (+ ``_se``): -(bound + log|det scaler|), nats per sample in data space, an
+  upper bound in expectation on -E log p of the blurred held-out data (for mixtures it compares
+  with ``nll`` from the ODE, which is a different model's density: neither is ordered);
+* images: ``heldout_nll_bound`` is instead in nats of the discrete levels k (as the likelihood
+  app's ``nll`` for images), and ``heldout_bpd_bound`` (+ ``_se``) = it / (D ln 2).  Trained with
+  ``dequantize=true``: (-bound - D log(2 / L)) / (D ln 2), the uniform-dequantization convention
+  of ``sd.bits_per_dim`` (the 2 / L cell's log-determinant, no separate data scaling) applied to
+  the dequantized held-out points blurred by sigma_eps (about 1e-3 on VP at eps = 1e-5, against
+  a cell of 2 / L): the ODE's dequantized bits/dim of the same points up to that blur.  On the
+  plain grid: the Gaussian-decoder bound of ``sd.bits_per_dim(decoder="gaussian")``,
+  -(bound + E log P_dec(k | x_eps) + D/2 log(2 pi e sigma_eps^2)) / (D ln 2), a true upper bound
+  in expectation on -log2 P(k) / D (the decoder term from one independent x_eps per draw).
+
+Samples (``sd.sample``) go to a PNG and, for mixtures, to the
 mode-by-mode W2 of :func:`scoresde.metrics.mode_w2`.
 """
 
@@ -107,6 +130,8 @@ class EvalConfig:
     batch_size: int = 4096          # chunk size for the held-out loss
     n_samples: int = 2000           # samples for the PNG and sample quality (0 skips them)
     seed: int = 0                   # evaluation randomness (fixed: evaluations compare across steps)
+    bound: bool = True              # the DSM training bound on held-out data (heldout_nll_bound, ...)
+    bound_repeats: int = 1          # (t, noise) draws per held-out point for the bound
 
 
 _SCHEDULES = ("constant", "cosine", "linear")
@@ -473,14 +498,71 @@ class Trainer:
             total += float(self.loss_fn(self.ema.model, xb, g)) * xb.shape[0]
         return total / test.shape[0]
 
+    @torch.no_grad()
+    def heldout_bound(self) -> Dict[str, float]:
+        """The DSM training bound of the EMA model on the held-out set (the module docstring).
+
+        Randomness: ``torch.Generator(device).manual_seed(eval.seed)``; per repeat and per batch of
+        ``eval.batch_size`` points, ``dsm_bound`` draws the times then the noise (then, for images
+        on the plain grid, the decoder's x_eps).
+        """
+        from .elbo import gaussian_decoder_logp
+        from .data.images import from_model_range
+        from .losses import dsm_bound
+
+        ec = self.eval_cfg
+        if isinstance(ec.bound_repeats, bool) or not isinstance(ec.bound_repeats, int) or ec.bound_repeats < 1:
+            raise ValueError(f"eval.bound_repeats must be an integer >= 1, got {ec.bound_repeats!r}")
+        model, test = self.ema.model, self.data.test
+        sde = model.sde
+        g = torch.Generator(self.device).manual_seed(ec.seed)
+        D = math.prod(self.data.event_shape)
+        levels = self.data.info.get("levels") if test.dim() == 4 else None
+        dequantized = bool(self.data.info.get("dequantize", False))
+        bounds, losses = [], []
+        for _ in range(ec.bound_repeats):
+            b_r, l_r = [], []
+            for i in range(0, test.shape[0], ec.batch_size):
+                xb = test[i:i + ec.batch_size]
+                b, loss = dsm_bound(model, sde, xb, importance_sampling=True, eps=ec.eps, generator=g)
+                b = b.to(torch.float64)
+                if levels is not None and not dequantized:
+                    # log P(k) >= E[log P_dec(k | x_eps) + log q_eps(x_eps)] + D/2 log(2 pi e sigma_eps^2)
+                    e = torch.tensor([ec.eps], dtype=torch.float64)
+                    al, sg = float(sde.mean_coef(e)), float(sde.std(e))
+                    z = torch.randn(xb.shape, generator=g, dtype=xb.dtype, device=xb.device)
+                    k = from_model_range(xb, int(levels))
+                    b = b + gaussian_decoder_logp(k, al * xb + sg * z, sde, ec.eps, int(levels)) \
+                        + 0.5 * D * math.log(2 * math.pi * math.e * sg ** 2)
+                b_r.append(b)
+                l_r.append(loss.to(torch.float64))
+            bounds.append(torch.cat(b_r))
+            losses.append(torch.cat(l_r))
+        bound = torch.stack(bounds).mean(0)             # [N]: per point, averaged over the repeats
+        loss = torch.stack(losses).mean(0)
+        se = float(bound.std() / math.sqrt(bound.numel())) if bound.numel() > 1 else float("nan")
+        out = {"heldout_bound_loss": float(loss.mean())}
+        if levels is None:
+            out["heldout_nll_bound"] = float(-(bound.mean() + self.data.scaler.log_det(self.data.event_shape)))
+            out["heldout_nll_bound_se"] = se
+        else:
+            cell = D * math.log(2.0 / int(levels)) if dequantized else 0.0
+            out["heldout_nll_bound"] = float(-(bound.mean() + cell))   # nats of the levels k
+            out["heldout_nll_bound_se"] = se
+            out["heldout_bpd_bound"] = out["heldout_nll_bound"] / (D * math.log(2.0))
+            out["heldout_bpd_bound_se"] = se / (D * math.log(2.0))
+        return out
+
     def evaluate(self, final: bool = True, tb=None) -> Dict[str, Any]:
-        """Held-out loss, NLL/KL and samples of the EMA model; appended to eval_log.csv."""
+        """Held-out loss, training bound, NLL/KL and samples of the EMA model; appended to eval_log.csv."""
         import scoresde as sd
 
         ec = self.eval_cfg
         model = self.ema.model
         sde = model.sde
         out: Dict[str, Any] = {"step": self.step, "heldout_loss": self.heldout_loss()}
+        if ec.bound:
+            out.update(self.heldout_bound())
         mix = self.data.mixture
         if ec.n_nll > 0:
             x = self.data.test[:ec.n_nll]

@@ -251,3 +251,61 @@ def test_default_config_fits_ring8_to_small_kl(tmp_path):
     m = train(cfg, tmp_path)
     assert m["kl"] < 0.05 + 3 * m["kl_se"]
     assert m["mode_w2"] < 0.1
+
+
+def test_reported_training_bound_is_the_constant_minus_the_scaled_loss_to_1e_10(tmp_path):
+    """heldout_nll_bound = -(mean_i [C(x_i) - (T - eps) l_i] + log|det scaler|), l_i the likelihood-weighted,
+    importance-sampled, sum-reduced DSM loss with the trainer's t and noise (recomputed here by hand)."""
+    from scoresde.losses import bound_constant, importance_norm, importance_time
+    cfg = tiny_config(3)
+    cfg["loss"] = {"name": "dsm"}                     # trained with sigma^2 weighting: the bound is still likelihood-weighted
+    cfg["eval"] = {"n_nll": 0, "n_samples": 0, "eps": 1e-4, "seed": 5}
+    t = make_trainer(cfg, tmp_path)
+    run_steps(t, 3)
+    t.ema.model.double()
+    t.data.test = t.data.test.double()
+    out = t.heldout_bound()
+    x0, sde, eps = t.data.test, t.ema.model.sde, 1e-4
+    g = torch.Generator().manual_seed(5)
+    tt = importance_time(sde, x0.shape[0], eps, generator=g, dtype=torch.float64)
+    z = torch.randn(x0.shape, generator=g, dtype=torch.float64)
+    xt = sde.mean_coef(tt)[:, None] * x0 + sde.std(tt)[:, None] * z
+    with torch.no_grad():
+        s = t.ema.model(xt, tt)
+    loss = 0.5 * importance_norm(sde, eps) / (sde.T - eps) * (sde.std(tt)[:, None] * s + z).pow(2).sum(1)
+    bound = bound_constant(sde, x0, eps) - (sde.T - eps) * loss
+    want = -(bound.mean() + t.data.scaler.log_det(t.data.event_shape))
+    assert abs(out["heldout_nll_bound"] - float(want)) < 1e-10
+    assert abs(out["heldout_bound_loss"] - float(loss.mean())) < 1e-10
+    assert abs(out["heldout_nll_bound_se"] - float(bound.std() / math.sqrt(len(bound)))) < 1e-10
+    assert "heldout_bpd_bound" not in out                     # ring8 is not an image set
+
+
+def test_training_bound_keys_in_metrics_json_and_eval_log(tmp_path):
+    metrics = train(tiny_config(4), tmp_path)
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    for key in ("heldout_bound_loss", "heldout_nll_bound", "heldout_nll_bound_se"):
+        assert key in saved and math.isfinite(saved[key]) and saved[key] == metrics[key], key
+    assert "heldout_nll_bound" in (tmp_path / "eval_log.csv").read_text().splitlines()[0]
+    cfg = tiny_config(4)
+    cfg["eval"] = {"n_nll": 0, "n_samples": 0, "bound": False}
+    assert "heldout_nll_bound" not in train(cfg, tmp_path / "off")
+
+
+@pytest.mark.parametrize("dequantize", [False, True])
+def test_image_training_bound_reports_bits_per_dim(tmp_path, dequantize):
+    cfg = {"seed": 0, "sde": {"name": "vp"},
+           "model": {"name": "unet", "nf": 8, "ch_mult": [1], "num_res_blocks": 1, "attn_resolutions": []},
+           "data": {"name": "digits", "n_test": 16, "dequantize": dequantize},
+           "train": {"steps": 2, "batch_size": 8, "log_every": 1, "ckpt_every": 0, "progress": False},
+           "eval": {"n_nll": 0, "n_samples": 0, "bound_repeats": 2}, "sampler": {"name": "ode"}}
+    t = make_trainer({**cfg, "optim": {}, "loss": {"name": "dsm"}}, tmp_path)
+    run_steps(t, 2)
+    out = t.heldout_bound()
+    D = 64
+    assert out["heldout_bpd_bound"] == pytest.approx(out["heldout_nll_bound"] / (D * math.log(2)), rel=1e-12)
+    # an upper bound on -log2 P(k) / D of a model that has barely trained: positive, finite
+    assert 0 < out["heldout_bpd_bound"] < 100 and out["heldout_bpd_bound_se"] > 0
+    with pytest.raises(ValueError, match="bound_repeats"):
+        t.eval_cfg.bound_repeats = 0
+        t.heldout_bound()

@@ -29,6 +29,19 @@ on the plain grid x_k = 2 k / (L - 1) - 1 has cells of width 2 / (L - 1) centred
 bound on -log P(k) in nats and ``bits_per_dim`` = nll / (D ln 2), one dequantization draw per point.
 
 Writes ``likelihood.json`` with these, the NFE (summed over batches, and per batch) and the seconds.
+
+``method``: ``ode`` (the above), ``elbo``, ``both`` or a list (``method=[ode,elbo]``).  ``elbo``
+replaces log p by the variational lower bound of the reverse SDE (``sd.elbo``, ``n_t`` time draws per point, ``estimator`` dsm with
+antithetic Stein pairs, or ism with the ODE's ``divergence``), with the same data-space and
+dequantization terms: ``elbo_nll`` (an upper bound on the NLL in expectation) with ``elbo_nll_se``
+over the points, ``elbo_mc_se`` (the Monte Carlo error of that mean, sqrt(mean_i se_i^2 / n): n_t ~ 1000
+or more for honest values, the per-draw values are right-skewed), ``elbo_bits_per_dim`` for images,
+``elbo_nfe`` and ``elbo_seconds``.  ``both`` writes the ODE keys and the ELBO keys side by side, plus
+``elbo_minus_ode`` = mean(nll_elbo - nll_ode) paired per point (its ``_se``); the bound is not
+ordered against the ODE likelihood of an imperfect score, so this difference can have either sign.
+Each method starts from the same generator state, so both see the same points and dequantization.
+``importance_sampling=true`` draws the ELBO's t from g^2 / sigma^2 (measured to raise its variance,
+see ``scoresde.elbo``).  ``likelihood.md`` holds the side-by-side table (also logged).
 """
 
 from __future__ import annotations
@@ -39,7 +52,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import hydra
 import torch
@@ -53,10 +66,13 @@ from ._common import LoadedScore, config_path, cpu_generator, exit_on_user_error
 
 log = logging.getLogger("scoresde")
 
-__all__ = ["LikelihoodAppSchema", "checkpoint_likelihood", "run_likelihood", "main", "SPLITS", "DIVERGENCES"]
+__all__ = ["LikelihoodAppSchema", "checkpoint_likelihood", "run_likelihood", "table", "main", "SPLITS",
+           "DIVERGENCES", "METHODS", "ESTIMATORS"]
 
 SPLITS = ("test", "train")
 DIVERGENCES = ("exact", "hutchinson")
+METHODS = ("ode", "elbo", "both")
+ESTIMATORS = ("dsm", "ism")
 
 
 @dataclass
@@ -73,6 +89,10 @@ class LikelihoodAppSchema:
     device: str = "auto"
     ema: bool = True
     data: Optional[Dict[str, Any]] = None
+    method: Any = "ode"             # ode | elbo | both | a list of ode, elbo
+    n_t: int = 1000
+    estimator: str = "dsm"
+    importance_sampling: bool = False
 
 
 ConfigStore.instance().store(name="likelihood_schema", node=LikelihoodAppSchema)
@@ -88,11 +108,28 @@ def _points(data, split: str, n: Optional[int], generator: torch.Generator) -> t
     return x[:n] if n is not None else x
 
 
+def _methods(method: Union[str, Sequence[str]]) -> List[str]:
+    """``"ode"``, ``"elbo"``, ``"both"`` or a list of those -> the methods to run, ODE first."""
+    names = [method] if isinstance(method, str) else list(method)
+    run = set()
+    for m in names:
+        key = str(m).lower()
+        if key not in METHODS:
+            raise ValueError(f"unknown method {m!r}; valid methods: {list(METHODS)} or a list of them")
+        run.update(("ode", "elbo") if key == "both" else (key,))
+    if not run:
+        raise ValueError(f"method is empty; valid methods: {list(METHODS)} or a list of them")
+    return [m for m in ("ode", "elbo") if m in run]
+
+
 def checkpoint_likelihood(checkpoint, split: str = "test", n: Optional[int] = 2000, batch_size: int = 1000,
                           divergence: str = "exact", rtol: float = 1e-5, atol: float = 1e-5, eps: float = 1e-5,
                           seed: int = 0, device: str = "auto", ema: bool = True,
+                          method: Union[str, Sequence[str]] = "ode", n_t: int = 1000, estimator: str = "dsm",
+                          importance_sampling: bool = False,
                           data: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """The NLL of ``n`` points of ``split`` under a checkpoint's model (see the module docstring).
+    """The NLL of ``n`` points of ``split`` under a checkpoint's model, by the probability-flow
+    ODE and/or the reverse SDE's variational bound (see the module docstring).
 
     ``checkpoint``: a path, ``diffusers:PATH``, a model from :func:`scoresde.load_model` or a
     :class:`LoadedScore`.  ``data``: a data set config (``name`` and its arguments) in place of
@@ -104,6 +141,11 @@ def checkpoint_likelihood(checkpoint, split: str = "test", n: Optional[int] = 20
         raise ValueError(f"unknown split {split!r}; valid splits: {list(SPLITS)}")
     if divergence not in DIVERGENCES:
         raise ValueError(f"unknown divergence {divergence!r}; valid estimators: {list(DIVERGENCES)}")
+    methods = _methods(method)
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"unknown estimator {estimator!r}; valid estimators: {list(ESTIMATORS)}")
+    if isinstance(n_t, bool) or not isinstance(n_t, int) or n_t < 2:
+        raise ValueError(f"n_t must be an integer >= 2, got {n_t!r}")
     if n is not None and n < 1:
         raise ValueError(f"n must be positive or null (the whole split), got {n}")
     if batch_size < 1:
@@ -122,56 +164,112 @@ def checkpoint_likelihood(checkpoint, split: str = "test", n: Optional[int] = 20
                          f"takes {tuple(event_shape)}: set data.size / data.channels to match")
     g = cpu_generator(seed)
     x = _points(data, split, n, g)
-    kwargs: Dict[str, Any] = dict(divergence=divergence, rtol=rtol, atol=atol, eps=eps, generator=g)
     levels = data.info.get("levels") if len(data.event_shape) == 3 else None
     if levels is not None:
         levels = int(levels)
         dequantized = bool(data.info.get("dequantize", False))
         k = from_model_range(x, levels, dequantized=dequantized)
         grid = (-1.0, 1.0) if dequantized else (-levels / (levels - 1), levels / (levels - 1))
-    logps, nfes = [], []
-    t0 = time.perf_counter()
-    for start in range(0, x.shape[0], batch_size):
-        if levels is None:
-            ll = sd.log_likelihood(score_fn, sde, x[start:start + batch_size].to(dev), **kwargs)
-            logps.append(ll.logp.detach().double().cpu())
-        else:  # the dequantization bound on log P(k), in nats
-            ll = sd.bits_per_dim(score_fn, sde, k[start:start + batch_size].to(dev), levels=levels,
-                                 data_range=grid, **kwargs)
-            logps.append(ll.logp[0].detach().double().cpu() + ll.log_det)
-        nfes.append(int(ll.nfe))
-    seconds = time.perf_counter() - t0
-    logp = torch.cat(logps)
     dims = math.prod(data.event_shape)
-    nll = -(logp + (data.scaler.log_det(data.event_shape) if levels is None else 0.0))
+    log_det = data.scaler.log_det(data.event_shape) if levels is None else 0.0
     out: Dict[str, Any] = {
         "step": meta["step"], "source": meta["source"], "data": data.name, "split": split, "n": int(x.shape[0]),
-        "dims": dims, "nll": float(nll.mean()), "nll_se": float(nll.std() / math.sqrt(nll.numel())),
-        "bits_per_dim": None, "divergence": divergence, "rtol": rtol, "atol": atol, "eps": eps,
-        "nfe": sum(nfes), "nfe_per_batch": nfes, "seconds": round(seconds, 4), "seed": seed, "ema": ema,
-        "device": str(dev),
+        "dims": dims, "method": "both" if len(methods) == 2 else methods[0], "divergence": divergence,
+        "rtol": rtol, "atol": atol, "eps": eps, "seed": seed, "ema": ema, "device": str(dev),
     }
     if levels is not None:
-        out["bits_per_dim"] = out["nll"] / (dims * math.log(2.0))
         out["levels"] = levels
-    if data.mixture is not None:
-        diff = data.mixture.log_prob(x.double().cpu()) - logp
-        out["kl"] = float(diff.mean())
-        out["kl_se"] = float(diff.std() / math.sqrt(diff.numel()))
+    if "elbo" in methods:
+        out.update(n_t=n_t, estimator=estimator, importance_sampling=bool(importance_sampling))
+    state = g.get_state()       # after the points: each method draws the same dequantization / probes
+    nll_by: Dict[str, torch.Tensor] = {}
+    for m in methods:
+        g.set_state(state)
+        if m == "ode":
+            kwargs: Dict[str, Any] = dict(divergence=divergence, rtol=rtol, atol=atol, eps=eps, generator=g)
+        else:
+            kwargs = dict(n_t=n_t, estimator=estimator, importance_sampling=bool(importance_sampling), eps=eps,
+                          generator=g)
+            if estimator == "ism":
+                kwargs["divergence"] = divergence
+        logps, ses, nfes = [], [], []
+        t0 = time.perf_counter()
+        for start in range(0, x.shape[0], batch_size):
+            if levels is None:
+                xb = x[start:start + batch_size].to(dev)
+                if m == "ode":
+                    ll = sd.log_likelihood(score_fn, sde, xb, **kwargs)
+                    logps.append(ll.logp.detach().double().cpu())
+                else:
+                    ll = sd.elbo(score_fn, sde, xb, **kwargs)
+                    logps.append(ll.elbo.detach().double().cpu())
+                    ses.append(ll.stderr.detach().double().cpu())
+            else:  # the dequantization bound on log P(k), in nats
+                ll = sd.bits_per_dim(score_fn, sde, k[start:start + batch_size].to(dev), levels=levels,
+                                     data_range=grid, method=m, **kwargs)
+                logps.append(ll.logp[0].detach().double().cpu() + ll.log_det)
+                if m == "elbo":
+                    ses.append(ll.stderr.detach().double().cpu() * (dims * math.log(2.0)))
+            nfes.append(int(ll.nfe))
+        seconds = time.perf_counter() - t0
+        logp = torch.cat(logps)
+        nll = -(logp + log_det)
+        nll_by[m] = nll
+        p = "" if m == "ode" else "elbo_"
+        out[p + "nll"] = float(nll.mean())
+        out[p + "nll_se"] = float(nll.std() / math.sqrt(nll.numel())) if nll.numel() > 1 else float("nan")
+        out[p + "bits_per_dim"] = None if levels is None else out[p + "nll"] / (dims * math.log(2.0))
+        out[p + "nfe"] = sum(nfes)
+        out[p + "nfe_per_batch"] = nfes
+        out[p + "seconds"] = round(seconds, 4)
+        if m == "elbo":
+            se = torch.cat(ses)                 # the Monte Carlo error of the mean over the points
+            out["elbo_mc_se"] = float(se.pow(2).mean().div(se.numel()).sqrt())
+        if m == "ode" and data.mixture is not None:
+            diff = data.mixture.log_prob(x.double().cpu()) - logp
+            out["kl"] = float(diff.mean())
+            out["kl_se"] = float(diff.std() / math.sqrt(diff.numel()))
+    if len(methods) == 2:
+        gap = nll_by["elbo"] - nll_by["ode"]
+        out["elbo_minus_ode"] = float(gap.mean())
+        out["elbo_minus_ode_se"] = float(gap.std() / math.sqrt(gap.numel())) if gap.numel() > 1 else float("nan")
     return out
 
 
+def table(out: Dict[str, Any]) -> str:
+    """The methods side by side: one row per method (nats, its standard errors, bits/dim, NFE,
+    seconds) as a Markdown table, then the paired difference."""
+    rows = ["| method | NLL nats | se (points) | MC se | bits/dim | NFE | seconds |",
+            "|---|---|---|---|---|---|---|"]
+    if "nll" in out:
+        bpd = f"{out['bits_per_dim']:.4f}" if out["bits_per_dim"] is not None else "-"
+        rows.append(f"| ode    | {out['nll']:.4f} | {out['nll_se']:.4f} | - | {bpd} | {out['nfe']} | "
+                    f"{out['seconds']:.2f} |")
+    if "elbo_nll" in out:
+        bpd = f"{out['elbo_bits_per_dim']:.4f}" if out["elbo_bits_per_dim"] is not None else "-"
+        rows.append(f"| elbo   | {out['elbo_nll']:.4f} | {out['elbo_nll_se']:.4f} | {out['elbo_mc_se']:.4f} | {bpd} "
+                    f"| {out['elbo_nfe']} | {out['elbo_seconds']:.2f} |")
+    if "elbo_minus_ode" in out:
+        rows.append(f"\nelbo - ode: {out['elbo_minus_ode']:+.4f} +- {out['elbo_minus_ode_se']:.4f} nats (paired)")
+    return "\n".join(rows)
+
+
 def run_likelihood(cfg: DictConfig, out_dir: Path) -> Dict[str, Any]:
-    """The body of the app: likelihood.json in ``out_dir``."""
+    """The body of the app: likelihood.json and likelihood.md in ``out_dir``."""
+    method = cfg.method if isinstance(cfg.method, str) else list(cfg.method)
     data = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") is not None else None
     out = checkpoint_likelihood(cfg.checkpoint, cfg.split, cfg.n, cfg.batch_size, cfg.divergence, cfg.rtol,
-                                cfg.atol, cfg.eps, cfg.seed, cfg.device, cfg.ema, data=data)
+                                cfg.atol, cfg.eps, cfg.seed, cfg.device, cfg.ema, method=method, n_t=cfg.n_t,
+                                estimator=cfg.estimator, importance_sampling=cfg.importance_sampling, data=data)
     out = {"checkpoint": str(cfg.checkpoint), **out}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "likelihood.json").write_text(json.dumps(out, indent=2))
-    bpd = f", {out['bits_per_dim']:.4f} bits/dim" if out["bits_per_dim"] is not None else ""
-    log.info("NLL %.4f +- %.4f nats%s over %d %s points (NFE %d, %.2f s) -> %s", out["nll"], out["nll_se"], bpd,
-             out["n"], out["split"], out["nfe"], out["seconds"], out_dir / "likelihood.json")
+    text = table(out)
+    (out_dir / "likelihood.md").write_text(f"# {out['data']}: {out['n']} {out['split']} points, step "
+                                           f"{out['step']}, eps {out['eps']:g}\n\n{text}\n")
+    log.info("%s over %d %s points -> %s\n%s", "NLL" if out["method"] == "ode" else
+             ("NLL (ODE) and its ELBO bound" if out["method"] == "both" else "ELBO bound on the NLL"),
+             out["n"], out["split"], out_dir / "likelihood.json", text)
     return out
 
 
