@@ -172,7 +172,8 @@ def test_wheel_ships_every_config_and_the_packaged_config_composes(tmp_path):
         assert f"scoresde/conf/{f.relative_to(CONF).as_posix()}" in names, f
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
-    code = ("import scoresde.apps._common as c; from hydra import compose, initialize_config_module;\n"
+    # the train app registers its top-level schema (train_schema) as it is imported, as a run does
+    code = ("import scoresde.apps._common as c, scoresde.apps.train; from hydra import compose, initialize_config_module;\n"
             "assert c.config_path() == 'pkg://scoresde.conf', c.config_path()\n"
             "with initialize_config_module('scoresde.conf', version_base='1.3'):\n"
             "    cfg = compose('train', overrides=['experiment=moons_subvp'])\n"
