@@ -223,6 +223,9 @@ def load_model(path: PathLike, device=None, ema: bool = True) -> ScoreModel:
     ``model.checkpoint`` holds the step, the config and the data set's scaler and event shape.
     """
     state = load_checkpoint(path)
+    if state["spec"].get("kind") == "classifier":
+        raise ValueError(f"{path} is a noisy-classifier checkpoint (task=classifier), not a score model; "
+                         f"load it with sd.load_classifier")
     model = build_score_model(state["spec"])
     model.load_state_dict(state["ema"] if ema else state["model"])
     model.requires_grad_(False).eval()
@@ -586,9 +589,18 @@ def build_from_config(config: Dict[str, Any]):
 def train(config: Dict[str, Any], out_dir: PathLike = ".", trainer_cls: Optional[type] = None) -> Dict[str, Any]:
     """Build everything from ``config`` (a plain dict shaped like ``conf/``) and train.
 
+    ``config["task"]``: ``"score"`` (the default) trains a score model, ``"classifier"`` a noisy
+    classifier (:mod:`scoresde.train_classifier`).
     Returns the final metrics (also written to ``out_dir/metrics.json``).  ``trainer_cls``
     (default :class:`Trainer`) lets the torchrun app pass its DistributedTrainer.
     """
+    task = config.get("task", "score")
+    if task == "classifier":  # a noisy classifier p_t(y | x_t) for classifier guidance
+        from .train_classifier import train_classifier
+
+        return train_classifier(config, out_dir)
+    if task != "score":
+        raise ValueError(f"unknown task {task!r}; valid names: ['classifier', 'score']")
     model, data, loss = build_from_config(config)
     trainer = (trainer_cls or Trainer)(model, data, loss, optim=config.get("optim"), train=config.get("train"),
                       eval=config.get("eval"), sampler=config.get("sampler"), out_dir=out_dir,
