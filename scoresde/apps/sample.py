@@ -20,6 +20,10 @@ A list of labels is one sample per entry (``n`` is then ``len(labels)``); one in
 samples of that class.  ``guidance.kind=cfg`` is classifier-free guidance of the model with
 itself (:func:`scoresde.guidance.cfg_model`: the conditional and null-label halves in one batched
 network call a step); scale 1 is the plain conditional model, 0 the unconditional one.
+``guidance.kind=classifier guidance.classifier=PATH`` is classifier guidance with a noisy
+classifier trained by ``scoresde-train task=classifier`` on the same SDE
+(:func:`scoresde.guidance.classifier`: s + scale grad_x log q_t(y | x)); the score is the
+checkpoint's unconditional model (a conditional one's null label).
 ``sample.json`` then also records the labels, the guidance and, beside the sampler's NFE (guided
 evaluations), ``network_calls`` and ``forward_passes`` (network evaluations in units of the
 batch: 2 a guided step at scale other than 0 and 1).
@@ -50,21 +54,70 @@ log = logging.getLogger("scoresde")
 
 __all__ = ["SampleAppSchema", "guidance_options", "sample_checkpoint", "run_sample", "main"]
 
-GUIDANCE_KINDS = ("cfg",)
+GUIDANCE_KINDS = ("cfg", "classifier")
 
 
-def guidance_options(kind: str = "cfg", scale: float = 1.0) -> Dict[str, Any]:
+def guidance_options(kind: str = "cfg", scale: float = 1.0, classifier: Optional[str] = None) -> Dict[str, Any]:
     """The ``guidance`` node of the sample app (its schema is this signature).
 
     ``kind``: ``cfg`` (classifier-free guidance of a class-conditional model, Ho & Salimans 2022:
     s(x, t, null) + scale (s(x, t, y) - s(x, t, null)); their w = scale - 1, diffusers'
-    ``guidance_scale`` = scale).  Returns the checked options.
+    ``guidance_scale`` = scale) or ``classifier`` (Song et al. 2021 Sec. 5, Dhariwal & Nichol
+    2021: s(x, t) + scale grad_x log q_t(y | x) with the noisy classifier checkpoint
+    ``classifier``).  Returns the checked options.
     """
     if kind not in GUIDANCE_KINDS:
         raise ValueError(f"unknown guidance.kind {kind!r}; valid: {', '.join(GUIDANCE_KINDS)}")
     if isinstance(scale, bool) or not isinstance(scale, (int, float)):
         raise ValueError(f"guidance.scale must be a number, got {scale!r}")
-    return {"kind": kind, "scale": float(scale)}
+    if kind == "classifier" and not classifier:
+        raise ValueError("guidance.kind=classifier needs guidance.classifier=PATH (a checkpoint of "
+                         "scoresde-train task=classifier)")
+    if kind == "cfg" and classifier:
+        raise ValueError("guidance.classifier is used only with guidance.kind=classifier")
+    out = {"kind": kind, "scale": float(scale)}
+    if classifier:
+        out["classifier"] = str(classifier)
+    return out
+
+
+class _Counted:
+    """Counts the calls of a function (the classifier guidance's score and classifier evaluations)."""
+
+    def __init__(self, fn):
+        self.fn, self.calls = fn, 0
+
+    def __call__(self, *args):
+        self.calls += 1
+        return self.fn(*args)
+
+
+def _classifier_guided(model, clf, y: torch.Tensor, scale: float):
+    """(guided score_fn, score counter, classifier counter) for classifier guidance of ``model``."""
+    import scoresde as sd
+    from ..classifier import classifier_log_prob_fn
+
+    if model.num_classes:
+        null = model.null_label
+        score = _Counted(lambda x, t: model(x, t, torch.full((x.shape[0],), null, dtype=torch.long,
+                                                              device=x.device)))
+    else:
+        score = _Counted(model)
+    lp = _Counted(classifier_log_prob_fn(clf, y))
+    fn = sd.guidance.classifier(score, lp, scale)
+    return fn, score, lp
+
+
+def _load_guidance_classifier(path: str, model, dev):
+    from ..train_classifier import load_classifier
+
+    clf = load_classifier(checkpoint_path(path), device=dev)
+    want = (model.checkpoint.get("config") or {}).get("sde")
+    have = (clf.checkpoint.get("config") or {}).get("sde")
+    if want is not None and have is not None and dict(want) != dict(have):
+        raise ValueError(f"the classifier {path} was trained on the SDE {dict(have)}, the score model on "
+                         f"{dict(want)}: guidance needs the same forward process")
+    return clf
 
 
 GuidanceSchema = schema_from_signature("GuidanceSchema", guidance_options, None)
@@ -130,8 +183,13 @@ def sample_checkpoint(checkpoint, sampler: Dict[str, Any], n: int, batch_size: O
     dev = next(model.parameters()).device
     if labels is not None and not isinstance(labels, int):
         n = len(list(labels))
-    y = _check_labels(labels, n, int(getattr(model, "num_classes", 0) or 0))
-    guide = guidance_options(**(guidance or {})) if y is not None else None
+    guide = guidance_options(**(guidance or {})) if labels is not None else None
+    clf = None
+    if guide is not None and guide["kind"] == "classifier":
+        clf = _load_guidance_classifier(guide["classifier"], model, dev)
+        y = _check_labels(labels, n, int(clf.num_classes))
+    else:
+        y = _check_labels(labels, n, int(getattr(model, "num_classes", 0) or 0))
     meta = model.checkpoint["data"]
     shape = tuple(meta["event_shape"])
     opts = {k: v for k, v in sampler.items() if k != "name"}
@@ -139,16 +197,22 @@ def sample_checkpoint(checkpoint, sampler: Dict[str, Any], n: int, batch_size: O
     sd.build_sampler(name, **{k: v for k, v in opts.items() if k != "eps"})  # names checked before any work
     g = cpu_generator(seed)
     chunks, nfes, seconds = [], [], 0.0
-    calls = passes = 0
+    calls = passes = clf_calls = 0
     t0 = time.perf_counter()
     for start in range(0, n, batch_size or n):
         b = min(batch_size or n, n - start)
         fn = model
-        if y is not None:
+        if clf is not None:
+            fn, score, lp = _classifier_guided(model, clf, y[start:start + b].to(dev), guide["scale"])
+        elif y is not None:
             fn = sd.guidance.cfg_model(model, y[start:start + b].to(dev), guide["scale"])
         res = sd.sample(fn, model.sde, (b,) + shape, sampler=name, generator=g, device=dev,
                         progress=progress, **opts)
-        if y is not None:
+        if clf is not None:
+            calls += score.calls
+            passes += score.calls
+            clf_calls += lp.calls
+        elif y is not None:
             calls += fn.network_calls
             passes += fn.forward_passes
         chunks.append(res.x.cpu())
@@ -161,6 +225,8 @@ def sample_checkpoint(checkpoint, sampler: Dict[str, Any], n: int, batch_size: O
             "seed": seed, "ema": ema, "device": str(dev)}
     if y is not None:
         info.update(labels=y.tolist(), guidance=guide, network_calls=calls, forward_passes=passes)
+        if clf is not None:
+            info["classifier_calls"] = clf_calls   # each a classifier forward and backward
     return x, info
 
 
