@@ -62,7 +62,8 @@ def _noise(cond, n, seed):
         w2.append(st.w2)
         we.append(st.weight_error)
     we = sorted(we)
-    return sum(w2) / len(w2), we[min(len(we) - 1, math.ceil(0.99 * len(we)) - 1)]
+    # the spread of one exact draw's W2 (max / mean): what a single-seed ratio can resolve
+    return sum(w2) / len(w2), we[min(len(we) - 1, math.ceil(0.99 * len(we)) - 1)], max(w2) / (sum(w2) / len(w2))
 
 
 def goal_rows(problem, mix, classes_by_form, n, seed=0):
@@ -82,11 +83,11 @@ def goal_rows(problem, mix, classes_by_form, n, seed=0):
                 cond = mix.conditional(c)
                 if c not in noise:
                     noise[c] = _noise(cond, n, seed=1000 + c)
-                floor, we_noise = noise[c]
+                floor, we_noise, spread = noise[c]
                 st = sd.metrics.mode_w2(xc, cond)
                 outside = float((p[y == c, c] < 0.5).double().mean())
                 rows.append(dict(problem=problem, form=form, sampler=name, nfe=out.nfe, seconds=secs,
-                                 cls=c, n=n, w2=st.w2, floor=floor, ratio=st.w2 / floor,
+                                 cls=c, n=n, w2=st.w2, floor=floor, ratio=st.w2 / floor, exact_max_ratio=spread,
                                  weight_error=st.weight_error, weight_noise_q99=we_noise, outside=outside,
                                  ok=st.w2 <= W2_GOAL * floor and st.weight_error <= we_noise and outside == 0))
             print(f"{problem} {form} {name}: nfe {out.nfe}, {secs:.1f}s", flush=True)
