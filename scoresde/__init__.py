@@ -18,6 +18,7 @@ from .losses import DSMLoss, dsm_loss
 from . import nn, data
 from . import guidance, classifier
 from .train import Trainer, load_model
+from .train_classifier import load_classifier
 from .likelihood import log_likelihood, bits_per_dim, LikelihoodResult, BitsPerDimResult
 from .elbo import elbo, ELBOResult
 from . import interop
@@ -31,7 +32,7 @@ __all__ = [
     "GaussianMixture", "ring8", "anisotropic", "build_mixture",
     "metrics",
     "samplers", "sample", "build_sampler", "SampleResult", "optimize_grid", "save_grid", "load_grid",
-    "ScoreModel", "build_score_model", "DSMLoss", "dsm_loss", "nn", "data", "Trainer", "load_model",
+    "ScoreModel", "build_score_model", "DSMLoss", "dsm_loss", "nn", "data", "Trainer", "load_model", "load_classifier",
     "log_likelihood", "bits_per_dim", "LikelihoodResult", "BitsPerDimResult", "elbo", "ELBOResult",
     "interop",
     "ops", "sample_posterior", "PosteriorResult",

@@ -129,6 +129,8 @@ class DistributedTrainer(Trainer):
                                   tensorboard=cfg.tensorboard and self.is_main)
         if data.train is not None:   # a stored training set: each rank its own rows
             data.train = data.train[self.rank::self.world]
+            if data.train_labels is not None:   # the labels of those rows (class-conditional runs)
+                data.train_labels = data.train_labels[self.rank::self.world]
         self._resumed = False
         super().__init__(model, data, loss, optim, cfg, eval, sampler, out_dir, config, seed)
         if not self._resumed:

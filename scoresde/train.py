@@ -248,6 +248,9 @@ def load_model(path: PathLike, device=None, ema: bool = True) -> ScoreModel:
     ``model.checkpoint`` holds the step, the config and the data set's scaler and event shape.
     """
     state = load_checkpoint(path)
+    if state["spec"].get("kind") == "classifier":
+        raise ValueError(f"{path} is a noisy-classifier checkpoint (task=classifier), not a score model; "
+                         f"load it with sd.load_classifier")
     model = build_score_model(state["spec"])
     model.load_state_dict(state["ema"] if ema else state["model"])
     model.requires_grad_(False).eval()
@@ -335,6 +338,11 @@ class Trainer:
         self.model = model.to(self.device)
         self.train_model: torch.nn.Module = self.model   # what the loss differentiates (DDP wrapper under torchrun)
         self.data = data.to(self.device)
+        k = int(getattr(self.model, "num_classes", 0) or 0)
+        if k and k != data.num_classes:
+            raise ValueError(f"model.num_classes={k} but data set {data.name!r} has "
+                             + (f"{data.num_classes} classes" if data.num_classes else "no labels")
+                             + (f"; set model.num_classes={data.num_classes}" if data.num_classes else ""))
         self.loss_fn = loss if loss is not None else DSMLoss()
         self.sampler = dict(sampler or {"name": "ode"})
         self.out_dir = Path(out_dir)
@@ -400,11 +408,10 @@ class Trainer:
     def train_step(self) -> Dict[str, float]:
         for group in self.opt.param_groups:
             group["lr"] = self.optim_cfg.lr * lr_factor(self.step, self.optim_cfg, self.cfg.steps)
-        x0 = self.data.batch(self.cfg.batch_size, self.gen, device=self.device)
         amp = self.cfg.amp != "none"
         dtype = torch.bfloat16 if self.cfg.amp == "bf16" else torch.float16
         with torch.autocast(self.device.type, dtype=dtype, enabled=amp):
-            loss = self.loss_fn(self.train_model, x0, self.gen)
+            loss = self.batch_loss()
         loss_val = self._loss_value(loss)
         if not math.isfinite(loss_val):
             raise self._diverged("the loss", loss_val)
@@ -421,6 +428,22 @@ class Trainer:
         self.ema.update(self.model, self.step)
         self.step += 1
         return {"loss": loss_val, "grad_norm": gnorm_val, "lr": self.opt.param_groups[0]["lr"]}
+
+    @property
+    def conditional(self) -> bool:
+        """Whether the model is class-conditional (then batches carry the data set's labels)."""
+        return bool(getattr(self.model, "num_classes", 0))
+
+    def batch_loss(self) -> Tensor:
+        """The loss of one training batch.  An unconditional model reads ``data.batch`` (the
+        stream of earlier versions, so old runs resume bit-exactly); a class-conditional one reads
+        ``data.labelled_batch`` (the same draws) and passes the labels to the loss, which drops
+        them to the null label with probability ``loss.p_uncond``."""
+        if not self.conditional:
+            x0 = self.data.batch(self.cfg.batch_size, self.gen, device=self.device)
+            return self.loss_fn(self.train_model, x0, self.gen)
+        x0, y = self.data.labelled_batch(self.cfg.batch_size, self.gen, device=self.device)
+        return self.loss_fn(self.train_model, x0, self.gen, labels=y)
 
     # -- hooks for distributed training (scoresde.distributed.DistributedTrainer) --------------
     is_main = True  # this process writes logs, checkpoints, metrics and samples
@@ -495,7 +518,8 @@ class Trainer:
         total = 0.0
         for i in range(0, test.shape[0], self.eval_cfg.batch_size):
             xb = test[i:i + self.eval_cfg.batch_size]
-            total += float(self.loss_fn(self.ema.model, xb, g)) * xb.shape[0]
+            kw = {"labels": self.data.test_labels[i:i + self.eval_cfg.batch_size]} if self.conditional else {}
+            total += float(self.loss_fn(self.ema.model, xb, g, **kw)) * xb.shape[0]
         return total / test.shape[0]
 
     @torch.no_grad()
@@ -647,9 +671,18 @@ def build_from_config(config: Dict[str, Any]):
 def train(config: Dict[str, Any], out_dir: PathLike = ".", trainer_cls: Optional[type] = None) -> Dict[str, Any]:
     """Build everything from ``config`` (a plain dict shaped like ``conf/``) and train.
 
+    ``config["task"]``: ``"score"`` (the default) trains a score model, ``"classifier"`` a noisy
+    classifier (:mod:`scoresde.train_classifier`).
     Returns the final metrics (also written to ``out_dir/metrics.json``).  ``trainer_cls``
     (default :class:`Trainer`) lets the torchrun app pass its DistributedTrainer.
     """
+    task = config.get("task", "score")
+    if task == "classifier":  # a noisy classifier p_t(y | x_t) for classifier guidance
+        from .train_classifier import train_classifier
+
+        return train_classifier(config, out_dir)
+    if task != "score":
+        raise ValueError(f"unknown task {task!r}; valid names: ['classifier', 'score']")
     model, data, loss = build_from_config(config)
     trainer = (trainer_cls or Trainer)(model, data, loss, optim=config.get("optim"), train=config.get("train"),
                       eval=config.get("eval"), sampler=config.get("sampler"), out_dir=out_dir,

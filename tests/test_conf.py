@@ -69,8 +69,15 @@ def test_every_experiment_preset_composes_and_builds(preset):
     assert text.startswith("# @package _global_"), preset
     cfg = OmegaConf.to_container(_compose(overrides=[f"experiment={preset}"]), resolve=True)
     cfg["data"]["n_test"] = 8
+    if cfg.get("task") == "classifier":   # a noisy-classifier preset (scoresde.train_classifier)
+        from scoresde.train_classifier import build_classifier_from_config
+
+        clf, data = build_classifier_from_config(cfg)
+        assert clf.num_classes == data.num_classes and clf.sde.__class__ is sd.build_sde(cfg["sde"]["name"]).__class__
+        return
     model, data, loss = build_from_config(cfg)
     assert data.name == cfg["data"]["name"] and model.sde.__class__ is sd.build_sde(cfg["sde"]["name"]).__class__
+    assert model.num_classes == (cfg["model"].get("num_classes") or 0)
 
 
 def test_presets_change_what_they_state():

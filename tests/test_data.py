@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -79,3 +80,74 @@ def test_finite_data_set_batches_rows_of_its_train_tensor():
         DataSet("x", (2,), test=train)
     with pytest.raises(ValueError, match="expected"):
         DataSet("x", (3,), test=train, train=train)
+
+
+# ---------------------------------------------------------------------------------------------
+# labels (issue 12): labelled sets draw exactly the unlabelled stream, plus the labels
+# ---------------------------------------------------------------------------------------------
+def test_mixture_labels_are_the_component_classes_and_batches_match_unlabelled_draws():
+    data = build_dataset("ring8", n_test=500, seed=5)
+    mix = data.mixture
+    assert data.num_classes == 8 and data.labelled
+    # the held-out labels are the classes of the nearest mode (ring8's modes are 16 sigma apart)
+    nearest = torch.cdist(data.test.double(), mix.means).argmin(1)
+    assert torch.equal(data.test_labels, mix.labels[nearest])
+    x_plain = data.batch(400, torch.Generator().manual_seed(2))
+    x, y = data.labelled_batch(400, torch.Generator().manual_seed(2))
+    assert torch.equal(x, x_plain)                      # the same random numbers as batch()
+    assert torch.equal(y, mix.labels[torch.cdist(x.double(), mix.means).argmin(1)])
+
+
+def test_digits_carry_sklearns_targets_split_like_digits_split():
+    from scoresde.data.images import digits_split
+
+    data = build_dataset("digits", n_test=300, seed=0)
+    x_tr, y_tr, x_te, y_te = digits_split(n_test=300, seed=0)
+    assert data.num_classes == 10 and data.classes == [str(i) for i in range(10)]
+    assert torch.equal(data.test, x_te) and torch.equal(data.test_labels, y_te)
+    assert torch.equal(data.train, x_tr) and torch.equal(data.train_labels, y_tr)
+    x_plain = data.batch(64, torch.Generator().manual_seed(1))
+    x, y = data.labelled_batch(64, torch.Generator().manual_seed(1))
+    assert torch.equal(x, x_plain)
+    # each drawn image is a training row with that row's label
+    match = (x.reshape(64, 1, -1) == x_tr.reshape(1, x_tr.shape[0], -1)).all(-1)   # [64, N]
+    assert match.any(1).all()
+    assert all(int(y[i]) in set(y_tr[match[i]].tolist()) for i in range(64))
+
+
+def test_dequantized_digits_labelled_batch_matches_batch():
+    data = build_dataset("digits", n_test=300, seed=0, dequantize=True)
+    x_plain = data.batch(32, torch.Generator().manual_seed(4))
+    x, y = data.labelled_batch(32, torch.Generator().manual_seed(4))
+    assert torch.equal(x, x_plain) and y.shape == (32,) and y.dtype == torch.int64
+    # the level of each dequantized pixel is a training image of that label
+    from scoresde.data.images import digits_split
+
+    k = torch.floor((x + 1) * 17 / 2).clamp(0, 16)
+    x_tr, y_tr, _, _ = digits_split(n_test=300, seed=0)
+    k_tr = torch.round((x_tr + 1) * 16 / 2)
+    match = (k.reshape(32, 1, -1) == k_tr.reshape(1, -1, 64)).all(-1)
+    assert match.any(1).all()
+    assert all(int(y[i]) in set(y_tr[match[i]].tolist()) for i in range(32))
+
+
+def test_image_folder_labels_are_its_sub_directories(tmp_path):
+    from PIL import Image
+
+    for c, value in (("cat", 10), ("dog", 200)):
+        (tmp_path / c).mkdir()
+        for i in range(3):
+            Image.fromarray(np.full((4, 4, 3), value + i, np.uint8)).save(tmp_path / c / f"{i}.png")
+    data = build_dataset("image_folder", root=str(tmp_path), size=4, channels=3, n_test=2, seed=0)
+    assert data.num_classes == 2 and data.classes == ["cat", "dog"]
+    x, y = data.labelled_batch(50, torch.Generator().manual_seed(0))
+    # cat pixels are < 20/255, dog pixels > 190/255 (in [-1, 1]: below / above 0)
+    assert torch.equal(y, (x.mean((1, 2, 3)) > 0).long())
+    assert torch.equal(data.test_labels, (data.test.mean((1, 2, 3)) > 0).long())
+
+
+def test_unlabelled_sets_say_so():
+    data = build_dataset("moons", n_test=10)
+    assert data.num_classes == 0 and not data.labelled
+    with pytest.raises(ValueError, match="no labels"):
+        data.labelled_batch(4, torch.Generator())

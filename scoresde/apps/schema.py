@@ -7,7 +7,8 @@ default is stated once, in the code (a file in conf/ states only what differs fr
   arguments of the constructor its ``name`` selects in the library's registries
   (:data:`scoresde.sde.SDES`, :data:`scoresde.nn.MODELS`, :data:`scoresde.data.DATASETS`,
   :data:`scoresde.samplers.SAMPLERS`, :data:`scoresde.losses.LOSSES`; a model node also takes
-  the :class:`~scoresde.ScoreModel` options).  They are stored in Hydra's ConfigStore as
+  the :class:`~scoresde.ScoreModel` options; the ``classifier`` group, used by ``task=classifier``:
+  :class:`~scoresde.classifier.NoisyClassifier` and the ``eps`` of its loss).  They are stored in Hydra's ConfigStore as
   ``schema/<group>/<name>``; a config file opts in with
 
       defaults:
@@ -39,7 +40,7 @@ __all__ = ["schema_from_signature", "register_schemas", "SCHEMA_GROUPS", "CONFIG
 _PRIMITIVES = (bool, int, float, str)
 
 # groups whose options are constructors chosen by ``name``, and groups that are one dataclass
-SCHEMA_GROUPS = ("sde", "model", "data", "sampler", "loss")
+SCHEMA_GROUPS = ("sde", "model", "data", "sampler", "loss", "classifier")
 CONFIG_GROUPS = ("optim", "train", "eval")
 
 
@@ -108,6 +109,7 @@ def _registries() -> Dict[str, Tuple[Dict[str, Callable], Tuple[str, ...], Tuple
     from ..samplers import SAMPLERS
     from ..losses import LOSSES
     from ..score import ScoreModel
+    from ..classifier import NoisyClassifier, noisy_classifier_loss
 
     # a model node also says how the ScoreModel reads the network (parameterization, time_input)
     score_fields = _extra_fields(ScoreModel, ("net", "sde"))
@@ -117,6 +119,9 @@ def _registries() -> Dict[str, Tuple[Dict[str, Callable], Tuple[str, ...], Tuple
         "data": (DATASETS, (), ()),
         "sampler": (SAMPLERS, ("score_fn", "sde", "x", "ctx"), ()),
         "loss": (LOSSES, (), ()),
+        # task=classifier: the noisy classifier's options and the training-time floor eps of its loss
+        "classifier": ({"mlp": NoisyClassifier}, ("data_shape", "num_classes"),
+                       _extra_fields(noisy_classifier_loss, ("clf", "sde", "x0", "y", "generator"))),
     }
 
 

@@ -8,6 +8,7 @@ without Hydra.
     scoresde-train -m sde=vp,subvp,ve                 # a sweep (hydra/launcher=joblib, submitit_local, slurm)
     torchrun --nproc_per_node=4 $(command -v scoresde-train) ...   # DDP (scoresde.distributed)
     scoresde-train train.resume=auto hydra.run.dir=runs/a   # the same command continues after a kill
+    scoresde-train task=classifier data=digits classifier=mlp   # a noisy classifier for guidance
 
 The config is found by :func:`scoresde.apps._common.config_path`.  The top-level schema
 (:data:`TrainAppSchema`) types the ``optim``, ``train`` and ``eval`` nodes with the schemas
@@ -43,6 +44,8 @@ __all__ = ["train_main", "run_train", "TrainAppSchema"]
 TrainAppSchema = make_dataclass("TrainAppSchema", [
     # the seed's default is the Trainer's
     ("seed", int, field(default=inspect.signature(Trainer).parameters["seed"].default)),
+    # score (a score model) | classifier (a noisy classifier for guidance: scoresde.train_classifier)
+    ("task", str, field(default="score")),
     # plain dicts whose keys are the keyword arguments of the constructor they name (each option
     # file opts into /schema/<group>/<name>)
     *[(g, Dict[str, Any], field(default_factory=dict)) for g in _schemas.SCHEMA_GROUPS],

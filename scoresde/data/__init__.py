@@ -8,6 +8,12 @@ A :class:`DataSet` holds data already in the model's space (the space the SDE di
 * ``scaler``: the affine map from data space to model space (``to_model`` / ``to_data``) and its
   log-determinant, so densities convert: log p_data(x) = log p_model(to_model(x)) + log|det|.
 * ``mixture``: the exact density in model space when the set is a Gaussian mixture (for KL).
+* labels, where the source has them (``num_classes`` > 0): ``labelled_batch(n, generator)``
+  draws ``(x [n, ...], y [n])`` with exactly the draws of ``batch`` (so a run's data stream does
+  not depend on whether it reads the labels), ``test_labels`` label the held-out set.  The
+  digits carry scikit-learn's targets, image folders their sub-directory, torchvision sets
+  their targets, the mixtures their component classes (:meth:`GaussianMixture.sample_labelled`).
+  Unlabelled sets (moons, swissroll, checkerboard) have ``num_classes = 0``.
 
 Build one with ``build_dataset("ring8", n_test=2000, seed=0)``; add one with
 ``@register_dataset("name")`` on a factory returning a :class:`DataSet` (toy sets in
@@ -83,6 +89,11 @@ class DataSet:
     scaler: Scaler = field(default_factory=Scaler)
     mixture: Optional[GaussianMixture] = None
     info: Dict = field(default_factory=dict)
+    num_classes: int = 0
+    train_labels: Optional[Tensor] = None
+    test_labels: Optional[Tensor] = None
+    labelled_sampler: Optional[Callable[[int, Optional[torch.Generator]], Tuple[Tensor, Tensor]]] = None
+    classes: Optional[list] = None   # class names (index = label), where the source names them
 
     def __post_init__(self):
         self.event_shape = tuple(int(d) for d in self.event_shape)
@@ -92,6 +103,19 @@ class DataSet:
             if arr is not None and tuple(arr.shape[1:]) != self.event_shape:
                 raise ValueError(f"{nm} set of {self.name!r} has shape {tuple(arr.shape)}, "
                                  f"expected [N, {', '.join(map(str, self.event_shape))}]")
+        if self.num_classes:
+            if self.test_labels is None or self.test_labels.shape != (self.test.shape[0],):
+                raise ValueError(f"labelled data set {self.name!r} needs test_labels of shape [{self.test.shape[0]}]")
+            if self.sampler is not None and self.labelled_sampler is None:
+                raise ValueError(f"labelled data set {self.name!r} has a sampler but no labelled_sampler")
+            if self.sampler is None and (self.train_labels is None
+                                         or self.train_labels.shape != (self.train.shape[0],)):
+                raise ValueError(f"labelled data set {self.name!r} needs train_labels of shape [{self.train.shape[0]}]")
+
+    @property
+    def labelled(self) -> bool:
+        """Whether the set carries class labels (``num_classes > 0``)."""
+        return self.num_classes > 0
 
     def batch(self, n: int, generator: Optional[torch.Generator] = None, device=None) -> Tensor:
         """A training batch ``[n, *event_shape]`` on ``device`` (default: the generator's)."""
@@ -102,11 +126,31 @@ class DataSet:
                             if generator is not None else None)
         return self.train[idx.to(self.train.device)].to(device)
 
+    def labelled_batch(self, n: int, generator: Optional[torch.Generator] = None,
+                       device=None) -> Tuple[Tensor, Tensor]:
+        """``(x [n, *event_shape], y [n])``: the batch :meth:`batch` would draw (the same random
+        numbers from ``generator``) and its class labels (int64, in [0, num_classes))."""
+        if not self.num_classes:
+            raise ValueError(f"data set {self.name!r} has no labels; a class-conditional model or a "
+                             f"classifier needs a labelled set (digits, image_folder, torchvision, the mixtures)")
+        device = device if device is not None else (generator.device if generator is not None else "cpu")
+        if self.sampler is not None:
+            x, y = self.labelled_sampler(n, generator)
+            return x.to(device), y.to(device)
+        idx = torch.randint(self.train.shape[0], (n,), generator=generator, device=generator.device
+                            if generator is not None else None)
+        idx = idx.to(self.train.device)
+        return self.train[idx].to(device), self.train_labels.to(self.train.device)[idx].to(device)
+
     def to(self, device) -> "DataSet":
-        """Move the stored tensors (train set, test set) to ``device`` once."""
+        """Move the stored tensors (train set, test set, their labels) to ``device`` once."""
         self.test = self.test.to(device)
         if self.train is not None:
             self.train = self.train.to(device)
+        if self.test_labels is not None:
+            self.test_labels = self.test_labels.to(device)
+        if self.train_labels is not None:
+            self.train_labels = self.train_labels.to(device)
         return self
 
 

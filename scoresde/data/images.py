@@ -255,53 +255,67 @@ from . import DataSet, Scaler, register_dataset  # noqa: E402  (data/__init__ im
 
 
 def _image_dataset(name: str, k_train: Tensor, k_test: Tensor, levels: int, dequantize: bool,
-                   seed: int, info: dict) -> DataSet:
+                   seed: int, info: dict, y_train: Optional[Tensor] = None, y_test: Optional[Tensor] = None,
+                   num_classes: int = 0, classes: Optional[list] = None) -> DataSet:
     """A :class:`DataSet` from integer levels.  Data space is pixel intensity in [0, 1]
     (``Scaler.unit(0, 1)``: x_model = 2 x - 1, so level k is intensity k / (L - 1)).  With
     ``dequantize`` every training batch gets fresh uniform noise and the held-out set fixed noise
-    (seeded), both as :func:`to_model_range`."""
+    (seeded), both as :func:`to_model_range`.  ``y_train``/``y_test`` (with ``num_classes`` > 0)
+    label the images; a labelled batch draws the same indices and noise as an unlabelled one."""
     test = to_model_range(k_test, levels, dequantize=dequantize,
                           generator=torch.Generator().manual_seed(seed + 1))
     info = {"levels": levels, "dequantize": dequantize, **info}
+    lab = dict(num_classes=num_classes, test_labels=y_test, classes=classes) if num_classes else {}
     if not dequantize:
         return DataSet(name, tuple(k_train.shape[1:]), test=test, train=to_model_range(k_train, levels),
-                       scaler=Scaler.unit(0.0, 1.0), info=info)
+                       scaler=Scaler.unit(0.0, 1.0), info=info,
+                       **({**lab, "train_labels": y_train} if num_classes else {}))
 
-    def sampler(n: int, generator: Optional[torch.Generator] = None) -> Tensor:
+    def labelled_sampler(n: int, generator: Optional[torch.Generator] = None):
         dev = generator.device if generator is not None else None
         idx = torch.randint(k_train.shape[0], (n,), generator=generator, device=dev).cpu()
-        return to_model_range(k_train[idx].to(dev or "cpu"), levels, dequantize=True, generator=generator)
+        x = to_model_range(k_train[idx].to(dev or "cpu"), levels, dequantize=True, generator=generator)
+        return x, (y_train[idx].to(dev or "cpu") if y_train is not None else None)
+
+    def sampler(n: int, generator: Optional[torch.Generator] = None) -> Tensor:
+        return labelled_sampler(n, generator)[0]
 
     return DataSet(name, tuple(k_train.shape[1:]), test=test, sampler=sampler,
-                   scaler=Scaler.unit(0.0, 1.0), info=info)
+                   scaler=Scaler.unit(0.0, 1.0), info=info,
+                   **({**lab, "labelled_sampler": labelled_sampler} if num_classes else {}))
 
 
-def _split_levels(k: Tensor, n_test: int, seed: int) -> Tuple[Tensor, Tensor]:
+def _split_levels(k: Tensor, n_test: int, seed: int, y: Optional[Tensor] = None):
+    """``(k_train, k_test)`` shuffled by ``seed`` (and ``(y_train, y_test)`` after them if ``y``)."""
     if not 0 < n_test < k.shape[0]:
         raise ValueError(f"n_test must lie in [1, {k.shape[0] - 1}] for {k.shape[0]} images, got {n_test}")
     perm = torch.randperm(k.shape[0], generator=torch.Generator().manual_seed(seed))
-    return k[perm[:-n_test]], k[perm[-n_test:]]
+    tr, te = perm[:-n_test], perm[-n_test:]
+    return (k[tr], k[te]) if y is None else (k[tr], k[te], y[tr], y[te])
 
 
 @register_dataset("digits")
 def digits_dataset(n_test: int = 300, seed: int = 0, dequantize: bool = False) -> DataSet:
-    """scikit-learn's 8x8 digits split as :func:`digits_split` (same ``n_test``, ``seed``)."""
-    k, _ = _digits_levels()
-    k_train, k_test = _split_levels(k, n_test, seed)
+    """scikit-learn's 8x8 digits split as :func:`digits_split` (same ``n_test``, ``seed``),
+    labelled 0..9 by scikit-learn's targets."""
+    k, y = _digits_levels()
+    k_train, k_test, y_train, y_test = _split_levels(k, n_test, seed, y)
     return _image_dataset("digits", k_train, k_test, DIGITS_LEVELS, dequantize, seed,
-                          {"n_test": n_test, "seed": seed})
+                          {"n_test": n_test, "seed": seed}, y_train, y_test, 10, [str(i) for i in range(10)])
 
 
 @register_dataset("image_folder")
 def image_folder_dataset(root: Optional[str] = None, size: int = 32, channels: int = 3, n_test: int = 256,
                          seed: int = 0, dequantize: bool = False) -> DataSet:
-    """The images under ``root`` (:func:`load_image_folder`), ``n_test`` of them held out."""
+    """The images under ``root`` (:func:`load_image_folder`), ``n_test`` of them held out;
+    labelled by sub-directory when there are at least two (``classes``: their sorted names)."""
     if root is None:
         raise ValueError("the image_folder data set needs root= (the folder to read)")
-    k, _, classes = _read_image_folder(root, size, channels)
-    k_train, k_test = _split_levels(k, n_test, seed)
+    k, y, classes = _read_image_folder(root, size, channels)
+    k_train, k_test, y_train, y_test = _split_levels(k, n_test, seed, y)
+    K = len(classes) if len(classes) >= 2 else 0
     return _image_dataset("image_folder", k_train, k_test, 256, dequantize, seed,
-                          {"root": str(root), "classes": classes})
+                          {"root": str(root), "classes": classes}, y_train, y_test, K, list(classes) or None)
 
 
 @register_dataset("torchvision")
@@ -310,6 +324,8 @@ def torchvision_dataset(dataset: str = "MNIST", root: str = ".", size: Optional[
                         dequantize: bool = False) -> DataSet:
     """``torchvision.datasets.<dataset>`` from disk (:func:`load_torchvision`): its train split for
     training, the first ``n_test`` images of its test split held out."""
-    k_train, _ = _read_torchvision(dataset, root, True, size, channels)
-    k_test, _ = _read_torchvision(dataset, root, False, size, channels)
-    return _image_dataset(dataset, k_train, k_test[:n_test], 256, dequantize, seed, {"root": str(root)})
+    k_train, y_train = _read_torchvision(dataset, root, True, size, channels)
+    k_test, y_test = _read_torchvision(dataset, root, False, size, channels)
+    K = int(max(y_train.max(), y_test.max())) + 1 if y_train.numel() else 0
+    return _image_dataset(dataset, k_train, k_test[:n_test], 256, dequantize, seed, {"root": str(root)},
+                          y_train, y_test[:n_test], K if K >= 2 else 0)

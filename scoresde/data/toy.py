@@ -4,7 +4,7 @@ Each set draws fresh samples from its generator for every batch (infinite data) 
 fixed held-out set drawn with its own ``seed``:
 
 * ``ring8`` and the other mixtures of :func:`scoresde.build_mixture`: exact density, so the trainer
-  reports KL(data || model).  ring8 is the project's default problem.
+  reports KL(data || model); labelled by component class (ring8: mode k is class k).  ring8 is the project's default problem.
 * ``moons`` (two interleaved half circles), ``swissroll`` (a 2-D swiss roll), ``checkerboard``
   (uniform on the black squares of a 4 x 4 board over [-4, 4]^2), each with a little Gaussian
   noise where noted; the formulas follow scikit-learn's make_moons / make_swiss_roll and the
@@ -84,12 +84,17 @@ def mixture_dataset(name: str = "ring8", n_test: int = 2000, seed: int = 1234) -
     """A Gaussian-mixture data set (fresh exact samples each batch) carrying its exact density."""
     mix = build_mixture(name)
     g = torch.Generator().manual_seed(seed)
-    test = mix.sample(n_test, generator=g, dtype=torch.float32)
+    # sample_labelled draws exactly what sample draws: the same test set and batches as unlabelled
+    test, test_labels = mix.sample_labelled(n_test, generator=g, dtype=torch.float32)
 
     def sampler(n: int, gen: Optional[torch.Generator]) -> Tensor:
         return mix.sample(n, generator=gen, dtype=torch.float32)
 
-    return DataSet(name=name, event_shape=mix.event_shape, test=test, sampler=sampler, mixture=mix)
+    def labelled_sampler(n: int, gen: Optional[torch.Generator]):
+        return mix.sample_labelled(n, generator=gen, dtype=torch.float32)
+
+    return DataSet(name=name, event_shape=mix.event_shape, test=test, sampler=sampler, mixture=mix,
+                   num_classes=mix.num_classes, test_labels=test_labels, labelled_sampler=labelled_sampler)
 
 
 for _name in MIXTURES:
