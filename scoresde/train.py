@@ -311,7 +311,9 @@ class Trainer:
         model: the score model; ``model.spec`` (set by :func:`build_score_model`) is saved so that
             :func:`load_model` can rebuild it.
         data: the data set (model space).
-        loss: a :class:`DSMLoss` (or any ``loss(model, x0, generator) -> scalar``).
+        loss: a :class:`DSMLoss` (or any ``loss(model, x0, generator) -> scalar``; a
+            class-conditional model, ``model.num_classes > 0``, is trained with
+            ``loss(model, x0, generator, labels=y)`` on ``data.labelled_batch``).
         optim, train, eval: :class:`OptimConfig`, :class:`TrainConfig`, :class:`EvalConfig` or dicts.
         sampler: ``{"name": "ode", **options}`` for ``sd.sample`` in evaluation.
         out_dir: where checkpoints/, metrics.json, samples.png and the CSV logs go.
