@@ -233,3 +233,26 @@ def test_replacement_is_biased_on_ring8_where_smc_is_not():
     out = sd.sample_posterior(mix.score_fn(sde), sde, op, y, method="replacement", steps=100,
                               generator=torch.Generator().manual_seed(0))
     assert sd.metrics.mode_w2(out.x, post).weight_error > 0.4     # about (0.33, 0.34, 0.33)
+
+
+@pytest.mark.parametrize("potential", ["path", "twisted"])
+def test_smc_hits_a_correlated_gaussian_posterior(potential):
+    # one Gaussian in 3-d with correlated covariance, the first coordinate observed: the exact
+    # posterior is N(mu_2|1, Sigma_2|1); the SMC's mean within 5 standard errors (the errors of
+    # 8 independent clouds, each with its own observation path, are independent: the standard
+    # error is taken from the spread of the cloud means, not from n), its covariance within 10 %
+    D, n, P = 3, 4000, 500
+    cov = torch.tensor([[1.0, 0.9, -0.6], [0.9, 1.0, -0.5], [-0.6, -0.5, 1.0]], dtype=torch.float64)
+    mix = sd.GaussianMixture(torch.ones(1, dtype=torch.float64), torch.zeros(1, D, dtype=torch.float64), cov[None])
+    op = ops.Mask(torch.tensor([True, False, False]))
+    y = torch.tensor([[1.5]], dtype=torch.float64)
+    post = mix.condition(op, y)
+    sde = sd.VPSDE()
+    out = sd.sample_posterior(mix.score_fn(sde), sde, op, y.expand(n, 1).clone(), method="smc", steps=200,
+                              particles=P, potential=potential, generator=torch.Generator().manual_seed(0))
+    x = out.x[:, 1:]
+    mu, C = post.means[0, 1:], post.covs[0, 1:, 1:]
+    cloud_means = x.reshape(n // P, P, 2).mean(1)
+    se = torch.maximum(cloud_means.std(0) / math.sqrt(n // P), (C.diagonal() / n).sqrt())
+    assert (x.mean(0) - mu).abs().max() < 5 * se.max(), (x.mean(0), mu, se)
+    torch.testing.assert_close(torch.cov(x.T), C, rtol=0.1, atol=0.02)
