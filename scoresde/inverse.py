@@ -536,8 +536,17 @@ def _smc_tweedie(score_fn, sde: SDE, op: LinearOperator, y_hat: Tensor, ratio2: 
     eps, so the weighted particles target p(x0 | y) as particles grow, for any choice of kappa
     (kappa only decides how many particles that takes).  For one Gaussian prior and the exact score
     the twist is exact up to kappa's isotropy, so the weights stay nearly uniform.
-    Cost: one forward and one backward pass through the score a step, plus one forward pass at
-    eps for the last weight (NFE = steps + 1; backward passes = steps).  Constants of g shared by
+    Cost (``twist_cov="isotropic"``): one forward and one backward pass through the score a step,
+    plus one forward pass at eps for the last weight (NFE = steps + 1; backward passes = steps).
+
+    ``twist_cov="jacobian"`` (``jacobian=True``): Cov = Cov[u0 | x_t] = sigma^2 / alpha^2 (I + sigma^2
+    V^T (ds/dx) V) + diag((s_y / S)^2), from r vector-Jacobian products a step (r = number of
+    observed coordinates: for small problems only), and the proposal is the locally optimal one,
+    N(m, v I) times the twist at s linearized at x_t (:func:`_tds_linear_step`), instead of the
+    gradient step (whose weights carry a noise-quadratic term of variance ~ r dlambda / 2 a step).
+    For one Gaussian and the exact score, twist and proposal are then exact up to the time
+    discretization: the weights stay nearly uniform and the error falls with steps (the 16-d
+    test).  Backward passes = r (steps + 1).  Constants of g shared by
     all particles at one time are dropped (weights are normalized within a cloud).
     """
     B, dev, dt = x.shape[0], x.device, x.dtype
