@@ -1,0 +1,127 @@
+"""Inverse-problem methods against the exact posterior (issue 13): ``python benchmarks/inverse.py``.
+
+Problems: ring8 with x1 observed at 0, 1.5 and 3.6; aniso16 (``sd.anisotropic(16, 4, seed=0)``,
+rotated covariances) with its first 8 coordinates observed at a point between modes 1 and 3
+(posterior weights about 0.31 / 0.69), noiseless and with observation noise 0.1.  Every method
+gets the exact unconditional score of the prior (VP SDE).  Measured per method and NFE budget:
+posterior mode-by-mode W2 over the exact-sample floor of the posterior (``sd.metrics.exact_floor``
+at the same n), mode-weight error, NFE (forward passes), backward passes and seconds.
+
+Writes benchmarks/results/inverse.md and inverse.csv.  One thread (set before torch loads).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import subprocess
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+import torch  # noqa: E402
+
+import scoresde as sd  # noqa: E402
+from scoresde import ops  # noqa: E402
+
+torch.set_num_threads(1)
+OUT = Path(__file__).resolve().parent / "results"
+
+
+def problems():
+    for v in (0.0, 1.5, 3.6):
+        yield f"ring8 x1={v}", sd.ring8(), ops.Mask(torch.tensor([True, False])), torch.tensor([[v]])
+    mix = sd.anisotropic(16, 4, seed=0)
+    m = torch.zeros(16, dtype=torch.bool)
+    m[:8] = True
+    y = (0.475 * mix.means[1] + 0.525 * mix.means[3])[None, :8].clone()
+    for s in (0.0, 0.1):
+        yield f"aniso16 8/16 observed, noise {s}", mix, ops.Mask(m, noise_std=s), y
+
+
+def _repaint_steps(nfe: int, jump_length: int, jumps: int) -> int:
+    """The most RePaint steps whose schedule takes at most ``nfe`` score evaluations (down moves)."""
+    best = 1
+    for steps in range(1, nfe + 1):
+        ts = sd.inverse.repaint_schedule(steps, jump_length, jumps)
+        if sum(b < a for a, b in zip(ts, ts[1:])) <= nfe:
+            best = steps
+    return best
+
+
+def runs(nfe: int):
+    """(method, options) at about ``nfe`` forward passes (replacement: predictor + corrector per step;
+    RePaint: jumps of 5 steps, each stretch traversed 5 times, steps chosen to fit the budget)."""
+    return [("smc", dict(steps=nfe)), ("smc", dict(steps=nfe, potential="tweedie")),
+            ("smc", dict(steps=nfe, potential="tweedie", twist_cov="jacobian")),
+            ("replacement", dict(steps=nfe // 2)),
+            ("projection", dict(steps=nfe, predictor="reverse_diffusion")),
+            ("repaint", dict(steps=_repaint_steps(nfe, 5, 5), jump_length=5, jumps=5)),
+            ("dps", dict(steps=nfe, predictor="reverse_diffusion")),
+            ("pigdm", dict(steps=nfe, predictor="reverse_diffusion"))]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("--nfe", type=int, nargs="+", default=[100, 400])
+    ap.add_argument("--smc-only-above", type=int, default=100,
+                    help="budgets above this run only the SMC (time box)")
+    args = ap.parse_args()
+    sde, n = sd.VPSDE(), args.n
+    rows = []
+    load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    for name, mix, op, y1 in problems():
+        post = mix.condition(op, y1, noise_std=op.noise_std).prune(1e-6)
+        floor = sd.metrics.exact_floor(post, n)
+        Y = y1.float().expand(n, -1).clone()
+        sf = mix.score_fn(sde)
+        for k in args.nfe:
+            for method, kw in runs(k):
+                if k > args.smc_only_above and method != "smc":
+                    continue
+                t0 = time.perf_counter()
+                o = sd.sample_posterior(sf, sde, op, Y, method=method, generator=torch.Generator().manual_seed(0), **kw)
+                sec = time.perf_counter() - t0
+                st = sd.metrics.mode_w2(o.x.double(), post)
+                row = dict(problem=name, method=method, options=" ".join(f"{a}={b}" for a, b in kw.items()),
+                           nfe=o.nfe, backward=o.backward_passes, weight_error=round(float(st.weight_error), 4),
+                           w2=round(float(st.w2), 4), floor=round(floor, 4), w2_over_floor=round(float(st.w2) / floor, 2),
+                           seconds=round(sec, 2))
+                rows.append(row)
+                print(row, flush=True)
+    OUT.mkdir(exist_ok=True)
+    with open(OUT / "inverse.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    lines = ["# Inverse problems against the exact posterior (issue 13)", "",
+             f"`python benchmarks/inverse.py --n {n} --nfe {' '.join(map(str, args.nfe))}`; VP SDE, exact prior score, "
+             f"n = {n} samples of one posterior, seed 0, float32 sampling; 1 thread; load at start: `{load}` "
+             "(a shared 2-core machine under heavy load: seconds are only indicative).", "",
+             "Goal (issue 13): best unconditional-score method with mode-weight error <= 0.05 and W2 <= 1.5x floor.", ""]
+    lines += ["## Headline: the best method per problem against the goal", "",
+              "| problem | best method | NFE | mode-weight error | W2 / floor | goal met |", "|---|---|---|---|---|---|"]
+    for name in dict.fromkeys(r["problem"] for r in rows):
+        b = min((r for r in rows if r["problem"] == name),
+                key=lambda r: max(r["weight_error"] / 0.05, r["w2_over_floor"] / 1.5))
+        ok = b["weight_error"] <= 0.05 and b["w2_over_floor"] <= 1.5
+        lines.append(f"| {name} | {b['method']} | {b['nfe']} | {b['weight_error']:.3f} | {b['w2_over_floor']:.2f} | {'yes' if ok else 'no'} |")
+    lines += ["", "aniso16: the goal is not met by any variant.  Diagnosis (``sd.inverse.smc``'s docstring): not a kernel "
+              "bug -- on one rotated 16-d Gaussian observed at an atypical point the path SMC's infinite-particle "
+              "target (a Kalman filter) is right to 0.01-0.03, the error (0.07-0.17) is the particle approximation's "
+              "and decays only about as P^-1/4; the Jacobian-twisted TDS (``potential=tweedie twist_cov=jacobian``) "
+              "fixes the single Gaussian (0.008 at 400 steps) but on the 4-mode mixture loses a mode.", ""]
+    for name in dict.fromkeys(r["problem"] for r in rows):
+        lines += [f"## {name}", "", "| method | options | NFE | backward | mode-weight error | W2 / floor | seconds |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in rows:
+            if r["problem"] == name:
+                lines.append(f"| {r['method']} | {r['options']} | {r['nfe']} | {r['backward']} | {r['weight_error']:.3f} "
+                             f"| {r['w2_over_floor']:.2f} | {r['seconds']:.1f} |")
+        lines.append("")
+    (OUT / "inverse.md").write_text("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
