@@ -99,6 +99,19 @@ def evaluate(name: str, run: Path, args, clf, xtr) -> dict:
     return row
 
 
+def _command(argv) -> str:
+    """The command line without the --note text (it is printed below the tables)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--note":
+            skip = True
+        elif not a.startswith("--note="):
+            out.append(a)
+    return " ".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", action="append", required=True, help="NAME=RUN_DIR (a finished training run)")
@@ -129,7 +142,7 @@ def main() -> None:
     L = [
         "# Weighting experiment: sigma^2 vs likelihood weighting + importance sampling (digits)",
         "",
-        f"`python benchmarks/elbo_weighting.py {' '.join(sys.argv[1:])}`; torch threads {args.threads}; "
+        f"`python benchmarks/elbo_weighting.py {_command(sys.argv[1:])}`; torch threads {args.threads}; "
         f"load average at the end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (shared 2-core machine); "
         f"total {time.perf_counter() - t_all:.0f} s.",
         "",
