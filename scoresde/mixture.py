@@ -176,17 +176,22 @@ class GaussianMixture:
         terms, _ = self._component_terms(xf, sde.mean_coef(t64), sde.std(t64), False)
         return torch.logsumexp(terms, 1).to(x.dtype)
 
-    def responsibilities(self, x: Tensor, sde: Optional[SDE] = None, t: TimeLike = 0.0) -> Tensor:
-        """Posterior component probabilities ``[B, K]`` under p_t (p_0 when ``sde`` is None)."""
+    def _log_joint_t(self, x: Tensor, sde: Optional[SDE], t: TimeLike) -> Tensor:
+        """``[B, K]`` float64: log w_k + log N(x; alpha mu_k, alpha^2 C_k + sigma^2 I) under p_t
+        (p_0 when ``sde`` is None), the terms responsibilities and class posteriors normalise."""
         xf = self._flatten(x).to(torch.float64)
-        B = xf.shape[0]
         if sde is None:
-            alpha = torch.ones(B, dtype=torch.float64, device=x.device)
+            alpha = torch.ones(xf.shape[0], dtype=torch.float64, device=x.device)
             sigma = torch.zeros_like(alpha)
         else:
             t64 = as_time(t, xf)
             alpha, sigma = sde.mean_coef(t64), sde.std(t64)
         terms, _ = self._component_terms(xf, alpha, sigma, False)
+        return terms
+
+    def responsibilities(self, x: Tensor, sde: Optional[SDE] = None, t: TimeLike = 0.0) -> Tensor:
+        """Posterior component probabilities ``[B, K]`` under p_t (p_0 when ``sde`` is None)."""
+        terms = self._log_joint_t(x, sde, t)
         return torch.softmax(terms, 1)
 
     def score_t(self, x: Tensor, sde: SDE, t: TimeLike) -> Tensor:
@@ -368,15 +373,8 @@ class GaussianMixture:
         from x gets a finite, very negative value, not -inf); differentiable in x.  ``sde=None``
         gives the classifier of p_0.
         """
-        xf = self._flatten(x).to(torch.float64)
-        B = xf.shape[0]
-        if sde is None:
-            alpha = torch.ones(B, dtype=torch.float64, device=x.device)
-            sigma = torch.zeros_like(alpha)
-        else:
-            t64 = as_time(t, xf)
-            alpha, sigma = sde.mean_coef(t64), sde.std(t64)
-        terms, _ = self._component_terms(xf, alpha, sigma, False)
+        terms = self._log_joint_t(x, sde, t)
+        B = terms.shape[0]
         log_r = torch.log_softmax(terms, 1)                                         # [B, K]
         mask = self._class_mask(x.device)                                           # [K, C]
         present = mask.any(0)
