@@ -13,12 +13,57 @@ import torch
 Tensor = torch.Tensor
 PathLike = Union[str, os.PathLike]
 
-__all__ = ["save_samples_png"]
+__all__ = ["save_samples_png", "image_grid"]
 
 
-def save_samples_png(x: Tensor, path: PathLike, reference: Optional[Tensor] = None, title: str = "") -> Path:
+def _classes(labels: Optional[Tensor], n: int):
+    """``labels`` as a CPU ``[n]`` tensor and its classes in the order they first appear."""
+    if labels is None:
+        return None, []
+    labels = torch.as_tensor(labels).reshape(-1).cpu()
+    if labels.shape[0] != n:
+        raise ValueError(f"{labels.shape[0]} labels for {n} samples")
+    classes: list = []
+    for v in labels.tolist():
+        if v not in classes:
+            classes.append(v)
+    return labels, classes
+
+
+def image_grid(x: Tensor, labels: Optional[Tensor] = None, per_row: int = 16):
+    """The ``[C, rows (H + 1) + 1, cols (W + 1) + 1]`` grid of images ``x [N, C, H, W]`` (white
+    1-pixel borders), with its ``rows`` and ``cols``.
+
+    Without ``labels``: the first 64 images in a near-square grid.  With ``labels`` (``[N]``): row r
+    holds the first ``per_row`` images of the r-th class in order of first appearance.
+    """
+    x = x.detach().float().cpu()
+    labels, classes = _classes(labels, x.shape[0])
+    if classes:
+        cells = [torch.nonzero(labels == c).reshape(-1).tolist()[:per_row] for c in classes]
+        cols = max(len(r) for r in cells)
+    else:
+        n = min(x.shape[0], 64)
+        cols = int(math.ceil(math.sqrt(n)))
+        cells = [list(range(r * cols, min(n, (r + 1) * cols))) for r in range(int(math.ceil(n / cols)))]
+    rows = len(cells)
+    C, H, W = x.shape[1:]
+    grid = torch.ones(C, rows * (H + 1) + 1, cols * (W + 1) + 1)
+    for r, idx in enumerate(cells):
+        for c, i in enumerate(idx):
+            grid[:, 1 + r * (H + 1):1 + r * (H + 1) + H, 1 + c * (W + 1):1 + c * (W + 1) + W] = x[i]
+    return grid, rows, cols
+
+
+def save_samples_png(x: Tensor, path: PathLike, reference: Optional[Tensor] = None, title: str = "",
+                     labels: Optional[Tensor] = None, per_row: int = 16) -> Path:
     """Samples as a PNG: a scatter plot for vectors (first two coordinates, over ``reference``
-    in grey), an image grid for ``[N, C, H, W]`` with values in [0, 1]."""
+    in grey), an image grid for ``[N, C, H, W]`` with values in [0, 1].
+
+    ``labels`` (``[N]`` ints, the class each sample was drawn for): images get one row per class,
+    in the order the classes first appear, with up to ``per_row`` of its samples and the class
+    written on the left; vectors get one colour per class.
+    """
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -26,18 +71,20 @@ def save_samples_png(x: Tensor, path: PathLike, reference: Optional[Tensor] = No
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     x = x.detach().float().cpu()
+    labels, classes = _classes(labels, x.shape[0])
     if x.dim() == 4:
-        n = min(x.shape[0], 64)
-        cols = int(math.ceil(math.sqrt(n)))
-        rows = int(math.ceil(n / cols))
+        grid, rows, cols = image_grid(x, labels, per_row)
         C, H, W = x.shape[1:]
-        grid = torch.ones(C, rows * (H + 1) + 1, cols * (W + 1) + 1)
-        for i in range(n):
-            r, c = divmod(i, cols)
-            grid[:, 1 + r * (H + 1):1 + r * (H + 1) + H, 1 + c * (W + 1):1 + c * (W + 1) + W] = x[i]
         img = grid.clamp(0, 1).permute(1, 2, 0).numpy()
-        fig, ax = plt.subplots(figsize=(6, 6 * rows / cols))
+        fig, ax = plt.subplots(figsize=(6, max(6 * rows / cols, 1.5)))
         ax.imshow(img[..., 0] if C == 1 else img, cmap="gray" if C == 1 else None, interpolation="nearest")
+        if classes:
+            ax.set_yticks([1 + r * (H + 1) + (H - 1) / 2 for r in range(rows)])
+            ax.set_yticklabels([str(c) for c in classes])
+            ax.set_xticks([])
+            ax.tick_params(length=0)
+            for s in ax.spines.values():
+                s.set_visible(False)
     else:
         xf = x.reshape(x.shape[0], -1)
         if xf.shape[1] == 1:
@@ -47,11 +94,17 @@ def save_samples_png(x: Tensor, path: PathLike, reference: Optional[Tensor] = No
             rf = reference.detach().float().cpu().reshape(reference.shape[0], -1)
             if rf.shape[1] >= 2:
                 ax.scatter(rf[:, 0], rf[:, 1], s=2, c="0.75", label="data")
-        ax.scatter(xf[:, 0], xf[:, 1], s=2, c="C0", label="samples")
+        if classes:
+            for k, c in enumerate(classes):
+                m = labels == c
+                ax.scatter(xf[m, 0], xf[m, 1], s=2, c=f"C{k % 10}", label=f"class {c}")
+        else:
+            ax.scatter(xf[:, 0], xf[:, 1], s=2, c="C0", label="samples")
         ax.set_aspect("equal")
         ax.legend(loc="upper right", markerscale=4)
     ax.set_title(title)
-    ax.axis("off" if x.dim() == 4 else "on")
+    if x.dim() == 4 and not classes:
+        ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

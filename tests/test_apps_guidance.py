@@ -73,12 +73,47 @@ def test_one_integer_label_gives_n_samples_of_that_class(cond_ckpt):
     assert x.shape == (5, 2) and info["labels"] == [2] * 5 and info["forward_passes"] == 2 * info["nfe"]
 
 
+def test_per_class_labels_give_n_samples_of_every_class_class_by_class(cond_ckpt):
+    x, info = sample_app.sample_checkpoint(str(cond_ckpt), {"name": "dpm_solver", "steps": 3}, n=2,
+                                           labels="per_class", guidance={"scale": 2.0}, seed=4)
+    want = torch.arange(8).repeat_interleave(2)
+    assert x.shape == (16, 2) and info["n"] == 16 and info["labels"] == want.tolist()
+    # the library call with those labels, same noise
+    model = sd.load_model(cond_ckpt)
+    ref = sd.sample(sd.guidance.cfg_model(model, want, 2.0), model.sde, (16, 2), sampler="dpm_solver", steps=3,
+                    generator=torch.Generator().manual_seed(4))
+    scaler = sd.data.Scaler(**model.checkpoint["data"]["scaler"])
+    torch.testing.assert_close(x, scaler.to_data(ref.x), rtol=0, atol=0)
+
+
+def test_sample_app_per_class_passes_the_labels_to_the_png(cond_ckpt, tmp_path, monkeypatch):
+    seen = {}
+    real = sample_app.save_samples_png
+
+    def spy(x, path, **kw):
+        seen.update(kw, n=x.shape[0])
+        return real(x, path, **kw)
+
+    monkeypatch.setattr(sample_app, "save_samples_png", spy)
+    _app(monkeypatch, [f"checkpoint={cond_ckpt}", f"hydra.run.dir={tmp_path}", "labels=per_class", "n=3",
+                       "sampler=heun", "sampler.steps=2"])
+    info = json.loads((tmp_path / "sample.json").read_text())
+    assert info["labels"] == torch.arange(8).repeat_interleave(3).tolist() and seen["n"] == 24
+    assert seen["labels"].tolist() == info["labels"] and (tmp_path / "samples.png").stat().st_size > 0
+    # unconditional draws pass no labels
+    _app(monkeypatch, [f"checkpoint={cond_ckpt}", f"hydra.run.dir={tmp_path / 'u'}", "n=3",
+                       "sampler=heun", "sampler.steps=2"])
+    assert seen["labels"] is None
+
+
 def test_bad_labels_and_guidance_are_clear_errors(cond_ckpt, tmp_path_factory):
     opts = {"name": "heun", "steps": 2}
     with pytest.raises(ValueError, match=r"\[0, 8\).*\[8\]"):
         sample_app.sample_checkpoint(str(cond_ckpt), opts, n=2, labels=[1, 8])
     with pytest.raises(ValueError, match="integer"):
         sample_app.sample_checkpoint(str(cond_ckpt), opts, n=2, labels=[1.5])
+    with pytest.raises(ValueError, match="'per_class'.*'each'"):
+        sample_app.sample_checkpoint(str(cond_ckpt), opts, n=2, labels="each")
     with pytest.raises(ValueError, match="valid: cfg"):
         sample_app.sample_checkpoint(str(cond_ckpt), opts, n=2, labels=1, guidance={"kind": "nope"})
     # an unconditional checkpoint refuses labels

@@ -18,9 +18,13 @@ Class-conditional checkpoints (trained with ``model.num_classes=K``) take ``labe
 
     scoresde-sample checkpoint=... labels=[3,3,7] guidance.kind=cfg guidance.scale=2
     scoresde-sample checkpoint=... labels=5 n=64 guidance=cfg guidance.scale=4
+    scoresde-sample checkpoint=... labels=per_class n=8 guidance.scale=2     # 8 of each class
 
 A list of labels is one sample per entry (``n`` is then ``len(labels)``); one integer gives ``n``
-samples of that class.  ``guidance.kind=cfg`` is classifier-free guidance of the model with
+samples of that class; ``labels=per_class`` gives ``n`` samples of every class (``n`` times the
+number of classes in all, class by class).  With labels, an image checkpoint's ``samples.png`` has
+one row per requested class (in the order they are first requested, up to 16 samples a row, the
+class on the left) and a vector one colours the samples by class.  ``guidance.kind=cfg`` is classifier-free guidance of the model with
 itself (:func:`scoresde.guidance.cfg_model`: the conditional and null-label halves in one batched
 network call a step); scale 1 is the plain conditional model, 0 the unconditional one.
 ``guidance.kind=classifier guidance.classifier=PATH`` is classifier guidance with a noisy
@@ -144,16 +148,26 @@ class SampleAppSchema:
 ConfigStore.instance().store(name="sample_schema", node=SampleAppSchema)
 
 
+PER_CLASS = "per_class"
+
+
 def _check_labels(labels, n: int, num_classes: int) -> Optional[torch.Tensor]:
-    """The ``[n]`` int64 labels of a conditional draw (None: unconditional)."""
+    """The int64 labels of a conditional draw (None: unconditional): ``[n]`` for one integer,
+    one per entry of a list, ``n`` of each class in turn for ``"per_class"``."""
     if labels is None:
         return None
     if not num_classes:
         raise ValueError("labels given, but the checkpoint's model is unconditional (model.num_classes=0); "
                          "train with model.num_classes=K for class-conditional sampling")
+    if isinstance(labels, str):
+        if labels != PER_CLASS:
+            raise ValueError(f"labels must be an integer, a non-empty list of integers or {PER_CLASS!r}, "
+                             f"got {labels!r}")
+        return torch.arange(num_classes).repeat_interleave(n)
     vals = [labels] if isinstance(labels, int) and not isinstance(labels, bool) else list(labels)
     if not vals or any(isinstance(v, bool) or not isinstance(v, int) for v in vals):
-        raise ValueError(f"labels must be an integer or a non-empty list of integers, got {labels!r}")
+        raise ValueError(f"labels must be an integer, a non-empty list of integers or {PER_CLASS!r}, "
+                         f"got {labels!r}")
     bad = sorted({v for v in vals if not 0 <= v < num_classes})
     if bad:
         raise ValueError(f"labels must lie in [0, {num_classes}) for this model, got {bad}")
@@ -167,8 +181,9 @@ def sample_checkpoint(checkpoint, sampler: Dict[str, Any], n: int, batch_size: O
     """Samples of a checkpoint's model (a path, ``diffusers:PATH``, a model from
     :func:`scoresde.load_model` or a :class:`LoadedScore`), in data space.
 
-    ``labels`` (class-conditional models only): one class for all ``n`` samples, or a list, one
-    sample per entry (``n`` is then ``len(labels)``); ``guidance`` the options of
+    ``labels`` (class-conditional models only): one class for all ``n`` samples, a list, one
+    sample per entry (``n`` is then ``len(labels)``), or ``"per_class"``: ``n`` samples of each
+    class, class by class (``n`` times the number of classes in all); ``guidance`` the options of
     :func:`guidance_options` (default: cfg at scale 1, the conditional model).
 
     Returns ``(x, info)``: ``x`` ``[n, ...]`` on the CPU and ``info`` (sampler, options, nfe summed
@@ -189,8 +204,6 @@ def sample_checkpoint(checkpoint, sampler: Dict[str, Any], n: int, batch_size: O
                          "version of scoresde-train); retrain or resave it")
     dev = next(score_fn.parameters()).device
     model = score_fn
-    if labels is not None and not isinstance(labels, int):
-        n = len(list(labels))
     guide = guidance_options(**(guidance or {})) if labels is not None else None
     clf = None
     if guide is not None and guide["kind"] == "classifier":
@@ -198,6 +211,8 @@ def sample_checkpoint(checkpoint, sampler: Dict[str, Any], n: int, batch_size: O
         y = _check_labels(labels, n, int(clf.num_classes))
     else:
         y = _check_labels(labels, n, int(getattr(model, "num_classes", 0) or 0))
+    if y is not None:
+        n = int(y.numel())
     opts = {k: v for k, v in sampler.items() if k != "name"}
     name = sampler.get("name", "ode")
     sd.build_sampler(name, **{k: v for k, v in opts.items() if k != "eps"})  # names checked before any work
@@ -262,7 +277,8 @@ def run_sample(cfg: DictConfig, out_dir: Path) -> Dict[str, Any]:
     ref = _reference(loaded.meta["data"], x.shape[1:])
     title = (f"{info['data'] or cfg.checkpoint}: {info['sampler']}, NFE {info['nfe_per_batch'][0]}"
              + (f", step {info['step']}" if info["step"] is not None else ""))
-    save_samples_png(x, out_dir / "samples.png", reference=ref, title=title)
+    save_samples_png(x, out_dir / "samples.png", reference=ref, title=title,
+                     labels=torch.tensor(info["labels"]) if "labels" in info else None)
     info["files"] = ["samples.pt", "samples.png"]
     (out_dir / "sample.json").write_text(json.dumps(info, indent=2))
     log.info("%d samples (%s, NFE %d, %.2f s) written to %s", info["n"], info["sampler"], info["nfe"],

@@ -12,6 +12,13 @@ Kept by measurement (benchmarks/results/fewstep.md: VP, exact scores, 10,000 sam
 ``max_order=3`` was the best solver on aniso16 (1.84x the exact-sample floor on an optimised
 grid) and within 1.2x of the best on ring8 (2.0x), and by far the best on a named grid (3.0x on
 ring8 against 7.6x for the next); order 4 was worse at 5 and 10 NFE.
+
+Default budget ``steps=20`` (20 NFE, as ``dpm_solver`` and ``unipc``), raised from 10 by measurement
+(benchmarks/guidance.py: exact mixture scores, VP; W2 over the floor of 2,000 samples a class): at 10
+NFE iPNDM was 1.3x on a single-Gaussian class (from the exact p_T), 1.7x on a class of four ring8
+modes and 2.5x on ring8 (floor of 10,000); at 20 NFE 1.00x, 1.03x and 1.12x (aniso16: 1.03x), the
+most accurate of the 20-NFE solvers there.  ``max_order=4`` stays (order 3 at 20 NFE: 1.00x, 1.07x,
+1.20x).  The few-step figures above are at explicit ``steps``.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ _AB = {1: (1.0,), 2: (1.5, -0.5), 3: (23 / 12, -16 / 12, 5 / 12), 4: (55 / 24, -
 
 
 @register_sampler("ipndm")
-def ipndm(score_fn, sde: SDE, x: Tensor, ctx, *, eps: float = 1e-3, steps: int = 10, max_order: int = 4,
+def ipndm(score_fn, sde: SDE, x: Tensor, ctx, *, eps: float = 1e-3, steps: int = 20, max_order: int = 4,
           grid: GridLike = "vp_quadratic", rho: float = 7.0, denoise: bool = False) -> Tensor:
     """iPNDM (Zhang & Chen 2023; Zhou et al. 2024's ``sample_ipndm``), one evaluation a step.
 

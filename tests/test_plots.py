@@ -1,0 +1,45 @@
+"""scoresde/plots.py: the image grid, with one row per class when labels are given."""
+
+import pytest
+import torch
+
+from scoresde.plots import image_grid, save_samples_png
+
+
+def _images(labels, H=3, W=2):
+    # every pixel of image i holds (i + 1) / 100, so a grid cell tells which image sits there
+    n = len(labels)
+    return (torch.arange(n, dtype=torch.float32)[:, None, None, None] + 1) / 100 * torch.ones(n, 1, H, W)
+
+
+def _cell(grid, r, c, H=3, W=2):
+    return grid[:, 1 + r * (H + 1):1 + r * (H + 1) + H, 1 + c * (W + 1):1 + c * (W + 1) + W]
+
+
+def test_labelled_grid_has_one_row_per_class_in_order_of_first_request():
+    labels = torch.tensor([7, 3, 7, 7, 3, 5])
+    x = _images(labels)
+    grid, rows, cols = image_grid(x, labels, per_row=2)
+    assert (rows, cols) == (3, 2) and grid.shape == (1, 3 * 4 + 1, 2 * 3 + 1)
+    # row 0: class 7's first two images (0, 2); row 1: class 3's (1, 4); row 2: class 5's (5), then blank
+    for r, idx in enumerate([[0, 2], [1, 4], [5]]):
+        for c, i in enumerate(idx):
+            assert torch.all(_cell(grid, r, c) == (i + 1) / 100), (r, c)
+    assert torch.all(_cell(grid, 2, 1) == 1.0)
+
+
+def test_unlabelled_grid_is_near_square_and_capped_at_64():
+    x = _images(list(range(70)))
+    grid, rows, cols = image_grid(x)
+    assert (rows, cols) == (8, 8)
+    assert torch.all(_cell(grid, 7, 7) == 64 / 100)   # image 63 last, images 64.. left out
+    grid, rows, cols = image_grid(x[:5])
+    assert (rows, cols) == (2, 3)
+
+
+def test_save_samples_png_takes_labels_for_images_and_vectors(tmp_path):
+    labels = torch.tensor([0, 1, 1])
+    assert save_samples_png(_images(labels), tmp_path / "a.png", labels=labels).stat().st_size > 0
+    assert save_samples_png(torch.randn(3, 2), tmp_path / "b.png", labels=labels).stat().st_size > 0
+    with pytest.raises(ValueError, match="2 labels for 3 samples"):
+        save_samples_png(torch.randn(3, 2), tmp_path / "c.png", labels=labels[:2])
