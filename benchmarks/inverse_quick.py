@@ -8,7 +8,7 @@ def problems():
     mix=sd.anisotropic(16,4,seed=0); m=torch.zeros(16,dtype=torch.bool); m[:8]=True; op=ops.Mask(m)
     y1=op.forward((0.475*mix.means[1]+0.525*mix.means[3])[None])
     yield "aniso16 half observed (weights 0.31/0.69)", mix, op, y1
-runs=lambda k: [("smc",dict(steps=k)),("replacement",dict(steps=k//2)),("projection",dict(steps=k,predictor="reverse_diffusion")),
+runs=lambda k: [("smc",dict(steps=k)),("smc",dict(steps=k//4,potential="twisted",moves=3,pool=True,particles=100,oversample=8)),("replacement",dict(steps=k//2)),("projection",dict(steps=k,predictor="reverse_diffusion")),
       ("repaint",dict(steps=max(k//10,2))),("dps",dict(steps=k,predictor="reverse_diffusion")),("pigdm",dict(steps=k,predictor="reverse_diffusion"))]
 n=2000
 for name,mix,op,y1 in problems():

@@ -309,3 +309,121 @@ def test_smc_rejects_unknown_potential_and_twist_cov():
     with pytest.raises(ValueError, match="twist_cov"):
         sd.sample_posterior(mix.score_fn(sde), sde, op, y, method="smc", steps=2, potential="tweedie",
                             twist_cov="jacobain")
+
+
+# -- resample-move: Langevin / MALA rejuvenation, evidence-pooled clouds ------------------------------
+POOLED = dict(potential="twisted", moves=3, pool=True, particles=100, oversample=8)
+
+
+def test_mala_moves_keep_a_gaussian_exactly_invariant_where_ula_is_biased():
+    # exact N(0, Sigma) samples, correlated 2-d; 20 preconditioned Langevin moves with a large step
+    # (snr 0.7).  The trapezoidal energy difference is exact for a Gaussian, so MALA keeps the
+    # covariance (to sampling error, about 1 %); ULA's law is measurably wider (13-14 % here).
+    cov = torch.tensor([[1.0, 0.16], [0.16, 0.04]], dtype=torch.float64)
+    prec = torch.linalg.inv(cov)
+    n = 20000
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(n, 2, generator=g, dtype=torch.float64) @ torch.linalg.cholesky(cov).T
+    op = ops.Mask(torch.tensor([True, False]))
+    score = lambda x, t: -x @ prec
+    out = {}
+    for kernel in ("mala", "ula"):
+        ctx = sd.samplers.SamplerContext(torch.Generator().manual_seed(1), False)
+        x, sc, acc = sd.inverse._langevin_moves(score, op, (1,), x0.clone(), 0.5, 20, 0.7, 1, n, ctx,
+                                                torch.zeros_like, lambda v: v, kernel)
+        torch.testing.assert_close(sc, score(x, None))           # the score left behind is x's
+        out[kernel] = (torch.cov(x.T), acc)
+    c_mala, acc = out["mala"]
+    assert 0.2 < acc < 1.0
+    torch.testing.assert_close(c_mala, cov, rtol=0.05, atol=0.004)
+    c_ula, acc_u = out["ula"]
+    assert acc_u == 1.0 and (c_ula.diagonal() > 1.1 * cov.diagonal()).all(), c_ula
+
+
+def test_pooled_resample_move_respects_the_observation_and_counts_nfe():
+    mix, op, y = _problem("image_mask", n=16)
+    sde = sd.VPSDE()
+    calls = []
+
+    def score_fn(x, t):
+        calls.append(x.shape[0])
+        return mix.score_t(x, sde, t)
+
+    out = sd.sample_posterior(score_fn, sde, op, y, method="smc", steps=6, potential="twisted", moves=2,
+                              pool=True, particles=8, oversample=4, generator=torch.Generator().manual_seed(0))
+    assert out.x.shape == (16,) + mix.event_shape and torch.isfinite(out.x).all()
+    assert torch.equal(op.forward(out.x), y)
+    # one score for the first step, then (1 + moves) a level: the moves' last score feeds the next step
+    assert out.nfe == len(calls) == 1 + 6 * 3
+    assert set(calls) == {64} and out.info["clouds"] == 8 and 0 < out.info["move_acceptance"] <= 1
+    assert 1 <= out.info["cloud_ess"] <= 8
+
+
+def test_resample_move_bad_arguments_raise():
+    mix, op, y = _problem("vector")
+    sde = sd.VPSDE()
+    sf = mix.score_fn(sde)
+    with pytest.raises(ValueError, match="pool"):
+        sd.sample_posterior(sf, sde, op, y, method="smc", steps=2, pool=True)          # path potential
+    with pytest.raises(ValueError, match="oversample"):
+        sd.sample_posterior(sf, sde, op, y, method="smc", steps=2, potential="twisted", oversample=2)
+    with pytest.raises(ValueError, match="move_kernel"):
+        sd.sample_posterior(sf, sde, op, y, method="smc", steps=2, moves=1, move_kernel="hmc")
+    with pytest.raises(ValueError, match="moves"):
+        sd.sample_posterior(sf, sde, op, y, method="smc", steps=2, moves=-1)
+    with pytest.raises(ValueError, match="tweedie"):
+        sd.sample_posterior(sf, sde, op, y, method="smc", steps=2, moves=1, potential="tweedie")
+    y2 = y.clone()
+    y2[0] += 1
+    with pytest.raises(ValueError, match="one observation"):
+        sd.sample_posterior(sf, sde, op, y2, method="smc", steps=2, potential="twisted", pool=True, particles=1)
+
+
+def _aniso_mixture_problem(dim: int, noise: float, modes=(1, 3), a: float = 0.475):
+    # aniso(dim) mixture, first half observed between two modes (two posterior modes)
+    mix = sd.anisotropic(dim, 4, seed=0)
+    m = torch.zeros(dim, dtype=torch.bool)
+    m[: dim // 2] = True
+    op = ops.Mask(m, noise_std=noise)
+    y = (a * mix.means[modes[0]] + (1 - a) * mix.means[modes[1]])[None, : dim // 2].clone()
+    return mix, op, y, mix.condition(op, y, noise_std=noise).prune(1e-6)
+
+
+def test_pooled_resample_move_error_shrinks_with_clouds_and_steps_on_a_mixture():
+    # 6-d mixture, 3 of 6 coordinates observed (posterior weights 0.31 / 0.69): a bare twisted SMC
+    # over few steps in one cloud against the pooled resample-move SMC, more steps, 8x the particles
+    mix, op, y, post = _aniso_mixture_problem(6, 0.0, (1, 2), 0.5)
+    sde, n = sd.VPSDE(), 1000
+    Y = y.float().expand(n, -1).clone()
+    run = lambda **kw: sd.metrics.mode_w2(sd.sample_posterior(mix.score_fn(sde), sde, op, Y, method="smc",
+                                                              generator=torch.Generator().manual_seed(0), **kw).x, post)
+    small = run(steps=10, potential="twisted", particles=1000)
+    large = run(steps=40, **POOLED)
+    floor = sd.metrics.exact_floor(post, n)
+    assert large.w2 < 0.5 * small.w2, (large.w2, small.w2)
+    assert large.w2 < 1.5 * floor and large.weight_error < 0.05, (large.w2, floor, large.counts)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("noise", [0.0, 0.1])
+def test_pooled_resample_move_meets_the_16d_goal(noise):
+    # issue 13's goal on aniso16 (8 of 16 observed) at 401 NFE: measured (seed 0) mode-weight
+    # error 0.018 / 0.012 and W2 0.81x / 0.95x the exact-sample floor (noise 0 / 0.1)
+    mix, op, y, post = _aniso_mixture_problem(16, noise)
+    sde, n = sd.VPSDE(), 2000
+    out = sd.sample_posterior(mix.score_fn(sde), sde, op, y.float().expand(n, -1).clone(), method="smc",
+                              steps=100, generator=torch.Generator().manual_seed(0), **POOLED)
+    st = sd.metrics.mode_w2(out.x.double(), post)
+    assert out.nfe == 401
+    assert st.weight_error < 0.05 and st.w2 < 1.5 * sd.metrics.exact_floor(post, n), (st.counts, st.w2)
+
+
+def test_path_smc_with_moves_on_a_noisy_general_operator():
+    # the path variant's moves carry, before tau, the forward-transition likelihood of the observed
+    # coordinate to its path value at tau: measured 0.068 / 0.76x the floor at 105 NFE
+    mix = sd.ring8()
+    op = ops.Matrix(torch.tensor([[0.6, 0.8]]), noise_std=0.3)
+    post = mix.condition(op, torch.tensor([3.0])).prune(1e-6)
+    st, floor = _smc_stats(mix, op, post, n=2000, steps=25, y0=(3.0,), moves=3)
+    assert st.weight_error < 0.12, (st.counts, post.weights)
+    assert st.w2 < 1.5 * floor, (st.w2, floor)
