@@ -34,6 +34,12 @@ checkpoint's unconditional model (a conditional one's null label).
 ``sample.json`` then also records the labels, the guidance and, beside the sampler's NFE (guided
 evaluations), ``network_calls`` and ``forward_passes`` (network evaluations in units of the
 batch: 2 a guided step at scale other than 0 and 1).
+
+Inverse problems (``conf/inverse/``, :mod:`scoresde.apps._inverse`): inpainting, super-resolution
+and colorization of held-out or given images with :func:`scoresde.sample_posterior`:
+
+    scoresde-sample checkpoint=... inverse.op=mask inverse.mask=lower_half inverse.method=smc inverse.n=8
+    scoresde-sample checkpoint=... inverse.op=downsample inverse.factor=2 inverse.data=lowres.pt
 """
 
 from __future__ import annotations
@@ -54,6 +60,7 @@ from ..data import Scaler, build_dataset
 from ..plots import save_samples_png
 from . import schema  # noqa: F401  (registers the group schemas)
 from .schema import schema_from_signature
+from . import _inverse  # noqa: F401  (stores the inverse group's schema)
 from ._common import (LoadedScore, checkpoint_path, config_path, cpu_generator, exit_on_user_error, load_score,
                       loaded_model, run_dir)
 
@@ -143,6 +150,7 @@ class SampleAppSchema:
     sampler: Dict[str, Any] = field(default_factory=dict)
     labels: Any = None                     # int | list of ints | null (unconditional sampling)
     guidance: Dict[str, Any] = field(default_factory=dict)
+    inverse: Dict[str, Any] = field(default_factory=dict)   # inverse.op set: posterior sampling (_inverse.py)
 
 
 ConfigStore.instance().store(name="sample_schema", node=SampleAppSchema)
@@ -264,7 +272,10 @@ def _reference(data_config: Optional[Dict[str, Any]], event_shape) -> Optional[t
 
 
 def run_sample(cfg: DictConfig, out_dir: Path) -> Dict[str, Any]:
-    """The body of the app: samples -> samples.pt, samples.png, sample.json in ``out_dir``."""
+    """The body of the app: samples -> samples.pt, samples.png, sample.json in ``out_dir``
+    (with ``inverse.op`` set: posterior samples, :func:`scoresde.apps._inverse.run_inverse`)."""
+    if cfg.get("inverse") is not None and cfg.inverse.get("op") is not None:
+        return _inverse.run_inverse(cfg, out_dir)
     sampler = OmegaConf.to_container(cfg.sampler, resolve=True)
     loaded = load_score(cfg.checkpoint, cfg.device, cfg.ema)
     labels = OmegaConf.to_container(cfg.labels) if OmegaConf.is_config(cfg.labels) else cfg.labels
