@@ -184,6 +184,13 @@ class _TimeVariable:
         """``(t, a, lin, cs)`` at u, with u clamped to [u(eps), u(T)]."""
         raise NotImplementedError
 
+    def scalar_coefs(self, u: float) -> Tuple[float, float, float, float]:
+        """:meth:`coefs` at one Python float, as Python floats (the hand-written solvers' path:
+        a tensor op on a 0-d tensor costs microseconds, a dozen of them per evaluation add up to a
+        tenth of the score's own cost at a batch of 1,000).  This generic form goes through
+        :meth:`coefs`; the noise-level variables override it in closed form."""
+        return tuple(float(v) for v in self.coefs(torch.tensor(float(u), dtype=self.dtype, device=self.device)))
+
 
 class _TimeT(_TimeVariable):
     """Song et al.'s form: state x, u = t, dx/dt = f x - 1/2 g^2 s."""
@@ -216,6 +223,8 @@ class _NoiseLevelTime(_TimeVariable):
     def __init__(self, sde: SDE, eps: float, dtype: torch.dtype, device):
         self.flow = flow.TimeVariable(sde, self.name)
         super().__init__(sde, eps, dtype, device)
+        self._u_lo, self._u_hi = float(self.u_lo), float(self.u_hi)
+        self._t_lo, self._t_hi = float(self.t_lo), float(self.t_hi)
 
     def u_of_t(self, t):
         return self.flow.u_of_t(t.reshape(1))[0]
@@ -232,6 +241,24 @@ class _NoiseLevelTime(_TimeVariable):
         c = torch.sqrt(1.0 + rho ** 2)
         r = self.flow.sigma_dsigma_du(u, rho)
         return t, alpha * c, -r / c ** 2, -alpha * r / c
+
+    def scalar_coefs(self, u):
+        # the same formulas as coefs() in float64 math; rho^2 and r from the closed forms of
+        # scoresde.flow's time variables
+        u = min(max(float(u), self._u_lo), self._u_hi)
+        if self.name == "vp":
+            vp = flow.VP_CLOCK
+            rho2 = math.expm1(vp.beta_min * u + 0.5 * (vp.beta_max - vp.beta_min) * u * u)
+            r = 0.5 * (vp.beta_min + u * (vp.beta_max - vp.beta_min)) * (1.0 + rho2)
+        elif self.name == "log_sigma":
+            rho2 = math.exp(2.0 * u)
+            r = rho2
+        else:  # "sigma"
+            rho2, r = u * u, u
+        t = min(max(self.sde.scalar_t_from_log_snr(-0.5 * math.log(rho2)), self._t_lo), self._t_hi)
+        alpha = self.sde.scalars(t).alpha
+        c = math.sqrt(1.0 + rho2)
+        return t, alpha * c, -r / (c * c), -alpha * r / c
 
 
 class _TimeVP(_NoiseLevelTime):
@@ -314,6 +341,20 @@ class _AugmentedODE:
         dy = lin * y + cs * s.detach()
         # the log-det is carried per dimension so that rtol/atol mean nats/dim in any D
         dell = lin + (cs * a / D) * quad.detach()
+        return dy, dell
+
+    def at_float(self, u: float, state: Tuple[Tensor, Tensor]):
+        """:meth:`__call__` at a Python-float u (the hand-written solvers): the coefficients as
+        floats, so the only tensor work is the score, its vector-Jacobian products and two axpys."""
+        y = state[0]
+        t, a, lin, cs = self.tv.scalar_coefs(u)
+        with torch.enable_grad():
+            x = (y * a).requires_grad_(True)
+            s = self.score(x, torch.full((y.shape[0],), t, dtype=y.dtype, device=y.device))
+            quad = self.divergence_terms(s, x)
+        s = s.detach()
+        dy = torch.add(s * cs, y, alpha=lin)
+        dell = (quad.detach() * (cs * a / y[0].numel())).add_(lin)
         return dy, dell
 
 
@@ -454,8 +495,7 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: Tensor, *, divergence: str = 
             y0 = xc / a_lo.to(x.dtype)
             d0 = torch.zeros(P, xc.shape[0], dtype=x.dtype, device=x.device)
             if method == ADAMS:
-                (y1, d1), _ = adams_pec(lambda u, st: func(torch.tensor(u, dtype=tv.dtype, device=x.device), st),
-                                        (y0, d0), float(tv.u_lo), float(tv.u_hi), rtol=rtol, atol=atol,
+                (y1, d1), _ = adams_pec(func.at_float, (y0, d0), float(tv.u_lo), float(tv.u_hi), rtol=rtol, atol=atol,
                                         **(options or {}))
             else:
                 ys, ds = odeint(func, (y0, d0), u_span, rtol=rtol, atol=atol, method=method, options=options)

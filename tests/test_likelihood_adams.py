@@ -67,3 +67,18 @@ def test_adams_image_shaped_data_gives_the_flat_answer():
     b = sd.log_likelihood(img_score, sde, x.reshape(4, 2, 2, 2), generator=torch.Generator().manual_seed(4), **kw)
     assert torch.allclose(a.logp, b.logp, rtol=0, atol=1e-9)
     assert a.stderr is not None and b.z.shape == (4, 2, 2, 2)
+
+
+@pytest.mark.parametrize("tv_name", ["vp", "log_sigma", "sigma", "t"])
+@pytest.mark.parametrize("sde_name", ["vp", "subvp", "ve"])
+def test_scalar_coefs_match_the_tensor_coefs(sde_name, tv_name):
+    # the float path the adams solver uses must be the same map as the tensor one
+    from scoresde import likelihood as L
+    sde = sd.build_sde(sde_name)
+    tv = L._TIME_VARIABLE_CLASSES[tv_name](sde, 1e-5, torch.float64, "cpu")
+    lo, hi = float(tv.u_lo), float(tv.u_hi)
+    for frac in (0.0, 0.013, 0.3, 0.77, 1.0):
+        u = lo + frac * (hi - lo)
+        ref = [float(v) for v in tv.coefs(torch.tensor(u, dtype=torch.float64))]
+        got = tv.scalar_coefs(u)
+        assert got == pytest.approx(ref, rel=1e-12, abs=1e-300)
