@@ -164,6 +164,11 @@ class pigdm(_Wrapper):
     (the Jacobian is taken through the score: one vector-Jacobian product a call; for s_y = 0 the
     middle factor is r_t^-2 (A A^T)^+, whence the name: A^+ (y - A x0_hat) / r_t^2).  ``scale`` = 1
     is the score of the Gaussian approximation itself.
+
+    Stiffness: in the observed subspace the guidance pulls with gain ~ 1 / r_t^2 (about 1e4 at
+    t = 1e-3 for VP), so an explicit sampler step of size g(t)^2 dt is stable only while
+    g^2 dt / r_t^2 < 2, which needs many steps near t = eps.  With a trained digits U-Net and the
+    lower half missing, 200 reverse-diffusion steps gave 6 of 10 non-finite completions, 1000 none.
     """
 
     def __init__(self, score_fn, sde, op, y, scale: float = 1.0):
