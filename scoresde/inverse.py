@@ -362,7 +362,7 @@ def smc(score_fn, sde: SDE, op: LinearOperator, y: Tensor, x: Tensor, ctx: Sampl
       Measured on its own, without moves or pooling (then not better than ``"path"``): on
       aniso16 below, 100 steps, 2,000 samples, mode-weight error / W2 over floor 0.27 / 9.2 (500
       particles), 0.04 / 16.7 (2,000).  With ``moves=3, pool=True, particles=100, oversample=8``
-      it is the setting that meets issue 13's 16-d goal (see ``moves`` and ``pool`` below).
+      it is the setting that meets issue 13's 16-d goal (see "Resample-move" below).
     * ``"path"`` (default): FPS-SMC as described below.
 
     * ``"tweedie"``: the twisted diffusion sampler TDS (Wu et al., NeurIPS 2023), twist
