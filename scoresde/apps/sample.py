@@ -24,9 +24,10 @@ A list of labels is one sample per entry (``n`` is then ``len(labels)``); one in
 samples of that class; ``labels=per_class`` gives ``n`` samples of every class (``n`` times the
 number of classes in all, class by class).  With labels, an image checkpoint's ``samples.png`` has
 one row per requested class (in the order they are first requested, up to 16 samples a row, the
-class on the left) and a vector one colours the samples by class.  ``guidance.kind=cfg`` is classifier-free guidance of the model with
-itself (:func:`scoresde.guidance.cfg_model`: the conditional and null-label halves in one batched
-network call a step); scale 1 is the plain conditional model, 0 the unconditional one.
+class on the left) and a vector one colours the samples by class.  ``guidance.kind=cfg`` is
+classifier-free guidance of the model with itself (:func:`scoresde.guidance.cfg_model`: the
+conditional and null-label halves in one batched network call a step); scale 1 is the plain
+conditional model, 0 the unconditional one.
 ``guidance.kind=classifier guidance.classifier=PATH`` is classifier guidance with a noisy
 classifier trained by ``scoresde-train task=classifier`` on the same SDE
 (:func:`scoresde.guidance.classifier`: s + scale grad_x log q_t(y | x)); the score is the
