@@ -24,7 +24,7 @@ mixed norm, the largest over the state's tensors of
     RMS( (y^C - y^P) / (atol + rtol max(|y_n|, |y^C|)) ),
 
 and a step is accepted when that is <= 1; the next step is h (0.9 / err)^(1 / (p + 1)) with the
-factor kept in [0.2, 5], p the predictor's order.  The start is order 1 (Euler predictor,
+factor kept in [0.2, 5], p the predictor's order, and no step longer than 1/8 of the interval.  The start is order 1 (Euler predictor,
 trapezoidal corrector) on a small first step, and the order rises by one per accepted step up to k:
 no extra evaluations for a starting procedure.  A rejected step costs its one evaluation.
 """
@@ -45,6 +45,11 @@ State = Tuple[Tensor, ...]
 __all__ = ["adams_pec", "AdamsStats", "adams_weights"]
 
 _MAX_STEPS = 100_000
+# Where f is nearly zero (sub-VP's first decades of log sigma) the error estimate is ~0 and the
+# controller grows h 5x a step; without a cap one step then leaps over the region where the modes
+# merge, and the estimate, made from that step's two end values, can miss it (measured: sub-VP in
+# log_sigma at rtol 1e-2, 6 NFE and 3.9 nats/dim of error).  No step spans more than this share.
+_MAX_STEP_FRACTION = 0.125
 
 
 @dataclass
@@ -132,7 +137,7 @@ def adams_pec(f: Callable[[float, State], State], y0: State, u0: float, u1: floa
     while u1 - u > 1e-13 * span:
         if acc + rej > _MAX_STEPS:
             raise RuntimeError(f"adams_pec: more than {_MAX_STEPS} steps (rtol={rtol}, atol={atol})")
-        h = min(h, u1 - u)
+        h = min(h, _MAX_STEP_FRACTION * span, u1 - u)
         if h <= 1e-14 * span:
             raise RuntimeError(f"adams_pec: step size underflow at u={u} (rtol={rtol}, atol={atol})")
         un = u1 if u1 - (u + h) <= 1e-13 * span else u + h
