@@ -84,7 +84,7 @@ from typing import Callable, Optional
 
 import torch
 
-from .likelihood import check_data
+from .likelihood import _exact_trace, _quadratic_forms, check_data
 from .losses import importance_norm, importance_time
 from .sde import SDE, ScoreFn, expand_to
 
@@ -95,9 +95,6 @@ __all__ = ["elbo", "ELBOResult", "ESTIMATORS", "DIVERGENCES", "NOISES", "gaussia
 ESTIMATORS = ("dsm", "ism")
 DIVERGENCES = ("exact", "hutchinson", "stein")
 NOISES = ("rademacher", "gaussian")
-
-# elements of the batched Jacobian-vector products held at once by the exact divergence
-_EXACT_CHUNK_ELEMS = 2 ** 25
 
 
 @dataclass
@@ -138,33 +135,6 @@ def _positive_int(value, name: str, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return value
-
-
-def _quadratic_forms(s: Tensor, x: Tensor, V: Tensor) -> Tensor:
-    """v^T (grad_x s) v for each row v of ``V [n, R, ...]``: returns ``[n, R]`` (loop of backwards;
-    a score's backward need not support batched gradients)."""
-    rows = []
-    for i in range(V.shape[0]):
-        (jv,) = torch.autograd.grad(s, x, V[i], retain_graph=True)
-        rows.append((jv * V[i]).reshape(x.shape[0], -1).sum(-1))
-    return torch.stack(rows)
-
-
-def _exact_trace(s: Tensor, x: Tensor) -> Tensor:
-    """tr(grad_x s) ``[R]``: the Jacobian's diagonal from one batched backward per chunk of basis
-    vectors (rows are independent samples, so one backward gives every row's Jacobian row)."""
-    R, D = x.shape[0], x[0].numel()
-    eye = torch.eye(D, dtype=x.dtype, device=x.device).reshape((D, 1) + x.shape[1:])
-    chunk = max(1, min(D, _EXACT_CHUNK_ELEMS // max(1, R * D)))
-    tr = torch.zeros(R, dtype=x.dtype, device=x.device)
-    for i in range(0, D, chunk):
-        V = eye[i:i + chunk].expand((min(chunk, D - i), R) + x.shape[1:])
-        try:
-            (jv,) = torch.autograd.grad(s, x, V, retain_graph=True, is_grads_batched=True)
-            tr = tr + (jv * V).reshape(V.shape[0], R, -1).sum(-1).sum(0)
-        except RuntimeError:
-            tr = tr + _quadratic_forms(s, x, V).sum(0)
-    return tr
 
 
 def _randn(shape, x: Tensor, generator) -> Tensor:
@@ -220,10 +190,10 @@ def _integrand(score: ScoreFn, estimator: str, divergence: str, noise: str, prob
         xt = (m + sv * z).detach().requires_grad_(True)
         s = score(xt, t)
         if divergence == "exact":
-            div = _exact_trace(s, xt)
+            div = _exact_trace(s, xt, [True])
         else:
             e = _probes(noise, (probes,) + tuple(m.shape), m, generator)
-            div = _quadratic_forms(s, xt, e).mean(0)
+            div = _quadratic_forms(s, xt, e, [False]).mean(0)   # a loop of backwards: any score
     return div.detach() + 0.5 * s.detach().pow(2).reshape(R, -1).sum(-1)
 
 

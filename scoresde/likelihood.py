@@ -308,6 +308,20 @@ def _quadratic_forms(s: Tensor, x: Tensor, V: Tensor, batched: list) -> Tensor:
     return torch.stack(rows)
 
 
+def _exact_trace(s: Tensor, x: Tensor, batched: list) -> Tensor:
+    """tr(grad_x s) ``[B]``: the quadratic forms of the basis vectors, in chunks of at most
+    ``_EXACT_CHUNK_ELEMS`` elements (rows are independent samples, so one backward gives every
+    row's Jacobian row)."""
+    B, D = x.shape[0], x[0].numel()
+    eye = torch.eye(D, dtype=x.dtype, device=x.device).reshape((D, 1) + x.shape[1:])
+    chunk = max(1, min(D, _EXACT_CHUNK_ELEMS // max(1, B * D)))
+    tr = torch.zeros(B, dtype=x.dtype, device=x.device)
+    for i in range(0, D, chunk):
+        V = eye[i:i + chunk].expand((min(chunk, D - i), B) + x.shape[1:])
+        tr = tr + _quadratic_forms(s, x, V, batched).sum(0)
+    return tr
+
+
 class _AugmentedODE:
     """Right-hand side of d[state, ell]/du for torchdiffeq; ell = Delta / D is ``[P, B]``."""
 
@@ -319,14 +333,7 @@ class _AugmentedODE:
         """``[P, B]``: tr(grad s) (P = 1) or e_p^T (grad s) e_p for each probe."""
         if self.probes is not None:
             return _quadratic_forms(s, x, self.probes, self.batched)
-        B, D = x.shape[0], x[0].numel()
-        eye = torch.eye(D, dtype=x.dtype, device=x.device).reshape((D, 1) + x.shape[1:])
-        chunk = max(1, min(D, _EXACT_CHUNK_ELEMS // max(1, B * D)))
-        tr = torch.zeros(B, dtype=x.dtype, device=x.device)
-        for i in range(0, D, chunk):
-            V = eye[i:i + chunk].expand((min(chunk, D - i), B) + x.shape[1:])
-            tr = tr + _quadratic_forms(s, x, V, self.batched).sum(0)
-        return tr[None]
+        return _exact_trace(s, x, self.batched)[None]
 
     def __call__(self, u: Tensor, state: Tuple[Tensor, Tensor]):
         y = state[0]
