@@ -50,6 +50,8 @@ torch.Size([5])
 from __future__ import annotations
 
 import math
+from typing import Tuple
+
 import torch
 
 from .sde import SDE, VPSDE, ScoreFn
@@ -159,7 +161,21 @@ class TimeVariable:
             return 0.5 * VP_CLOCK.beta(u) * (1.0 + s ** 2)
         raise ValueError("time_variable 't' is not a function of sigma~ alone")
 
-    # one time as Python floats (the ODE sampler's right-hand side)
+    # one time as Python floats (the ODE sampler's right-hand side, the likelihood's Adams path)
+    def scalar_sigma2_rate(self, u: float) -> Tuple[float, float]:
+        """(sigma~^2, sigma~ dsigma~/du) at u as Python floats: :meth:`sigma_of_u` squared and
+        :meth:`sigma_dsigma_du` in closed form (not for ``"t"``)."""
+        if self.name == "vp":
+            vp = VP_CLOCK
+            s2 = math.expm1(vp.beta_min * u + 0.5 * (vp.beta_max - vp.beta_min) * u * u)
+            return s2, 0.5 * (vp.beta_min + u * (vp.beta_max - vp.beta_min)) * (1.0 + s2)
+        if self.name == "log_sigma":
+            s2 = math.exp(2.0 * u)
+            return s2, s2
+        if self.name == "sigma":
+            return u * u, u
+        raise ValueError("time_variable 't' is not a function of sigma~ alone")
+
     def scalar_u_of_t(self, t: float) -> float:
         if self.name == "t":
             return float(t)

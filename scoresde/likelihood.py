@@ -243,18 +243,9 @@ class _NoiseLevelTime(_TimeVariable):
         return t, alpha * c, -r / c ** 2, -alpha * r / c
 
     def scalar_coefs(self, u):
-        # the same formulas as coefs() in float64 math; rho^2 and r from the closed forms of
-        # scoresde.flow's time variables
+        # the same formulas as coefs() in float64 math, rho^2 and r from scoresde.flow's closed forms
         u = min(max(float(u), self._u_lo), self._u_hi)
-        if self.name == "vp":
-            vp = flow.VP_CLOCK
-            rho2 = math.expm1(vp.beta_min * u + 0.5 * (vp.beta_max - vp.beta_min) * u * u)
-            r = 0.5 * (vp.beta_min + u * (vp.beta_max - vp.beta_min)) * (1.0 + rho2)
-        elif self.name == "log_sigma":
-            rho2 = math.exp(2.0 * u)
-            r = rho2
-        else:  # "sigma"
-            rho2, r = u * u, u
+        rho2, r = self.flow.scalar_sigma2_rate(u)
         t = min(max(self.sde.scalar_t_from_log_snr(-0.5 * math.log(rho2)), self._t_lo), self._t_hi)
         alpha = self.sde.scalars(t).alpha
         c = math.sqrt(1.0 + rho2)
