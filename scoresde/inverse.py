@@ -669,8 +669,7 @@ def _langevin_moves(score_fn, op: LinearOperator, obs_shape: Tuple[int, ...], x:
         dx_p = dx - dx_o
         log_ratio = (0.5 * (flat(g) + flat(gp)) * flat(dx)).sum(1)
         log_a = log_ratio + log_q(-dx_o, -dx_p, gp_o, gp_p) - log_q(dx_o, dx_p, g_o, g_p)
-        u = torch.rand(B, dtype=torch.float64, generator=ctx.generator,
-                       device=ctx.generator.device if ctx.generator is not None else x.device).to(x.device)
+        u = ctx.rand((B,), torch.float64, x.device)
         ok = torch.log(u) < log_a
         acc_sum += float(ok.double().mean())
         x = torch.where(expand_to(ok, x), xp, x)

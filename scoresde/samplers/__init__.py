@@ -86,6 +86,13 @@ class SamplerContext:
         z = torch.randn(tuple(shape), generator=self.generator, dtype=dtype, device=self.generator.device)
         return z.to(device)
 
+    def rand(self, shape, dtype: torch.dtype, device) -> Tensor:
+        """Uniform [0, 1) noise of ``shape`` on ``device``, drawn on the generator's device as
+        :meth:`randn` draws its normals."""
+        if self.generator is None:
+            return torch.rand(tuple(shape), dtype=dtype, device=device)
+        return torch.rand(tuple(shape), generator=self.generator, dtype=dtype, device=self.generator.device).to(device)
+
     def record(self, t, x: Tensor) -> None:
         if self.record_on:
             self.times.append(torch.as_tensor(t, dtype=torch.float64).reshape(()).cpu())
