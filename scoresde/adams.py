@@ -24,9 +24,9 @@ mixed norm, the largest over the state's tensors of
     RMS( (y^C - y^P) / (atol + rtol max(|y_n|, |y^C|)) ),
 
 and a step is accepted when that is <= 1; the next step is h (0.9 / err)^(1 / (p + 1)) with the
-factor kept in [0.2, 5], p the predictor's order, and no step longer than 1/8 of the interval.  The start is order 1 (Euler predictor,
-trapezoidal corrector) on a small first step, and the order rises by one per accepted step up to k:
-no extra evaluations for a starting procedure.  A rejected step costs its one evaluation.
+factor kept in [0.2, 5], p the predictor's order, and no step longer than 1/8 of the interval.
+The start is order 1 (Euler predictor, trapezoidal corrector) on a small first step, and the order
+rises by one per accepted step up to k: no extra evaluations for a starting procedure.  A rejected step costs its one evaluation.
 """
 
 from __future__ import annotations
