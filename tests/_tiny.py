@@ -15,6 +15,13 @@ TINY = ["train.steps=6", "train.batch_size=32", "train.log_every=3", "train.prog
         "sampler.steps=4"]
 
 
+def compose_conf(name, overrides=()):
+    """The composed config ``conf/NAME.yaml`` with ``overrides`` (Hydra's compose API)."""
+    from hydra import compose, initialize_config_dir
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name=name, overrides=list(overrides))
+
+
 def env():
     """The environment for a subprocess: this checkout importable, one thread per process."""
     e = dict(os.environ)

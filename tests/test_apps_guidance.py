@@ -6,7 +6,6 @@ import sys
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
@@ -14,12 +13,7 @@ import scoresde as sd
 from scoresde.apps import sample as sample_app
 from scoresde.apps import train as _train_app  # noqa: F401  (stores train_schema)
 
-from _tiny import CONF, TINY
-
-
-def _compose(name, overrides=()):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name=name, overrides=list(overrides))
+from _tiny import TINY, compose_conf as _compose
 
 
 @pytest.fixture(scope="module")

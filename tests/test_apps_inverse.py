@@ -7,7 +7,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 from PIL import Image
@@ -18,16 +17,11 @@ from scoresde.apps import train as _train_app  # noqa: F401  (stores train_schem
 from scoresde.apps._common import load_score
 from scoresde.data import build_dataset
 
-from _tiny import CONF
+from _tiny import compose_conf as _compose
 
 TINY_UNET = ["experiment=digits", "train.steps=2", "train.batch_size=16", "train.log_every=1", "train.progress=false",
              "train.device=cpu", "train.tensorboard=false", "train.threads=1", "model.nf=8", "model.attn_resolutions=[]",
              "data.n_test=32", "eval.n_samples=0", "train.ckpt_every=2"]
-
-
-def _compose(name, overrides=()):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name=name, overrides=list(overrides))
 
 
 @pytest.fixture(scope="module")
