@@ -32,6 +32,7 @@ import torch
 from hydra.core.config_store import ConfigStore
 
 from ..data import DATASETS, Scaler, build_dataset
+from ..data.images import _pil_to_levels
 from .schema import schema_from_signature
 
 log = logging.getLogger("scoresde")
@@ -130,20 +131,15 @@ def _read_tensor(path: str, what: str) -> torch.Tensor:
 
 
 def _read_image(p: Path, channels: Optional[int] = None, size: Optional[Tuple[int, int]] = None) -> torch.Tensor:
-    import numpy as np
+    """An image file as ``[C, H, W]`` in [0, 1]: ``channels`` 1 or 3 (default: grayscale stays
+    grayscale, anything else RGB), box-resized to ``size`` (H, W) if given."""
     from PIL import Image
 
-    img = Image.open(p)
-    if channels is not None:
-        img = img.convert("L" if channels == 1 else "RGB")
-    elif img.mode not in ("L", "RGB"):
-        img = img.convert("RGB")
-    if size is not None and img.size != (size[1], size[0]):
-        log.info("%s: resized from %dx%d to %dx%d", p, img.size[0], img.size[1], size[1], size[0])
-        img = img.resize((size[1], size[0]), Image.BOX)
-    a = np.asarray(img, dtype=np.float32) / 255.0
-    t = torch.from_numpy(a.copy())
-    return t[None] if t.dim() == 2 else t.permute(2, 0, 1)
+    with Image.open(p) as img:
+        if size is not None and img.size != (size[1], size[0]):
+            log.info("%s: resized from %dx%d to %dx%d", p, img.size[0], img.size[1], size[1], size[0])
+        c = channels if channels is not None else (1 if img.mode == "L" else 3)
+        return _pil_to_levels(img, size, c, Image.BOX).float() / 255.0
 
 
 def load_images(data: Optional[str], data_config: Optional[Dict[str, Any]], event_shape: Tuple[int, ...],

@@ -129,13 +129,15 @@ def _channels_mode(channels: int) -> str:
     raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}")
 
 
-def _pil_to_levels(img, size: Optional[int], channels: int) -> Tensor:
-    """A PIL image -> uint8 tensor [C, size, size] (converted, then resized with antialiasing)."""
+def _pil_to_levels(img, size: Union[int, Tuple[int, int], None], channels: int, resample=None) -> Tensor:
+    """A PIL image -> uint8 tensor ``[C, H, W]``: converted, then resized to ``size`` (an int for
+    size x size, or ``(H, W)``) with ``resample`` (default bicubic, antialiased)."""
     from PIL import Image
 
     img = img.convert(_channels_mode(channels))
-    if size is not None and img.size != (size, size):
-        img = img.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=None)
+    hw = (size, size) if isinstance(size, int) else size
+    if hw is not None and img.size != (hw[1], hw[0]):
+        img = img.resize((hw[1], hw[0]), Image.Resampling.BICUBIC if resample is None else resample, reducing_gap=None)
     arr = np.asarray(img, dtype=np.uint8)
     if arr.ndim == 2:
         arr = arr[:, :, None]
