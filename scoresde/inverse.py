@@ -577,15 +577,12 @@ def smc(score_fn, sde: SDE, op: LinearOperator, y: Tensor, x: Tensor, ctx: Sampl
         ess = 1.0 / (w ** 2).sum(1)
         ess_min = min(ess_min, float(ess.min()) / P)
         need = torch.ones(C, dtype=torch.bool, device=dev) if last else ess < ess_threshold * P
-        if bool(need.any()):
-            idx = _systematic(w, ctx)                                         # [C, P]
-            keep = torch.arange(P, device=dev)[None].expand(C, P)
-            idx = torch.where(need[:, None], idx, keep)
-            flat = (idx + P * torch.arange(C, device=dev)[:, None]).reshape(-1)
+        res = _resample_clouds(w, logw, need, ctx)
+        if res is not None:
+            flat, logw, dz = res
             x = x.index_select(0, flat)
             path = path.index_select(1, flat)
-            log_z = log_z + torch.where(need, torch.logsumexp(logw, 1) - math.log(P), torch.zeros_like(log_z))
-            logw = torch.where(need[:, None], torch.zeros_like(logw), logw)
+            log_z = log_z + dz
             n_resample += int(need.sum())
         if moves:
             extra, free = _path_move_terms(sde, op, s, j, asc, path, active, start, obs_shape)
@@ -808,13 +805,11 @@ def _smc_tweedie(score_fn, sde: SDE, op: LinearOperator, y_hat: Tensor, ratio2: 
         ess = 1.0 / (w ** 2).sum(1)
         ess_min = min(ess_min, float(ess.min()) / P)
         need = ess < ess_threshold * P
-        if bool(need.any()):
-            idx = _systematic(w, ctx)
-            keep = torch.arange(P, device=dev)[None].expand(C, P)
-            flat = (torch.where(need[:, None], idx, keep) + P * torch.arange(C, device=dev)[:, None]).reshape(-1)
+        res = _resample_clouds(w, logw, need, ctx)
+        if res is not None:
+            flat, logw, _ = res
             x, score, lg = (v.index_select(0, flat) for v in (x, score, lg))
             grad = grad.index_select(0, flat) if grad is not None else None
-            logw = torch.where(need[:, None], torch.zeros_like(logw), logw)
             n_resample += int(need.sum())
             if jacobian:
                 extra["rows"], extra["Js"] = extra["rows"].index_select(0, flat), extra["Js"].index_select(0, flat)
@@ -956,15 +951,12 @@ def _smc_twisted(score_fn, sde: SDE, op: LinearOperator, y_hat: Tensor, ratio2: 
         need = torch.ones(C, dtype=torch.bool, device=dev) if last and pool_out is None else ess < ess_threshold * P
         if last and pool_out is not None:
             need = torch.zeros(C, dtype=torch.bool, device=dev)
-        if bool(need.any()):
-            idx = _systematic(w, ctx)
-            keep = torch.arange(P, device=dev)[None].expand(C, P)
-            idx = torch.where(need[:, None], idx, keep)
-            flat = (idx + P * torch.arange(C, device=dev)[:, None]).reshape(-1)
+        res = _resample_clouds(w, logw, need, ctx)
+        if res is not None:
+            flat, logw, dz = res
             x = x.index_select(0, flat)
             prev_log_g = prev_log_g.index_select(0, flat)
-            log_z = log_z + torch.where(need, torch.logsumexp(logw, 1) - math.log(P), torch.zeros_like(log_z))
-            logw = torch.where(need[:, None], torch.zeros_like(logw), logw)
+            log_z = log_z + dz
             n_resample += int(need.sum())
         if moves:
             tgt_u = (cs.alpha * yh).to(dt)
@@ -1006,6 +998,23 @@ def _smc_grid(sde: SDE, steps: int, eps: float, grid: str) -> List[float]:
     t = [sde.scalar_t_from_log_snr(lam[0] + float(v) * (lam[1] - lam[0])) for v in u]
     t[0], t[-1] = sde.T, eps
     return t
+
+
+def _resample_clouds(w: Tensor, logw: Tensor, need: Tensor, ctx: SamplerContext):
+    """Systematic resampling of the clouds flagged in ``need [C]`` (the others keep their particles).
+
+    Returns None when no cloud is flagged, else ``(flat, logw, dz)``: ``flat [C P]`` indices into
+    the particle batch, the log-weights after (0 in the resampled clouds) and each cloud's
+    log-evidence increment, log mean_p w_cp where resampled and 0 elsewhere.
+    """
+    if not bool(need.any()):
+        return None
+    C, P = w.shape
+    dev = w.device
+    idx = torch.where(need[:, None], _systematic(w, ctx), torch.arange(P, device=dev)[None].expand(C, P))
+    flat = (idx + P * torch.arange(C, device=dev)[:, None]).reshape(-1)
+    dz = torch.where(need, torch.logsumexp(logw, 1) - math.log(P), torch.zeros(C, dtype=logw.dtype, device=dev))
+    return flat, torch.where(need[:, None], torch.zeros_like(logw), logw), dz
 
 
 def _systematic(w: Tensor, ctx: SamplerContext, m: Optional[int] = None) -> Tensor:
