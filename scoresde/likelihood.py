@@ -85,7 +85,7 @@ from torchdiffeq import odeint
 from . import flow
 from .adams import adams_pec
 from .score import CountingScore
-from .sde import SDE, ScoreFn
+from .sde import PRIORS, SDE, ScoreFn
 
 Tensor = torch.Tensor
 
@@ -422,7 +422,7 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: Tensor, *, divergence: str = 
                    eps: float = 1e-5, generator: Optional[torch.Generator] = None,
                    time_variable: str = "vp", batch_size: Optional[int] = None,
                    prior_logp: Optional[Callable[[Tensor], Tensor]] = None, options: Optional[dict] = None,
-                   progress: bool = False) -> LikelihoodResult:
+                   progress: bool = False, prior: str = "sde") -> LikelihoodResult:
     r"""log p_eps(x) in nats through the probability-flow ODE (see the module docstring).
 
         log p_eps(x) = log p_T(x_T) + int_eps^T [D f(t) - 1/2 g(t)^2 tr(grad_x s(x_t, t))] dt
@@ -458,6 +458,9 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: Tensor, *, divergence: str = 
             mixture, to measure the solver alone).
         options: passed to ``torchdiffeq.odeint``.
         progress: show a tqdm bar over the batch chunks.
+        prior: ``"sde"`` (N(0, prior_std^2)) or ``"centred"``: N(m, prior_std^2) with m =
+            :meth:`SDE.prior_mean <scoresde.sde.SDE.prior_mean>` (one more score evaluation a
+            chunk), the density of the model that ``scoresde.sample(..., prior="centred")`` samples.
 
     Returns:
         ``LikelihoodResult(logp, z, nfe, seconds, stderr, prior_logp)``.
@@ -470,7 +473,11 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: Tensor, *, divergence: str = 
     probe_all = None
     if divergence == "hutchinson":
         probe_all = _draw_probes(noise, (probes,) + tuple(x.shape), x, generator)
-    prior = sde.prior_logp if prior_logp is None else prior_logp
+    if prior not in PRIORS:
+        raise ValueError(f"unknown prior {prior!r}; valid priors: {list(PRIORS)}")
+    if prior == "centred" and prior_logp is not None:
+        raise ValueError("give prior='centred' or prior_logp, not both")
+    prior_fn = sde.prior_logp if prior_logp is None else prior_logp
     tv = _TIME_VARIABLE_CLASSES[time_variable](sde, float(eps), _time_dtype(x.device), x.device)
     a_lo, a_hi = tv.scale(tv.t_lo), tv.scale(tv.t_hi)
     log_det_ends = D * (torch.log(a_hi) - torch.log(a_lo))   # exact: int_eps^T D f dt in the scaled form
@@ -499,7 +506,11 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: Tensor, *, divergence: str = 
                 ys, ds = odeint(func, (y0, d0), u_span, rtol=rtol, atol=atol, method=method, options=options)
                 y1, d1 = ys[-1], ds[-1]
             z = y1 * a_hi.to(x.dtype)
-            lp_T = prior(z)
+            if prior == "centred":
+                with torch.no_grad():
+                    lp_T = sde.prior_logp(z, mean=sde.prior_mean(score, z))
+            else:
+                lp_T = prior_fn(z)
             per_probe = lp_T[None] + D * d1 + log_det_ends.to(x.dtype)   # [P, B]
             logps.append(per_probe.mean(0))
             errs.append(per_probe.std(0) / math.sqrt(P) if P > 1 else None)

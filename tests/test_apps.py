@@ -64,6 +64,22 @@ def test_sample_app_matches_the_library_call(trained, tmp_path, monkeypatch):
     assert torch.equal(torch.load(tmp_path / "samples.pt"), ref.x)
 
 
+def test_sample_app_takes_the_centred_prior_and_rejects_an_unknown_one(trained, tmp_path, monkeypatch, capsys):
+    ckpt = trained / "checkpoints" / "last.pt"
+    _app(monkeypatch, sample_app.main, [f"checkpoint={ckpt}", f"hydra.run.dir={tmp_path / 'a'}", "n=30",
+                                        "sampler=heun", "sampler.steps=3", "sampler.prior=centred", "seed=1"])
+    model = sd.load_model(ckpt)
+    ref = sd.sample(model, model.sde, (30, 2), sampler="heun", steps=3, prior="centred",
+                    generator=torch.Generator().manual_seed(1))
+    assert torch.equal(torch.load(tmp_path / "a" / "samples.pt"), ref.x)
+    info = json.loads((tmp_path / "a" / "sample.json").read_text())
+    assert info["options"]["prior"] == "centred" and info["nfe"] == 6 + 1
+    with pytest.raises(SystemExit) as exc:
+        _app(monkeypatch, sample_app.main, [f"checkpoint={ckpt}", f"hydra.run.dir={tmp_path / 'b'}",
+                                            "sampler.prior=middle"])
+    assert exc.value.code == 1 and "unknown sampler.prior 'middle'" in capsys.readouterr().err
+
+
 def test_likelihood_app_reproduces_the_trainers_nll_and_reports_kl(trained, tmp_path, monkeypatch):
     ckpt = trained / "checkpoints" / "last.pt"
     _app(monkeypatch, likelihood_app.main, [f"checkpoint={ckpt}", f"hydra.run.dir={tmp_path}", "n=16",

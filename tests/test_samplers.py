@@ -226,3 +226,28 @@ def test_dtype_device_and_shape_follow_the_arguments():
     x0 = torch.zeros(5, 2, 2)
     out = sd.sample(mix.score_fn(sde), sde, (5, 2, 2), sampler="pc", steps=3, x_init=x0)
     assert out.nfe == 3
+
+
+@pytest.mark.parametrize("sampler", ["ode", "dpm_solver", "ipndm"])
+def test_centred_prior_removes_the_offset_the_probability_flow_keeps(sampler):
+    # one ring8 mode (N(mu, 0.25^2 I)): the flow map is affine, so antithetic noise (+z, -z)
+    # puts the sample mean at the map's image of the prior's mean.  From N(0, I) that is
+    # mu - 0.0064 mu/|mu| (the prior's alpha_T mu offset carried down); centred, it is mu.
+    sde, mix = sd.VPSDE(), sd.ring8()
+    cond = mix.conditional(0)
+    z = torch.randn(2000, 2, generator=torch.Generator().manual_seed(0))
+    x_init = torch.cat([z, -z])
+    fn = mix.class_score_fn(sde, 0)
+    errs, nfes = {}, {}
+    for prior in sd.sde.PRIORS:
+        out = sd.sample(fn, sde, (4000, 2), sampler=sampler, x_init=x_init, prior=prior)
+        errs[prior] = float((out.x.double().mean(0) - cond.means[0]).norm())
+        nfes[prior] = out.nfe
+    assert 0.004 < errs["sde"] < 0.009, errs
+    assert errs["centred"] < 0.15 * errs["sde"], errs
+    assert nfes["centred"] == nfes["sde"] + 1
+
+
+def test_unknown_prior_raises_listing_the_valid_ones():
+    with pytest.raises(ValueError, match=r"unknown prior 'center'.*'sde', 'centred'"):
+        sd.sample(sd.ring8().score_fn(sd.VPSDE()), sd.VPSDE(), (4, 2), sampler="ode", prior="center")

@@ -272,3 +272,27 @@ def test_time_of_wrong_shape_raises(sde):
         sde.marginal(x, torch.zeros(3))
     with pytest.raises(ValueError, match="shape"):
         sde.sde(x, torch.zeros(4, 1))
+
+
+@pytest.mark.parametrize("sde", [sd.VPSDE(), sd.SubVPSDE(), sd.VESDE(sigma_max=20.0)], ids=["vp", "subvp", "ve"])
+def test_prior_mean_is_tweedie_at_zero_in_closed_form(sde):
+    # one Gaussian N(m, c^2 I): p_T = N(alpha m, (alpha^2 c^2 + sigma^2) I), so
+    # sigma^2 grad log p_T(0) = sigma^2 alpha m / (alpha^2 c^2 + sigma^2), close to alpha m
+    m, c2 = torch.tensor([3.0, -2.0]), 0.3
+    mix = sd.GaussianMixture([1.0], m[None], c2 * torch.eye(2)[None])
+    like = torch.zeros(5, 2, dtype=torch.float64)
+    got = sde.prior_mean(mix.score_fn(sde), like)
+    T = torch.tensor([float(sde.T)], dtype=torch.float64)
+    a, s = float(sde.mean_coef(T)[0]), float(sde.std(T)[0])
+    want = s ** 2 * a * m.double() / (a ** 2 * c2 + s ** 2)
+    assert got.shape == (5, 2)
+    torch.testing.assert_close(got, want.expand(5, 2), rtol=1e-10, atol=1e-12)
+    assert (got[0] - a * m.double()).abs().max() <= 1e-2 * (a * m.abs().max() + 1e-12)
+
+
+def test_prior_logp_with_a_mean_is_the_shifted_gaussian():
+    sde = sd.VESDE(sigma_max=5.0)
+    z, mean = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+    want = torch.distributions.Normal(mean, 5.0).log_prob(z).sum(1)
+    torch.testing.assert_close(sde.prior_logp(z, mean=mean), want)
+    torch.testing.assert_close(sde.prior_logp(z), sde.prior_logp(z, mean=torch.zeros_like(z)))

@@ -224,7 +224,10 @@ def sample_checkpoint(checkpoint, sampler: Dict[str, Any], n: int, batch_size: O
         n = int(y.numel())
     opts = {k: v for k, v in sampler.items() if k != "name"}
     name = sampler.get("name", "ode")
-    sd.build_sampler(name, **{k: v for k, v in opts.items() if k != "eps"})  # names checked before any work
+    # names checked before any work (eps and prior are sd.sample's own arguments)
+    sd.build_sampler(name, **{k: v for k, v in opts.items() if k not in sd.samplers.SAMPLE_ARGS})
+    if opts.get("prior", "sde") not in sd.sde.PRIORS:
+        raise ValueError(f"unknown sampler.prior {opts['prior']!r}; valid priors: {list(sd.sde.PRIORS)}")
     g = cpu_generator(seed)
     chunks, nfes, seconds = [], [], 0.0
     calls = passes = clf_calls = 0

@@ -34,11 +34,11 @@ import torch
 from tqdm.auto import tqdm
 
 from ..score import CountingScore
-from ..sde import SDE, ScoreFn
+from ..sde import PRIORS, SDE, ScoreFn
 
 Tensor = torch.Tensor
 
-__all__ = ["SampleResult", "Sampler", "sample", "build_sampler", "SAMPLERS", "register_sampler",
+__all__ = ["SampleResult", "Sampler", "sample", "build_sampler", "SAMPLERS", "PRIORS", "SAMPLE_ARGS", "register_sampler",
            "sampler_options", "SamplerContext", "CountingScore"]
 
 
@@ -121,6 +121,9 @@ def register_sampler(name: str):
 
 _COMMON = ("score_fn", "sde", "x", "ctx", "eps")
 
+SAMPLE_ARGS = ("eps", "prior")
+"""Keys a sampler config may hold besides the sampler's options: :func:`sample`'s own arguments."""
+
 
 def sampler_options(name: str) -> Dict[str, object]:
     """The options of sampler ``name`` with their defaults."""
@@ -158,7 +161,8 @@ class Sampler:
     def __call__(self, score_fn: ScoreFn, sde: SDE, shape: Sequence[int],
                  generator: Optional[torch.Generator] = None, eps: float = 1e-3,
                  progress: bool = False, device=None, dtype: torch.dtype = torch.float32,
-                 return_trajectory: bool = False, x_init: Optional[Tensor] = None) -> SampleResult:
+                 return_trajectory: bool = False, x_init: Optional[Tensor] = None,
+                 prior: str = "sde") -> SampleResult:
         if not 0 < eps < sde.T:
             raise ValueError(f"eps must lie in (0, T={sde.T}), got {eps}")
         shape = tuple(int(s) for s in shape)
@@ -175,6 +179,8 @@ class Sampler:
             if tuple(x_init.shape) != shape:
                 raise ValueError(f"x_init has shape {tuple(x_init.shape)}, expected {shape}")
             x = x_init.to(device=device, dtype=dtype)
+        if prior not in PRIORS:
+            raise ValueError(f"unknown prior {prior!r}; valid priors: {list(PRIORS)}")
         bar = tqdm(total=None, desc=self.name, unit="nfe", leave=False) if progress else None
         counter = CountingScore(score_fn, bar)
         ctx = SamplerContext(generator, return_trajectory, bar)
@@ -183,6 +189,8 @@ class Sampler:
         start = time.perf_counter()
         try:
             with torch.no_grad():
+                if prior == "centred":
+                    x = x + sde.prior_mean(counter, x)
                 out = self.fn(counter, sde, x, ctx, eps=float(eps), **self.options)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
@@ -209,7 +217,7 @@ def build_sampler(name: str, **options) -> Sampler:
 def sample(score_fn: ScoreFn, sde: SDE, shape: Sequence[int], sampler: str = "pc",
            generator: Optional[torch.Generator] = None, eps: float = 1e-3, progress: bool = False,
            device=None, dtype: torch.dtype = torch.float32, return_trajectory: bool = False,
-           x_init: Optional[Tensor] = None, **options) -> SampleResult:
+           x_init: Optional[Tensor] = None, prior: str = "sde", **options) -> SampleResult:
     """Draw samples of shape ``shape`` by integrating the reverse process from T down to ``eps``.
 
     Args:
@@ -225,13 +233,20 @@ def sample(score_fn: ScoreFn, sde: SDE, shape: Sequence[int], sampler: str = "pc
         dtype: the samples' dtype.
         return_trajectory: also return the states along the way (``.trajectory``, ``.times``).
         x_init: start from this prior draw instead of drawing one.
+        prior: ``"sde"`` (the SDE's N(0, prior_std^2)) or ``"centred"``: the same draw shifted by
+            :meth:`SDE.prior_mean <scoresde.sde.SDE.prior_mean>`, Tweedie's estimate of p_T's mean
+            (one more score evaluation, counted in ``nfe``).  The SDE prior's mean 0 is not p_T's
+            (alpha_T E[x_0]); the probability flow keeps that offset down to the data while the
+            reverse SDE contracts it, so ``"centred"`` matters for the ODE samplers when the
+            data's mean is far from 0, as for one class of a class-conditional model
+            (``benchmarks/results/guidance.md``).  With ``x_init`` the shift is added to it.
 
     Returns:
         :class:`SampleResult` with ``.x``, ``.nfe``, ``.seconds`` and optionally the trajectory.
     """
     return build_sampler(sampler, **options)(score_fn, sde, shape, generator=generator, eps=eps,
                                              progress=progress, device=device, dtype=dtype,
-                                             return_trajectory=return_trajectory, x_init=x_init)
+                                             return_trajectory=return_trajectory, x_init=x_init, prior=prior)
 
 
 # the registry is filled as the sampler modules are imported
