@@ -12,6 +12,7 @@ and approximates D by the polynomial through its last values in lambda.
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 
@@ -23,10 +24,13 @@ from ._scaled import check_steps, finish, grid_steps, record_scaled
 
 Tensor = torch.Tensor
 
+# the default order: 3 from this many steps on, 2 below (see the docstring's "Defaults")
+ORDER3_FROM_STEPS = 24
+
 
 @register_sampler("dpm_solver")
-def dpm_solver(score_fn, sde: SDE, x: Tensor, ctx, *, eps: float = 1e-3, steps: int = 20,
-               order: int = 2, grid: GridLike = "vp_quadratic", rho: float = 7.0, denoise: bool = False,
+def dpm_solver(score_fn, sde: SDE, x: Tensor, ctx, *, eps: float = 1e-3, steps: int = 30,
+               order: Optional[int] = None, grid: GridLike = "vp_quadratic", rho: float = 7.0, denoise: bool = False,
                lower_order_final: bool = True) -> Tensor:
     """DPM-Solver++ multistep, one evaluation a step (see the module docstring).
 
@@ -51,8 +55,25 @@ def dpm_solver(score_fn, sde: SDE, x: Tensor, ctx, *, eps: float = 1e-3, steps: 
     because the last steps are the longest in lambda (sub-VP's sigma~(eps) ~ 1e-4) and high order
     hurts there.  With ``denoise`` the grid has ``steps - 1`` steps and the sample is
     D(x~, eps) (see :mod:`._scaled`).  NFE = ``steps``.
+
+    Defaults.  ``steps=30`` (30 NFE, raised from 20) and ``order=None``, which means 3 (3M) from
+    ``ORDER3_FROM_STEPS`` = 24 steps on and 2 (2M) below, as DPM-Solver's authors advise (3M for
+    unconditional sampling, lower orders for few steps).  Measured by
+    benchmarks/sampler_defaults.py (results/sampler_defaults.md; VP, exact mixture scores, W2 over
+    the exact-sample floor on four problems: a one-Gaussian class and a four-mode class of ring8
+    from exact p_T(x | y) draws, predicted at issue 12's n, and unconditional ring8 / aniso16 from
+    the prior, n = 10,000, 2 seeds), the worst of the four: 2M at 20 steps 1.61x (1.25, 1.52,
+    1.61, 1.11), 3M at 20 1.86x (ring8; 2M wins there below 23 steps and at 5-10 steps by 1.5-2x,
+    results/fewstep.md), 3M at 25 1.32x, at 29 1.19x, at 30 1.18x (1.00, 1.05, 1.18, 0.98), at
+    35 1.13x; 2M needs 40 steps for 1.20x.  From 24 steps 3M beats 2M on all four problems (at 24:
+    ring8 1.38x against 1.48x, the four-mode class 1.17x against 1.34x), so explicit ``steps``
+    below 24 keep 2M's few-step behaviour.  ``lower_order_final=False`` would help VP (3M at 25
+    steps: 1.13x on ring8) but costs sub-VP 3-6x (its long last steps), so it stays True; the
+    logsnr, karras and time_uniform grids were worse than ``vp_quadratic``.
     """
     steps = check_steps(steps)
+    if order is None:
+        order = 3 if steps >= ORDER3_FROM_STEPS else 2
     if order not in (1, 2, 3):
         raise ValueError(f"order must be 1, 2 or 3, got {order}")
     ctx.expect_nfe(steps)

@@ -17,7 +17,7 @@ Tensor = torch.Tensor
 
 
 @register_sampler("heun")
-def heun(score_fn, sde: SDE, x: Tensor, ctx, *, eps: float = 1e-3, steps: int = 18,
+def heun(score_fn, sde: SDE, x: Tensor, ctx, *, eps: float = 1e-3, steps: int = 40,
          grid: GridLike = "vp_quadratic", rho: float = 7.0, denoise: bool = False) -> Tensor:
     """Heun's second-order method (Karras et al. 2022, EDM, Algorithm 1), in sigma~.
 
@@ -29,18 +29,20 @@ def heun(score_fn, sde: SDE, x: Tensor, ctx, *, eps: float = 1e-3, steps: int = 
     except for a last step to sigma~ = 0 (``denoise=True``), which is the Euler step x~ <- D, as in
     EDM.  NFE = 2 ``steps`` - 1 with ``denoise``, 2 ``steps`` without.
 
-    Defaults.  ``steps=18`` is EDM's own default (36 NFE here, 35 with ``denoise``), raised from 10
-    (20 NFE) by measurement on exact mixture scores (VP, 40,000 samples, benchmarks/guidance.py's
-    bias table and the probe behind it; W2 over the exact-sample floor of 2,000 per class / 10,000
-    for ring8): 10 steps gave 2.0x on a single Gaussian of std 0.25, 4.5x on a class of four ring8
-    modes, 7.9x on ring8 and 2.8x on aniso16; 18 steps give 1.11x, 1.46x, 2.15x and 1.18x.  Heun
-    still needs about 35 steps (70 NFE) to reach the multistep solvers' 20-NFE accuracy (1.00x,
-    1.04x, 1.11x, 1.02x), because its Euler predictor and trapezoidal corrector in sigma~ are only
-    second order around sigma~ ~ the data's std, where D changes fastest.  Grids: EDM's own
-    (``grid="karras"``, rho = 7) spends its steps at sigma~ far above the data scale when
-    sigma~_max is 150 (VP); at 18 steps it gave 1.3-2.3x the error of ``"vp_quadratic"`` on those
-    four problems, ``"logsnr"`` and ``"time_uniform"`` were worse too.  ``denoise=True`` (EDM's last
-    Euler step to sigma~ = 0) changed little (1.51x against 1.46x on the four-mode class).
+    Defaults.  ``steps=40`` (80 NFE, 79 with ``denoise``), raised from EDM's own 18 (36 NFE) and
+    before that 10, by measurement (benchmarks/sampler_defaults.py, results/sampler_defaults.md; VP,
+    exact mixture scores, W2 over the exact-sample floor on a one-Gaussian class (std 0.25) and a
+    four-mode class of ring8 from exact p_T(x | y) draws, predicted at issue 12's n, and
+    unconditional ring8 / aniso16 from the prior, n = 10,000, 2 seeds): 18 steps gave 1.17x,
+    1.67x, 2.42x and 1.21x; 25 steps 1.53x worst (ring8), 30 1.32x, 35 1.22x, 38 1.19x, 40 1.17x
+    (1.00, 1.02, 1.17, 0.98), 50 1.13x.  Heun needs about twice the NFE of the multistep solvers
+    for their accuracy (dpm_solver 1.18x and unipc 1.15x worst at 30 and 25 NFE), because its
+    Euler predictor and trapezoidal corrector in sigma~ are only second order around sigma~ ~ the
+    data's std, where D changes fastest.  Grids: EDM's own (``grid="karras"``, rho = 7) spends its
+    steps at sigma~ far above the data scale when sigma~_max is 150 (VP): at 40 steps 1.25x worst,
+    ``"time_uniform"`` 1.21x, against 1.17x for ``"vp_quadratic"`` (at 18 steps karras gave
+    1.3-2.3x its error; ``"logsnr"`` was worse too).  ``denoise=True`` (EDM's last Euler step to
+    sigma~ = 0) changes little (1.18x at 40 steps).
     """
     steps = check_steps(steps)
     n_grid = grid_steps(steps, denoise)
