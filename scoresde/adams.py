@@ -34,13 +34,13 @@ evaluations for a starting procedure.  A rejected step costs its one evaluation.
 
 Measured on the likelihood ODE (exact trace, 300 points, ring8 and aniso16 x VP, sub-VP, VE,
 tolerances 5e-3 .. 1e-5, NFE interpolated at equal error): the small first step and the end rule
-save 7.5% of the evaluations on average (5.6% in the worst case) against a first step 10x larger.  The low-order start's errors
-enter derivatives that later steps reuse, which Milne's estimate does not see, so a cheaper start
-is not cheaper overall.  Tried and not kept (within +-5% at equal error, or worse): a growth cap of
-2 instead of 5, Gustafsson's PI controller (0.7, 0.4) and (0.6, 0.2) (fewer rejections but
-steps that lag behind a growing h), his predictive controller alone (more rejections) or as a
-bound on the I controller, a tighter tolerance or a PECE evaluation on the ramp steps, and
-predictor orders 3, 5, 6 (5 and 6 cost 15-50% more at the same error).
+save 7.5% of the evaluations on average (5.6% in the worst case) against a first step 10x larger.
+The low-order start's errors enter derivatives that later steps reuse, which Milne's estimate does
+not see, so a cheaper start is not cheaper overall. Tried and not kept (within +-5% at equal error,
+or worse): a growth cap of 2 instead of 5, Gustafsson's PI controller (0.7, 0.4) and (0.6, 0.2)
+(fewer rejections but steps that lag behind a growing h), his predictive controller alone (more
+rejections) or as a bound on the I controller, a tighter tolerance or a PECE evaluation on the ramp
+steps, and predictor orders 3, 5, 6 (5 and 6 cost 15-50% more at the same error).
 
 Implementation: the derivatives of the history live in one ``[k + 1, numel]`` buffer per state
 tensor, so the predictor and the correction y^C - y^P are two matrix-vector products a step.
