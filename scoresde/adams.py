@@ -233,4 +233,5 @@ def adams_pec(f: Callable[[float, State], State], y0: State, u0: float, u1: floa
             # no sliver of a last step (it costs an evaluation for ~nothing): stretch the next step
             # to the end when that is at most 20% longer, else split the rest in two
             h = rem if rem <= _END_STRETCH * h else 0.5 * rem
-    return tuple(t.view(sh) for t, sh in zip(y, shapes)), AdamsStats(nfe=nfe, accepted=acc, rejected=rej, order=order)
+    stats = AdamsStats(nfe=nfe, accepted=acc, rejected=rej, order=order)
+    return tuple(t.view(sh) for t, sh in zip(y, shapes)), stats
