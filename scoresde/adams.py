@@ -25,8 +25,25 @@ mixed norm, the largest over the state's tensors of
 
 and a step is accepted when that is <= 1; the next step is h (0.9 / err)^(1 / (p + 1)) with the
 factor kept in [0.2, 5], p the predictor's order, and no step longer than 1/8 of the interval.
-The start is order 1 (Euler predictor, trapezoidal corrector) on a small first step, and the order
-rises by one per accepted step up to k: no extra evaluations for a starting procedure.  A rejected step costs its one evaluation.
+Where the rest of the interval is between one and two such steps, the next step is stretched to
+the end if that makes it at most 20% longer, else the rest is split in two (no sliver of a last
+step, which would cost an evaluation for nothing).
+The start is order 1 (Euler predictor, trapezoidal corrector) on a small first step,
+h_0 = 0.002 (u1 - u0) rtol^(1/4), and the order rises by one per accepted step up to k: no extra
+evaluations for a starting procedure.  A rejected step costs its one evaluation.
+
+Measured on the likelihood ODE (exact trace, 300 points, ring8 and aniso16 x VP, sub-VP, VE,
+tolerances 5e-3 .. 1e-5, NFE interpolated at equal error): the small first step and the end rule
+save 7.5% of the evaluations on average (5.6% in the worst case) against a first step 10x larger.
+The low-order start's errors enter derivatives that later steps reuse, which Milne's estimate does
+not see, so a cheaper start is not cheaper overall. Tried and not kept (within +-5% at equal error,
+or worse): a growth cap of 2 instead of 5, Gustafsson's PI controller (0.7, 0.4) and (0.6, 0.2)
+(fewer rejections but steps that lag behind a growing h), his predictive controller alone (more
+rejections) or as a bound on the I controller, a tighter tolerance or a PECE evaluation on the ramp
+steps, and predictor orders 3, 5, 6 (5 and 6 cost 15-50% more at the same error).
+
+Implementation: the derivatives of the history live in one ``[k + 1, numel]`` buffer per state
+tensor, so the predictor and the correction y^C - y^P are two matrix-vector products a step.
 """
 
 from __future__ import annotations
@@ -50,6 +67,10 @@ _MAX_STEPS = 100_000
 # merge, and the estimate, made from that step's two end values, can miss it (measured: sub-VP in
 # log_sigma at rtol 1e-2, 6 NFE and 3.9 nats/dim of error).  No step spans more than this share.
 _MAX_STEP_FRACTION = 0.125
+# the first step, as a share of the interval at rtol = 1 (scaled by rtol^(1/4)); and how much
+# longer than the controller's choice the last step may be stretched to reach the end
+_FIRST_STEP = 0.002
+_END_STRETCH = 1.2
 
 
 @dataclass
@@ -88,22 +109,39 @@ def adams_weights(nodes: Sequence[float], a: float, b: float) -> List[float]:
     return (h * (lj @ ws)).tolist()
 
 
-def _combine(y: State, weights: Sequence[float], hist: Sequence[State]) -> State:
+@functools.lru_cache(maxsize=None)
+def _gauss_legendre01_floats(k: int) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+    xs, ws = _gauss_legendre01(k)
+    return tuple(xs.tolist()), tuple(ws.tolist())
+
+
+def _lagrange_integrals(s: Sequence[float], h: float) -> List[float]:
+    """h int_0^1 l_j(x) dx for the Lagrange basis through the scaled nodes s, in Python floats:
+    at k <= 9 nodes this is ~3x faster than :func:`adams_weights`' numpy pass (small-array calls
+    cost microseconds each), and the solver asks for two sets a step."""
+    k = len(s)
+    xs, ws = _gauss_legendre01_floats(k)
     out = []
-    for i, yi in enumerate(y):
-        acc = None
-        for w, F in zip(weights, hist):
-            acc = torch.add(yi, F[i], alpha=w) if acc is None else acc.add_(F[i], alpha=w)
-        out.append(yi.clone() if acc is None else acc)
-    return tuple(out)
+    for j, sj in enumerate(s):
+        den, acc = 1.0, 0.0
+        for m, sm in enumerate(s):
+            if m != j:
+                den *= sj - sm
+        for x, w in zip(xs, ws):
+            for m, sm in enumerate(s):
+                if m != j:
+                    w *= x - sm
+            acc += w
+        out.append(h * acc / den)
+    return out
 
 
-def _error_ratio(y0: State, yp: State, yc: State, rtol: float, atol: float) -> float:
-    worst = 0.0
-    for a, p, c in zip(y0, yp, yc):
-        scale = torch.maximum(a.abs(), c.abs()).mul_(rtol).add_(atol)
-        worst = max(worst, float(((c - p) / scale).pow(2).mean().sqrt()))
-    return worst
+def _step_weights(nodes: Sequence[float], a: float, b: float) -> Tuple[List[float], List[float]]:
+    """The predictor's weights over ``nodes`` and the corrector's over ``nodes + [b]`` for the
+    step a -> b (the same numbers as :func:`adams_weights`)."""
+    h = b - a
+    s = [(v - a) / h for v in nodes]
+    return _lagrange_integrals(s, h), _lagrange_integrals(s + [1.0], h)
 
 
 def adams_pec(f: Callable[[float, State], State], y0: State, u0: float, u1: float, *, rtol: float,
@@ -126,14 +164,25 @@ def adams_pec(f: Callable[[float, State], State], y0: State, u0: float, u1: floa
     if not u1 > u0:
         raise ValueError(f"adams_pec integrates forward: need u1 > u0, got {u0} .. {u1}")
     span = u1 - u0
-    y = tuple(y0)
+    y = [t.reshape(-1) for t in y0]
+    shapes = [t.shape for t in y0]
     u = float(u0)
+    # the derivatives F_j live in one [order + 1, numel] buffer per state tensor, one row (slot)
+    # each, so that sum_j w_j F_j is one matrix-vector product instead of k axpys; ``slots`` holds
+    # the rows of the history, oldest first, and the one row outside it takes the new F
+    nslot = order + 1
+    H = [torch.zeros((nslot, t.numel()), dtype=t.dtype, device=t.device) for t in y]
+    for Hi, Fi in zip(H, f(u, tuple(y0))):
+        Hi[0].copy_(Fi.reshape(-1))
+    slots: List[int] = [0]
     hist_u: List[float] = [u]
-    hist_f: List[State] = [tuple(f(u, y))]
+    y_abs = [t.abs() for t in y]
     nfe, acc, rej = 1, 0, 0
-    # first step: an Euler step's error ~ h^2 |f'| / 2 is unknown yet; start small and let the
+    # first step: an Euler step's error ~ h^2 |f'| / 2 is unknown yet; start small (measured: a
+    # first step 10x below span * 0.02 rtol^(1/4) lowers the NFE at equal error by ~5%, because the
+    # start's low-order steps put their error into derivatives the later steps reuse) and let the
     # controller grow h by up to 5x per step
-    h = span * 0.02 * rtol ** 0.25
+    h = span * _FIRST_STEP * rtol ** 0.25
     while u1 - u > 1e-13 * span:
         if acc + rej > _MAX_STEPS:
             raise RuntimeError(f"adams_pec: more than {_MAX_STEPS} steps (rtol={rtol}, atol={atol})")
@@ -141,15 +190,37 @@ def adams_pec(f: Callable[[float, State], State], y0: State, u0: float, u1: floa
         if h <= 1e-14 * span:
             raise RuntimeError(f"adams_pec: step size underflow at u={u} (rtol={rtol}, atol={atol})")
         un = u1 if u1 - (u + h) <= 1e-13 * span else u + h
-        yp = _combine(y, adams_weights(hist_u, u, un), hist_f)
-        fp = tuple(f(un, yp))
+        bw, cw = _step_weights(hist_u, u, un)
+        new = next(i for i in range(nslot) if i not in slots)
+        wp = [0.0] * nslot
+        wd = [0.0] * nslot          # corrector minus predictor: y^C - y^P = sum_j wd_j F_j
+        for sl, b, c in zip(slots, bw, cw):
+            wp[sl], wd[sl] = b, c - b
+        wd[new] = cw[-1]
+        yp = []
+        for yi, Hi in zip(y, H):
+            yp.append(torch.addmv(yi, Hi.t(), torch.tensor(wp, dtype=Hi.dtype, device=Hi.device)))
+        fp = f(un, tuple(p.view(sh) for p, sh in zip(yp, shapes)))
         nfe += 1
-        yc = _combine(y, adams_weights(hist_u + [un], u, un), hist_f + [fp])
-        err = _error_ratio(y, yp, yc, rtol, atol)
+        yc, yc_abs, err = [], [], 0.0
+        for Hi, Fi, p, a_abs in zip(H, fp, yp, y_abs):
+            Hi[new].copy_(Fi.reshape(-1))
+            d = torch.mv(Hi.t(), torch.tensor(wd, dtype=Hi.dtype, device=Hi.device))
+            c = p + d
+            c_abs = c.abs()
+            scale = torch.maximum(a_abs, c_abs).mul_(rtol).add_(atol)
+            # torchdiffeq's mixed norm: the largest RMS over the state's tensors
+            err = max(err, float(torch.linalg.vector_norm(d.div_(scale))) / math.sqrt(d.numel()))
+            yc.append(c)
+            yc_abs.append(c_abs)
         p, h_used = len(hist_u), un - u
         if err <= 1.0:
-            y, u = yc, un
-            hist_u, hist_f = (hist_u + [un])[-order:], (hist_f + [fp])[-order:]
+            y, y_abs, u = yc, yc_abs, un
+            hist_u.append(un)
+            slots.append(new)
+            if len(slots) > order:
+                hist_u.pop(0)
+                slots.pop(0)
             acc += 1
         else:
             rej += 1
@@ -157,4 +228,10 @@ def adams_pec(f: Callable[[float, State], State], y0: State, u0: float, u1: floa
         h = h_used * min(5.0, max(0.2, factor))
         if not math.isfinite(h):
             raise RuntimeError(f"adams_pec: non-finite error estimate at u={u}")
-    return y, AdamsStats(nfe=nfe, accepted=acc, rejected=rej, order=order)
+        rem = u1 - u
+        if err <= 1.0 and h < rem < 2.0 * h:
+            # no sliver of a last step (it costs an evaluation for ~nothing): stretch the next step
+            # to the end when that is at most 20% longer, else split the rest in two
+            h = rem if rem <= _END_STRETCH * h else 0.5 * rem
+    stats = AdamsStats(nfe=nfe, accepted=acc, rejected=rej, order=order)
+    return tuple(t.view(sh) for t, sh in zip(y, shapes)), stats
