@@ -244,7 +244,7 @@ def write(rows, acc, spd, curves, args, elapsed):
             w.writerow({k: r.get(k, "") for k in keys})
     ref_nfe = {(r["mixture"], r["sde"]): r["nfe"] for r in spd if r["method"] == "reference"}
     lines = ["# Likelihood benchmark", "",
-             f"`python benchmarks/likelihood.py{' --quick' if args.quick else ''}` "
+             f"`python benchmarks/likelihood.py{''.join(' ' + a for a in sys.argv[1:])}` "
              f"({elapsed / 60:.1f} min; torch {torch.__version__}, CPU). Load (`uptime`) at the start: "
              f"{args.load_start}; at the end: {args.load_end}. **The machine is shared: all timings were "
              "taken under load**; ratios come from one run, methods interleaved, best of "

@@ -49,7 +49,7 @@ EPS = 1e-3
 PROBLEMS = ("mode", "2cls", "ring8", "aniso16")
 
 # (sampler, options); {} is the sampler's defaults (dpm_solver: 30 steps, order 3 from 24 steps on;
-# unipc: 25 steps, order 1, bh1; heun: 40 steps); the old defaults are spelled out
+# unipc: 30 steps, order 1, bh1; heun: 40 steps); the old defaults are spelled out
 CANDIDATES = [
     ("dpm_solver", dict(steps=20, order=2)),          # old default
     ("dpm_solver", dict(steps=20, order=3)),
@@ -70,9 +70,9 @@ CANDIDATES = [
     ("unipc", dict(steps=20, order=2, variant="bh2")),
     ("unipc", dict(steps=23)),
     ("unipc", dict(steps=24)),
-    ("unipc", {}),                                    # new default: 25 steps
+    ("unipc", dict(steps=25)),
     ("unipc", dict(steps=25, order=3, variant="bh2")),
-    ("unipc", dict(steps=30)),
+    ("unipc", {}),                                    # new default: 30 steps
     ("heun", dict(steps=18)),                         # old default
     ("heun", dict(steps=25)),
     ("heun", dict(steps=30)),
