@@ -77,7 +77,7 @@ def test_sample_app_takes_the_centred_prior_and_rejects_an_unknown_one(trained, 
     with pytest.raises(SystemExit) as exc:
         _app(monkeypatch, sample_app.main, [f"checkpoint={ckpt}", f"hydra.run.dir={tmp_path / 'b'}",
                                             "sampler.prior=middle"])
-    assert exc.value.code == 1 and "unknown sampler.prior 'middle'" in capsys.readouterr().err
+    assert exc.value.code == 1 and "unknown prior 'middle'" in capsys.readouterr().err
 
 
 def test_likelihood_app_reproduces_the_trainers_nll_and_reports_kl(trained, tmp_path, monkeypatch):

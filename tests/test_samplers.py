@@ -251,3 +251,17 @@ def test_centred_prior_removes_the_offset_the_probability_flow_keeps(sampler):
 def test_unknown_prior_raises_listing_the_valid_ones():
     with pytest.raises(ValueError, match=r"unknown prior 'center'.*'sde', 'centred'"):
         sd.sample(sd.ring8().score_fn(sd.VPSDE()), sd.VPSDE(), (4, 2), sampler="ode", prior="center")
+
+
+def test_a_sampler_config_carries_eps_and_prior_as_defaults_of_the_call():
+    sde, mix = sd.VPSDE(), sd.ring8()
+    fn = mix.class_score_fn(sde, 0)
+    x = torch.randn(64, 2, generator=torch.Generator().manual_seed(3))
+    smp = build_sampler("ipndm", steps=8, eps=2e-3, prior="centred")
+    a = smp(fn, sde, (64, 2), x_init=x)
+    b = sd.sample(fn, sde, (64, 2), sampler="ipndm", steps=8, eps=2e-3, prior="centred", x_init=x)
+    assert torch.equal(a.x, b.x) and a.nfe == 9
+    c = smp(fn, sde, (64, 2), x_init=x, prior="sde")            # the call still overrides
+    assert c.nfe == 8 and not torch.equal(a.x, c.x)
+    with pytest.raises(ValueError, match="unknown prior 'mean'"):
+        build_sampler("ipndm", prior="mean")

@@ -224,10 +224,7 @@ def sample_checkpoint(checkpoint, sampler: Dict[str, Any], n: int, batch_size: O
         n = int(y.numel())
     opts = {k: v for k, v in sampler.items() if k != "name"}
     name = sampler.get("name", "ode")
-    # names checked before any work (eps and prior are sd.sample's own arguments)
-    sd.build_sampler(name, **{k: v for k, v in opts.items() if k not in sd.samplers.SAMPLE_ARGS})
-    if opts.get("prior", "sde") not in sd.sde.PRIORS:
-        raise ValueError(f"unknown sampler.prior {opts['prior']!r}; valid priors: {list(sd.sde.PRIORS)}")
+    sd.build_sampler(name, **opts)   # names and the prior checked before any work
     g = cpu_generator(seed)
     chunks, nfes, seconds = [], [], 0.0
     calls = passes = clf_calls = 0

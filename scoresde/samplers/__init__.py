@@ -125,6 +125,12 @@ SAMPLE_ARGS = ("eps", "prior")
 """Keys a sampler config may hold besides the sampler's options: :func:`sample`'s own arguments."""
 
 
+def _check_prior(prior: str) -> str:
+    if prior not in PRIORS:
+        raise ValueError(f"unknown prior {prior!r}; valid priors: {list(PRIORS)}")
+    return prior
+
+
 def sampler_options(name: str) -> Dict[str, object]:
     """The options of sampler ``name`` with their defaults."""
     fn = _lookup(name)
@@ -141,17 +147,21 @@ def _lookup(name: str) -> Callable:
 class Sampler:
     """A sampler with its options fixed; call it like :func:`sample` without ``sampler=``.
 
-    Built by :func:`build_sampler`, which checks the name and the option names at once.
+    Built by :func:`build_sampler`, which checks the name and the option names at once.  ``eps``
+    and ``prior`` (:data:`SAMPLE_ARGS`, the keys a sampler config holds besides the sampler's own
+    options) become the defaults of the call.
     """
 
     def __init__(self, name: str, **options):
         self.fn = _lookup(name)
         valid = sampler_options(name)
-        unknown = sorted(set(options) - set(valid))
+        unknown = sorted(set(options) - set(valid) - set(SAMPLE_ARGS))
         if unknown:
             raise ValueError(f"unknown option(s) {unknown} for sampler {name!r}; "
                              f"valid options: {sorted(valid)}")
         self.name = name
+        self.call_defaults = {"eps": float(options.pop("eps", 1e-3)), "prior": options.pop("prior", "sde")}
+        _check_prior(self.call_defaults["prior"])
         self.options = dict(options)
 
     def __repr__(self) -> str:
@@ -159,10 +169,12 @@ class Sampler:
         return f"Sampler({self.name!r}{', ' if opts else ''}{opts})"
 
     def __call__(self, score_fn: ScoreFn, sde: SDE, shape: Sequence[int],
-                 generator: Optional[torch.Generator] = None, eps: float = 1e-3,
+                 generator: Optional[torch.Generator] = None, eps: Optional[float] = None,
                  progress: bool = False, device=None, dtype: torch.dtype = torch.float32,
                  return_trajectory: bool = False, x_init: Optional[Tensor] = None,
-                 prior: str = "sde") -> SampleResult:
+                 prior: Optional[str] = None) -> SampleResult:
+        eps = self.call_defaults["eps"] if eps is None else eps
+        prior = _check_prior(self.call_defaults["prior"] if prior is None else prior)
         if not 0 < eps < sde.T:
             raise ValueError(f"eps must lie in (0, T={sde.T}), got {eps}")
         shape = tuple(int(s) for s in shape)
@@ -179,8 +191,6 @@ class Sampler:
             if tuple(x_init.shape) != shape:
                 raise ValueError(f"x_init has shape {tuple(x_init.shape)}, expected {shape}")
             x = x_init.to(device=device, dtype=dtype)
-        if prior not in PRIORS:
-            raise ValueError(f"unknown prior {prior!r}; valid priors: {list(PRIORS)}")
         bar = tqdm(total=None, desc=self.name, unit="nfe", leave=False) if progress else None
         counter = CountingScore(score_fn, bar)
         ctx = SamplerContext(generator, return_trajectory, bar)
