@@ -85,7 +85,7 @@ from torchdiffeq import odeint
 from . import flow
 from .adams import adams_pec
 from .score import CountingScore
-from .sde import PRIORS, SDE, ScoreFn
+from .sde import SDE, ScoreFn, check_prior
 
 Tensor = torch.Tensor
 
@@ -473,9 +473,7 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: Tensor, *, divergence: str = 
     probe_all = None
     if divergence == "hutchinson":
         probe_all = _draw_probes(noise, (probes,) + tuple(x.shape), x, generator)
-    if prior not in PRIORS:
-        raise ValueError(f"unknown prior {prior!r}; valid priors: {list(PRIORS)}")
-    if prior == "centred" and prior_logp is not None:
+    if check_prior(prior) == "centred" and prior_logp is not None:
         raise ValueError("give prior='centred' or prior_logp, not both")
     prior_fn = sde.prior_logp if prior_logp is None else prior_logp
     tv = _TIME_VARIABLE_CLASSES[time_variable](sde, float(eps), _time_dtype(x.device), x.device)

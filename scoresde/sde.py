@@ -87,11 +87,19 @@ __all__ = [
     "as_time",
     "Scalars",
     "PRIORS",
+    "check_prior",
 ]
 
 PRIORS = ("sde", "centred")
 """The priors of ``scoresde.sample`` and ``scoresde.log_likelihood`` (their ``prior`` argument):
 the SDE's N(0, prior_std^2), or the same centred on :meth:`SDE.prior_mean`."""
+
+
+def check_prior(prior: str) -> str:
+    """``prior`` if it is one of :data:`PRIORS`, else ValueError listing them."""
+    if prior not in PRIORS:
+        raise ValueError(f"unknown prior {prior!r}; valid priors: {list(PRIORS)}")
+    return prior
 
 
 class Scalars(NamedTuple):

@@ -34,7 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..score import CountingScore
-from ..sde import PRIORS, SDE, ScoreFn
+from ..sde import PRIORS, SDE, ScoreFn, check_prior
 
 Tensor = torch.Tensor
 
@@ -125,12 +125,6 @@ SAMPLE_ARGS = ("eps", "prior")
 """Keys a sampler config may hold besides the sampler's options: :func:`sample`'s own arguments."""
 
 
-def _check_prior(prior: str) -> str:
-    if prior not in PRIORS:
-        raise ValueError(f"unknown prior {prior!r}; valid priors: {list(PRIORS)}")
-    return prior
-
-
 def sampler_options(name: str) -> Dict[str, object]:
     """The options of sampler ``name`` with their defaults."""
     fn = _lookup(name)
@@ -161,7 +155,7 @@ class Sampler:
                              f"valid options: {sorted(valid)}")
         self.name = name
         self.call_defaults = {"eps": float(options.pop("eps", 1e-3)), "prior": options.pop("prior", "sde")}
-        _check_prior(self.call_defaults["prior"])
+        check_prior(self.call_defaults["prior"])
         self.options = dict(options)
 
     def __repr__(self) -> str:
@@ -174,7 +168,7 @@ class Sampler:
                  return_trajectory: bool = False, x_init: Optional[Tensor] = None,
                  prior: Optional[str] = None) -> SampleResult:
         eps = self.call_defaults["eps"] if eps is None else eps
-        prior = _check_prior(self.call_defaults["prior"] if prior is None else prior)
+        prior = check_prior(self.call_defaults["prior"] if prior is None else prior)
         if not 0 < eps < sde.T:
             raise ValueError(f"eps must lie in (0, T={sde.T}), got {eps}")
         shape = tuple(int(s) for s in shape)
