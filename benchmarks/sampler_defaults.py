@@ -1,7 +1,7 @@
 """Evidence for the default budgets of dpm_solver, unipc and heun (issue 12: every sampler at its
 default budget within 1.2x of the exact-sample W2 floor), across four exact-score problems (VP).
 
-    PYTHONPATH=$PWD python benchmarks/sampler_defaults.py            # the candidate table (~15 min, 1 core)
+    PYTHONPATH=$PWD python benchmarks/sampler_defaults.py            # the candidate table (~4 min, 1 core)
     PYTHONPATH=$PWD python benchmarks/sampler_defaults.py --configs '("unipc", {"steps": 25})'
 
 Problems and metric (W2/floor, lower is better, 1.0 = as good as exact samples):
@@ -120,8 +120,8 @@ def uncond(runner: bench.Bench, name: str, sampler: str, opts, seed: int, sde_na
     p = runner.problem(name)
     sde = p.sde(sde_name)
     z = runner.noise(p, sde_name, seed)
-    g = torch.Generator().manual_seed(1_000_003 + seed)  # as Bench.run_cell
-    out = sd.sample(p.score_fn(sde_name), sde, z.shape, sampler=sampler, generator=g, eps=EPS, dtype=torch.float32,
+    out = sd.sample(p.score_fn(sde_name), sde, z.shape, sampler=sampler, generator=runner.sampler_generator(seed),
+                    eps=EPS, dtype=torch.float32,
                     x_init=z.to(torch.float32), **opts)
     return sd.metrics.mode_w2(out.x.to(torch.float64), p.mixture).w2 / runner.w2_floor(p)
 

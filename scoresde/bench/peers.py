@@ -135,7 +135,7 @@ def peer_rows(bench: Bench, problem: str, sde_name: str, budgets: Sequence[int],
                 model, ddpm = to_diffusers(timed, sde, num_train_timesteps=num_train_timesteps)
                 sched = getattr(diffusers, spec.scheduler).from_config(ddpm.config, **spec.options)
                 z = bench.noise(p, sde_name, seed).to(bench.device, bench.dtype)
-                g = torch.Generator().manual_seed(1_000_003 + seed)
+                g = bench.sampler_generator(seed)
                 out = diffusers_sample(model, sched, z, steps, generator=g)
                 if out.nfe != spec.nfe(steps) or timed.calls != out.nfe:
                     raise RuntimeError(f"{lab}: {out.nfe} model calls for {steps} steps, expected {spec.nfe(steps)}")

@@ -141,6 +141,12 @@ class Bench:
                                                             dtype=torch.float64)
         return self._noise[key]
 
+    @staticmethod
+    def sampler_generator(seed: int) -> torch.Generator:
+        """The sampler's own noise of a cell with this seed (apart from its prior draw
+        :meth:`noise`), the same for our samplers and the peers'."""
+        return torch.Generator().manual_seed(1_000_003 + seed)
+
     def reference(self, p: Problem, sde_name: str, seed: int) -> Tensor:
         """The probability-flow ODE solution from the cell's z: dopri5, rtol = atol = ref_tol."""
         key = (p.name, sde_name, seed)
@@ -160,7 +166,7 @@ class Bench:
         score = p.score_fn(cell.sde)
         sampler = build_sampler(cell.sampler, **cell.opts)
         z = self.noise(p, cell.sde, cell.seed)
-        g = torch.Generator().manual_seed(1_000_003 + cell.seed)  # the sampler's own noise
+        g = self.sampler_generator(cell.seed)
         timed = TimedScore(score, self.device)
         out = sampler(timed, sde, z.shape, generator=g, eps=self.eps, device=self.device, dtype=self.dtype,
                       x_init=z.to(self.device, self.dtype))
