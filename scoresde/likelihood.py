@@ -313,6 +313,27 @@ def _exact_trace(s: Tensor, x: Tensor, batched: list) -> Tensor:
     return tr
 
 
+def _exact_jacobian(s: Tensor, x: Tensor, batched: list) -> Tensor:
+    """grad_x s per sample, ``[B, D, D]`` with entry (b, i, k) = ds_i / dx_k of sample b: the same
+    batched backward passes over the basis vectors as :func:`_exact_trace`, rows kept."""
+    B, D = x.shape[0], x[0].numel()
+    eye = torch.eye(D, dtype=x.dtype, device=x.device).reshape((D, 1) + x.shape[1:])
+    chunk = max(1, min(D, _EXACT_CHUNK_ELEMS // max(1, B * D)))
+    rows = []
+    for i in range(0, D, chunk):
+        V = eye[i:i + chunk].expand((min(chunk, D - i), B) + x.shape[1:])
+        n = V.shape[0]
+        if n > 1 and batched[0]:
+            try:
+                (jv,) = torch.autograd.grad(s, x, V, retain_graph=True, is_grads_batched=True)
+                rows.append(jv.reshape(n, B, D))
+                continue
+            except RuntimeError:
+                batched[0] = False
+        rows.extend(torch.autograd.grad(s, x, V[j], retain_graph=True)[0].reshape(1, B, D) for j in range(n))
+    return torch.cat(rows).transpose(0, 1)
+
+
 class _AugmentedODE:
     """Right-hand side of d[state, ell]/du for torchdiffeq; ell = Delta / D is ``[P, B]``."""
 
@@ -354,6 +375,24 @@ class _AugmentedODE:
         dy = torch.add(s * cs, y, alpha=lin)
         dell = (quad.detach() * (cs * a / y[0].numel())).add_(lin)
         return dy, dell
+
+    def with_jacobian(self, u: float, state: Tuple[Tensor, Tensor]):
+        """:meth:`at_float` and the Jacobian of dy/du in y, ``[B, D, D]`` = lin I + cs a grad_x s
+        (x = a y), for the Adams solver's implicit corrector; exact divergence only, whose trace
+        is this Jacobian's: one set of backward passes gives both."""
+        y = state[0]
+        t, a, lin, cs = self.tv.scalar_coefs(u)
+        with torch.enable_grad():
+            x = (y * a).requires_grad_(True)
+            s = self.score(x, torch.full((y.shape[0],), t, dtype=y.dtype, device=y.device))
+            J = _exact_jacobian(s, x, self.batched)
+        s = s.detach()
+        D = y[0].numel()
+        dy = torch.add(s * cs, y, alpha=lin)
+        dell = (torch.diagonal(J, dim1=1, dim2=2).sum(-1)[None] * (cs * a / D)).add_(lin)
+        jac = J.mul_(cs * a)
+        jac.diagonal(dim1=1, dim2=2).add_(lin)
+        return (dy, dell), jac
 
 
 # -- validation -------------------------------------------------------------------------------
@@ -400,6 +439,24 @@ def _check_inputs(sde: SDE, x: Tensor, divergence, probes, noise, rtol, atol, me
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
     return divergence, noise, time_variable
+
+
+# the Adams solver's implicit corrector by default up to this D (exact divergence): its Jacobian
+# [B, D, D] and one batched D x D solve a step stay cheap next to the D backward passes
+_IMPLICIT_MAX_DIM = 64
+
+
+def _adams_implicit(value, divergence: str, D: int) -> bool:
+    """``options["implicit"]`` for ``method="adams"``: ``"auto"`` (the default) is True with the
+    exact divergence for D <= ``_IMPLICIT_MAX_DIM``; True needs the exact divergence."""
+    if isinstance(value, str) and value == "auto":
+        return divergence == "exact" and D <= _IMPLICIT_MAX_DIM
+    if not isinstance(value, bool):
+        raise ValueError(f"options['implicit'] must be True, False or 'auto', got {value!r}")
+    if value and divergence != "exact":
+        raise ValueError("options['implicit']=True needs divergence='exact' (the corrector uses the Jacobian "
+                         "that the exact trace computes; Hutchinson probes do not give it)")
+    return value
 
 
 def _draw_probes(noise: str, shape, x: Tensor, generator: Optional[torch.Generator]) -> Tensor:
@@ -498,8 +555,10 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: Tensor, *, divergence: str = 
             y0 = xc / a_lo.to(x.dtype)
             d0 = torch.zeros(P, xc.shape[0], dtype=x.dtype, device=x.device)
             if method == ADAMS:
-                (y1, d1), _ = adams_pec(func.at_float, (y0, d0), float(tv.u_lo), float(tv.u_hi), rtol=rtol, atol=atol,
-                                        **(options or {}))
+                opts = dict(options or {})
+                implicit = _adams_implicit(opts.pop("implicit", "auto"), divergence, D)
+                (y1, d1), _ = adams_pec(func.with_jacobian if implicit else func.at_float, (y0, d0), float(tv.u_lo),
+                                        float(tv.u_hi), rtol=rtol, atol=atol, implicit=implicit, **opts)
             else:
                 ys, ds = odeint(func, (y0, d0), u_span, rtol=rtol, atol=atol, method=method, options=options)
                 y1, d1 = ys[-1], ds[-1]

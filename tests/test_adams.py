@@ -52,3 +52,48 @@ def test_bad_order_raises(kwargs, match):
 def test_backward_interval_raises():
     with pytest.raises(ValueError, match="u1 > u0"):
         adams_pec(lambda u, s: s, (torch.ones(1),), 1.0, 0.0, rtol=1e-3, atol=1e-3)
+
+
+def _prothero_robinson(lam):
+    # dy/du = lam (y - cos u) - sin u, y(0) = 1: y = cos u; the Jacobian is lam, so h lam is what
+    # the step's stability sees while the solution itself stays smooth
+    def f(u, s):
+        return (lam * (s[0] - math.cos(u)) - math.sin(u),)
+
+    def f_jac(u, s):
+        return f(u, s), torch.full((s[0].shape[0], 1, 1), lam, dtype=s[0].dtype)
+
+    return f, f_jac
+
+
+def test_implicit_corrector_takes_fewer_steps_where_stability_bounds_them():
+    f, f_jac = _prothero_robinson(-60.0)
+    y0 = (torch.ones(3, 1, dtype=torch.float64),)
+    (ye,), se = adams_pec(f, y0, 0.0, 2.0, rtol=1e-3, atol=1e-3)
+    (yi,), si = adams_pec(f_jac, y0, 0.0, 2.0, rtol=1e-3, atol=1e-3, implicit=True)
+    for y in (ye, yi):
+        assert float((y - math.cos(2.0)).abs().max()) < 1e-2
+    assert si.nfe * 1.5 < se.nfe
+    assert si.nfe == 1 + si.accepted + si.rejected
+
+
+def test_implicit_corrector_converges_like_the_explicit_one():
+    f, f_jac = _prothero_robinson(-2.0)
+    y0 = (torch.ones(2, 1, dtype=torch.float64),)
+    errs = []
+    for tol in (1e-4, 1e-7):
+        (y,), _ = adams_pec(f_jac, y0, 0.0, 3.0, rtol=tol, atol=tol, implicit=True)
+        errs.append(float((y - math.cos(3.0)).abs().max()))
+        assert errs[-1] < 10 * tol
+    assert errs[1] < errs[0] / 100
+
+
+@pytest.mark.parametrize("ret,match", [
+    (lambda s: (s[0],), "must return"),
+    (lambda s: ((s[0],), torch.ones(2, 2, 2, dtype=torch.float64)), r"\[N, n, n\]"),
+    (lambda s: ((s[0],), torch.ones(3, 1, dtype=torch.float64)), r"\[N, n, n\]"),
+])
+def test_implicit_needs_a_jacobian_of_the_first_tensor(ret, match):
+    with pytest.raises(ValueError, match=match):
+        adams_pec(lambda u, s: ret(s), (torch.ones(3, 1, dtype=torch.float64),), 0.0, 1.0, rtol=1e-3, atol=1e-3,
+                  implicit=True)
