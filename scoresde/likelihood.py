@@ -395,6 +395,119 @@ class _AugmentedODE:
         return (dy, dell), jac
 
 
+class _GaussianFrame:
+    r"""Local-Gaussian coordinates for the Adams solver (``options={"frame": "gaussian"}``).
+
+    Near the data the score of p_t at a point is that of a Gaussian to first order: with the
+    Jacobian of the score at t = eps, grad_x s = U diag(lam) U^T (symmetrised; U orthonormal),
+    p_eps is locally N(alpha mu, alpha^2 U diag(c + rho^2) U^T) with c_i = -1 / (alpha^2 lam_i) - rho^2
+    (directions with lam_i >= 0 have no Gaussian part: c_i = inf below) and, by Tweedie, mu =
+    y + U diag(c + rho^2) U^T alpha s in the VE form y = x / alpha.  Under the probability flow of
+    that Gaussian, y - mu = U diag(sqrt(c + rho^2)) z with z constant, and the log-det rate is
+    sum_i r / (c_i + rho^2) with r = rho drho/du.  So we integrate, per sample,
+
+        z = S^{-1} U^T (q w - mu),    S = diag(sqrt(c + rho^2)),   q = sqrt(1 + rho^2) (y = q w),
+        dz/du = S^{-1} U^T dy/du - k z,    k_i = r / (c_i + rho^2),    dy/du = q dw/du + (r / q) w,
+        d ell~/du = d ell/du - sum_i omega_i k_i / D,    ell = ell~ + sum_i omega_i [log(c_i + rho^2) / 2] / D,
+
+    omega_i = 1 for the exact trace and (U^T e)_i^2 for a Hutchinson probe e (its quadratic form
+    e^T (grad s) e has the Gaussian part r sum_i omega_i / (c_i + rho^2) after the scaling).
+    This is a change of coordinates and a control variate with a closed-form integral, nothing
+    approximated: the solution is the same, but z and ell~ stay constant until the modes of the data
+    start to interact, so the steps the knee at rho^2 ~ c costs in w are not taken.  For the
+    implicit corrector, dz/du has the Jacobian diag(1/S) U^T (J_w + (r / q^2) I) U diag(S) - diag(k).
+
+    It needs the full Jacobian once, at eps (D backward passes; the solver's first evaluation reuses
+    it), so it is for small D (``_IMPLICIT_MAX_DIM``).
+    """
+
+    def __init__(self, tv: "_NoiseLevelTime", aug: "_AugmentedODE", w0: Tensor):
+        self.tv, self.aug = tv, aug
+        self.u0 = float(tv.u_lo)
+        B, D = w0.shape[0], w0[0].numel()
+        self.shape, self.D = w0.shape, D
+        t, a, lin, cs = tv.scalar_coefs(self.u0)
+        with torch.enable_grad():
+            x = (w0 * a).requires_grad_(True)
+            s = aug.score(x, torch.full((B,), t, dtype=w0.dtype, device=w0.device))
+            J = _exact_jacobian(s, x, aug.batched)
+        s = s.detach().reshape(B, D)
+        alpha = tv.sde.scalars(t).alpha
+        rho2_0, _ = tv.flow.scalar_sigma2_rate(self.u0)
+        lam, U = torch.linalg.eigh(0.5 * (J + J.transpose(1, 2)))
+        self.gauss = lam < 0
+        c = -1.0 / (alpha * alpha * torch.where(self.gauss, lam, -torch.ones_like(lam))) - rho2_0
+        self.c = torch.where(self.gauss, c.clamp_min(0.0), torch.zeros_like(c))
+        self.U = U
+        y0 = w0.reshape(B, D) * a / alpha
+        shift = torch.where(self.gauss, (self.c + rho2_0) * self._ut(alpha * s), torch.zeros_like(s))
+        self.mu = y0 + self._u(shift)
+        if aug.probes is None:
+            self.omega = self.gauss.to(w0.dtype)[None]                          # [1, B, D]
+        else:
+            e = aug.probes.reshape(aug.probes.shape[0], B, D)
+            self.omega = torch.einsum("bji,pbj->pbi", U, e).pow(2) * self.gauss  # [P, B, D]
+        # the solver's first evaluation is at w0: the score and Jacobian just computed serve it
+        self._first = (s, J, t, a, lin, cs)
+
+    def _u(self, v: Tensor) -> Tensor:
+        return torch.einsum("bij,bj->bi", self.U, v)
+
+    def _ut(self, v: Tensor) -> Tensor:
+        return torch.einsum("bji,bj->bi", self.U, v)
+
+    def _scales(self, u: float):
+        rho2, r = self.tv.flow.scalar_sigma2_rate(min(max(u, self.tv._u_lo), self.tv._u_hi))
+        S = torch.where(self.gauss, torch.sqrt(self.c + rho2), torch.ones_like(self.c))
+        k = torch.where(self.gauss, r / (self.c + rho2), torch.zeros_like(self.c))
+        return S, k, rho2, r
+
+    def w_of_z(self, u: float, z: Tensor) -> Tensor:
+        S, _, rho2, _ = self._scales(u)
+        return ((self.mu + self._u(S * z)) / math.sqrt(1.0 + rho2)).reshape(self.shape)
+
+    def z_of_w(self, u: float, w: Tensor) -> Tensor:
+        S, _, rho2, _ = self._scales(u)
+        return self._ut(w.reshape(w.shape[0], -1) * math.sqrt(1.0 + rho2) - self.mu) / S
+
+    def log_det_cv(self, u_a: float, u_b: float) -> Tensor:
+        """int_{u_a}^{u_b} of the control variate, per dimension: ``[P, B]``."""
+        c = torch.where(self.gauss, self.c, torch.ones_like(self.c))
+        ra, rb = (self.tv.flow.scalar_sigma2_rate(v)[0] for v in (u_a, u_b))
+        return (self.omega * (0.5 * (torch.log(c + rb) - torch.log(c + ra)))).sum(-1) / self.D
+
+    def __call__(self, u: float, state: Tuple[Tensor, Tensor], jacobian: bool = False):
+        z, _ = state
+        S, k, rho2, r = self._scales(u)
+        q = math.sqrt(1.0 + rho2)
+        w = self.w_of_z(u, z)
+        if self._first is not None and u == self.u0:
+            s, J, t, a, lin, cs = self._first
+            self._first = None
+            wf = w.reshape(w.shape[0], -1)
+            dw = torch.add(s * cs, wf, alpha=lin)
+            if self.aug.probes is None:
+                quad = torch.diagonal(J, dim1=1, dim2=2).sum(-1)[None]
+            else:
+                e = self.aug.probes.reshape(-1, *wf.shape)
+                quad = torch.einsum("pbi,bij,pbj->pb", e, J, e)
+            dell = (quad * (cs * a / self.D)).add_(lin)
+            Jw = (J * (cs * a)) + lin * torch.eye(self.D, dtype=J.dtype, device=J.device) if jacobian else None
+        elif jacobian:
+            (dw, dell), Jw = self.aug.with_jacobian(u, (w, None))
+        else:
+            dw, dell = self.aug.at_float(u, (w, None))
+        wf, dwf = w.reshape(w.shape[0], -1), dw.reshape(w.shape[0], -1)
+        dz = self._ut(dwf * q + wf * (r / q)) / S - k * z
+        dell = dell - (self.omega * k).sum(-1) / self.D
+        if not jacobian:
+            return dz, dell
+        Jw = Jw + (r / (q * q)) * torch.eye(self.D, dtype=Jw.dtype, device=Jw.device)
+        Jz = (self.U.transpose(1, 2) @ Jw @ self.U) * (S[:, None, :] / S[:, :, None])
+        Jz.diagonal(dim1=1, dim2=2).sub_(k)
+        return (dz, dell), Jz
+
+
 # -- validation -------------------------------------------------------------------------------
 def _check_name(value: str, valid: Sequence[str], what: str) -> str:
     key = str(value).lower()
@@ -457,6 +570,20 @@ def _adams_implicit(value, divergence: str, D: int) -> bool:
         raise ValueError("options['implicit']=True needs divergence='exact' (the corrector uses the Jacobian "
                          "that the exact trace computes; Hutchinson probes do not give it)")
     return value
+
+
+def _adams_frame(value, time_variable: str, D: int) -> bool:
+    """``options["frame"]`` for ``method="adams"``: ``"gaussian"`` (:class:`_GaussianFrame`),
+    ``"none"``, or ``"auto"`` (the default): gaussian for D <= ``_IMPLICIT_MAX_DIM`` in a noise-level
+    time variable (``"vp"``, ``"log_sigma"``, ``"sigma"``), whose rho the frame is written in."""
+    if value not in ("auto", "gaussian", "none"):
+        raise ValueError(f"options['frame'] must be 'gaussian', 'none' or 'auto', got {value!r}")
+    if value == "gaussian" and time_variable == "t":
+        raise ValueError("options['frame']='gaussian' needs a noise-level time variable ('vp', 'log_sigma' or "
+                         "'sigma'), not 't'")
+    if value == "auto":
+        return time_variable != "t" and D <= _IMPLICIT_MAX_DIM
+    return value == "gaussian"
 
 
 def _draw_probes(noise: str, shape, x: Tensor, generator: Optional[torch.Generator]) -> Tensor:
@@ -557,8 +684,17 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: Tensor, *, divergence: str = 
             if method == ADAMS:
                 opts = dict(options or {})
                 implicit = _adams_implicit(opts.pop("implicit", "auto"), divergence, D)
-                (y1, d1), _ = adams_pec(func.with_jacobian if implicit else func.at_float, (y0, d0), float(tv.u_lo),
-                                        float(tv.u_hi), rtol=rtol, atol=atol, implicit=implicit, **opts)
+                frame = _adams_frame(opts.pop("frame", "auto"), time_variable, D)
+                u0, u1 = float(tv.u_lo), float(tv.u_hi)
+                if frame:
+                    fr = _GaussianFrame(tv, func, y0)
+                    rhs = (lambda u, st: fr(u, st, jacobian=True)) if implicit else fr
+                    (z1, d1), _ = adams_pec(rhs, (fr.z_of_w(u0, y0), d0), u0, u1, rtol=rtol, atol=atol,
+                                            implicit=implicit, **opts)
+                    y1, d1 = fr.w_of_z(u1, z1), d1 + fr.log_det_cv(u0, u1)
+                else:
+                    (y1, d1), _ = adams_pec(func.with_jacobian if implicit else func.at_float, (y0, d0), u0, u1,
+                                            rtol=rtol, atol=atol, implicit=implicit, **opts)
             else:
                 ys, ds = odeint(func, (y0, d0), u_span, rtol=rtol, atol=atol, method=method, options=options)
                 y1, d1 = ys[-1], ds[-1]
