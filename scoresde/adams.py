@@ -24,8 +24,8 @@ mixed norm, the largest over the state's tensors of
     RMS( (y^C - y^P) / (atol + rtol max(|y_n|, |y^C|)) ),
 
 and a step is accepted when that is <= 1; the next step is h (0.9 / err)^(1 / (p + 1)) with the
-factor kept in [0.2, 5] (at most 0.5 after a rejection), p the predictor's order, and no step
-longer than 1/8 of the interval.
+factor kept in [0.2, 5] (and at most ``reject_shrink`` after a rejection), p the predictor's order,
+and no step longer than ``max_step`` (1/8) of the interval.
 Where the rest of the interval is between one and two such steps, the next step is stretched to
 the end if that makes it at most 20% longer, else the rest is split in two (no sliver of a last
 step, which would cost an evaluation for nothing).
@@ -92,10 +92,6 @@ _MAX_STEP_FRACTION = 0.125
 # longer than the controller's choice the last step may be stretched to reach the end
 _FIRST_STEP = 0.002
 _END_STRETCH = 1.2
-# a rejected step is retried at most this share of its length: a step that fails usually does so
-# where the solution changes character (the modes start to merge), and the estimate's
-# h^(p+1) law, fitted on the way in, then promises too much (measured: 2-3 fewer rejections a solve)
-_REJECT_SHRINK = 0.5
 
 
 @dataclass
@@ -187,7 +183,8 @@ def _with_jacobian(f: Callable, y0: Tensor) -> Callable:
 
 
 def adams_pec(f: Callable[[float, State], State], y0: State, u0: float, u1: float, *, rtol: float,
-              atol: float, order: int = 4, implicit: bool = False) -> Tuple[State, AdamsStats]:
+              atol: float, order: int = 4, implicit: bool = False, first_step: float = _FIRST_STEP,
+              max_step: float = _MAX_STEP_FRACTION, reject_shrink: float = 1.0) -> Tuple[State, AdamsStats]:
     """Solve dy/du = f(u, y) from u0 to u1 > u0 with the adaptive Adams PEC method above.
 
     Args:
@@ -197,6 +194,10 @@ def adams_pec(f: Callable[[float, State], State], y0: State, u0: float, u1: floa
         rtol, atol: tolerances of the local error estimate (see the module docstring).
         order: the largest predictor order k (the corrector's is k + 1); 4 measured best on the
             likelihood ODE of ``scoresde.likelihood`` (fewest evaluations at a given error).
+        first_step, max_step: the first step at rtol = 1, as a share of the interval (it scales with
+            rtol^(1/4)), and the longest step, as a share of the interval.
+        reject_shrink: a rejected step is retried at most this share of its length (1: as the
+            controller says).
         implicit: the linearly implicit corrector (module docstring): ``f`` then returns
             ``(dy/du, J)`` with J ``[N, n, n]`` the Jacobian blocks of the first state tensor's
             derivative, that tensor read as N independent rows of n numbers.
@@ -208,6 +209,9 @@ def adams_pec(f: Callable[[float, State], State], y0: State, u0: float, u1: floa
         raise ValueError(f"order must be an integer in [1, 8], got {order!r}")
     if not u1 > u0:
         raise ValueError(f"adams_pec integrates forward: need u1 > u0, got {u0} .. {u1}")
+    for name, v in (("first_step", first_step), ("max_step", max_step), ("reject_shrink", reject_shrink)):
+        if not (isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 < v <= 1.0):
+            raise ValueError(f"{name} must be a share of the interval in (0, 1], got {v!r}")
     call = _with_jacobian(f, y0[0]) if implicit else (lambda u, y: (f(u, y), None))
     span = u1 - u0
     y = [t.reshape(-1) for t in y0]
@@ -228,11 +232,11 @@ def adams_pec(f: Callable[[float, State], State], y0: State, u0: float, u1: floa
     # first step 10x below span * 0.02 rtol^(1/4) lowers the NFE at equal error by ~5%, because the
     # start's low-order steps put their error into derivatives the later steps reuse) and let the
     # controller grow h by up to 5x per step
-    h = span * _FIRST_STEP * rtol ** 0.25
+    h = span * first_step * rtol ** 0.25
     while u1 - u > 1e-13 * span:
         if acc + rej > _MAX_STEPS:
             raise RuntimeError(f"adams_pec: more than {_MAX_STEPS} steps (rtol={rtol}, atol={atol})")
-        h = min(h, _MAX_STEP_FRACTION * span, u1 - u)
+        h = min(h, max_step * span, u1 - u)
         if h <= 1e-14 * span:
             raise RuntimeError(f"adams_pec: step size underflow at u={u} (rtol={rtol}, atol={atol})")
         un = u1 if u1 - (u + h) <= 1e-13 * span else u + h
@@ -278,7 +282,7 @@ def adams_pec(f: Callable[[float, State], State], y0: State, u0: float, u1: floa
             rej += 1
         factor = 5.0 if err == 0.0 else 0.9 * err ** (-1.0 / (p + 1))
         if err > 1.0:
-            factor = min(factor, _REJECT_SHRINK)
+            factor = min(factor, reject_shrink)
         h = h_used * min(5.0, max(0.2, factor))
         if not math.isfinite(h):
             raise RuntimeError(f"adams_pec: non-finite error estimate at u={u}")

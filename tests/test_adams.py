@@ -97,3 +97,22 @@ def test_implicit_needs_a_jacobian_of_the_first_tensor(ret, match):
     with pytest.raises(ValueError, match=match):
         adams_pec(lambda u, s: ret(s), (torch.ones(3, 1, dtype=torch.float64),), 0.0, 1.0, rtol=1e-3, atol=1e-3,
                   implicit=True)
+
+
+@pytest.mark.parametrize("kwargs", [dict(first_step=0.0), dict(max_step=1.5), dict(reject_shrink=-0.1),
+                                    dict(max_step=True)])
+def test_bad_step_rules_raise(kwargs):
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        adams_pec(lambda u, s: s, (torch.ones(1),), 0.0, 1.0, rtol=1e-3, atol=1e-3, **kwargs)
+
+
+def test_max_step_bounds_every_step():
+    calls = []
+
+    def f(u, s):
+        calls.append(u)
+        return (torch.zeros_like(s[0]),)   # y' = 0: the controller would grow h 5x a step
+
+    adams_pec(f, (torch.ones(1, dtype=torch.float64),), 0.0, 1.0, rtol=1e-3, atol=1e-3, max_step=0.1)
+    assert max(b - a for a, b in zip(calls, calls[1:])) <= 0.1 + 1e-12
+    assert len(calls) >= 11

@@ -141,11 +141,13 @@ def _gaussian(dim=3):
 @pytest.mark.parametrize("divergence", ["exact", "hutchinson"])
 def test_gaussian_frame_is_exact_for_gaussian_data(divergence):
     # in the local-Gaussian frame z and ell~ are constant for Gaussian data: the solve is exact at
-    # any tolerance and the steps grow at the controller's largest rate
+    # any tolerance and the steps grow at the controller's largest rate to the frame's longest step
+    # (1/16 of the interval: 16 steps and the ramp up to it)
     mix, sde = _gaussian(), sd.VPSDE()
     x = mix.sample(16, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     kw = dict(method="adams", rtol=1e-2, atol=1e-2, divergence=divergence, prior_logp=exact_prior(mix, sde))
-    framed = sd.log_likelihood(mix.score_fn(sde), sde, x, generator=torch.Generator().manual_seed(1), **kw)
+    framed = sd.log_likelihood(mix.score_fn(sde), sde, x, generator=torch.Generator().manual_seed(1),
+                               options={"frame": "gaussian"}, **kw)
     plain = sd.log_likelihood(mix.score_fn(sde), sde, x, generator=torch.Generator().manual_seed(1),
                               options={"frame": "none"}, **kw)
     truth = sd.log_likelihood(mix.score_fn(sde), sde, x, generator=torch.Generator().manual_seed(1),
@@ -154,7 +156,7 @@ def test_gaussian_frame_is_exact_for_gaussian_data(divergence):
         assert err_per_dim(truth.logp, mix.log_prob_t(x, sde, 1e-5), mix.dim) < 1e-8
     assert err_per_dim(framed.logp, truth.logp, mix.dim) < 1e-8
     assert err_per_dim(plain.logp, truth.logp, mix.dim) > 1e-6
-    assert framed.nfe <= 16 < plain.nfe
+    assert framed.nfe <= 20 and framed.nfe < plain.nfe
 
 
 @pytest.mark.parametrize("divergence", ["exact", "hutchinson"])
