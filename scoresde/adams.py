@@ -211,7 +211,7 @@ def adams_pec(f: Callable[[float, State], State], y0: State, u0: float, u1: floa
         raise ValueError(f"adams_pec integrates forward: need u1 > u0, got {u0} .. {u1}")
     for name, v in (("first_step", first_step), ("max_step", max_step), ("reject_shrink", reject_shrink)):
         if not (isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 < v <= 1.0):
-            raise ValueError(f"{name} must be a share of the interval in (0, 1], got {v!r}")
+            raise ValueError(f"{name} must be a share in (0, 1], got {v!r}")
     call = _with_jacobian(f, y0[0]) if implicit else (lambda u, y: (f(u, y), None))
     span = u1 - u0
     y = [t.reshape(-1) for t in y0]

@@ -276,27 +276,26 @@ assert set(_TIME_VARIABLE_CLASSES) == set(flow.TIME_VARIABLES)
 
 
 # -- the augmented ODE --------------------------------------------------------------------------
-def _quadratic_forms(s: Tensor, x: Tensor, V: Tensor, batched: list) -> Tensor:
-    """v^T (grad_x s) v for each row v of V ``[n, B, ...]``: returns ``[n, B]``.
+def _vjps(s: Tensor, x: Tensor, V: Tensor, batched: list) -> Tensor:
+    """v^T grad_x s for each row v of V ``[n, B, ...]``: returns ``[n, B, ...]``.
 
     One backward pass batched over the n vectors; if the score function's backward has no
     batching rule, a loop of n backward passes (``batched[0]`` records which worked).
     """
-    n, B = V.shape[0], V.shape[1]
-    if n == 1:
-        (jv,) = torch.autograd.grad(s, x, V[0], retain_graph=True)
-        return (jv * V[0]).reshape(1, B, -1).sum(-1)
+    if V.shape[0] == 1:
+        return torch.autograd.grad(s, x, V[0], retain_graph=True)[0][None]
     if batched[0]:
         try:
-            (jv,) = torch.autograd.grad(s, x, V, retain_graph=True, is_grads_batched=True)
-            return (jv * V).reshape(n, B, -1).sum(-1)
+            return torch.autograd.grad(s, x, V, retain_graph=True, is_grads_batched=True)[0]
         except RuntimeError:
             batched[0] = False
-    rows = []
-    for i in range(n):
-        (jv,) = torch.autograd.grad(s, x, V[i], retain_graph=True)
-        rows.append((jv * V[i]).reshape(B, -1).sum(-1))
-    return torch.stack(rows)
+    return torch.stack([torch.autograd.grad(s, x, v, retain_graph=True)[0] for v in V])
+
+
+def _quadratic_forms(s: Tensor, x: Tensor, V: Tensor, batched: list) -> Tensor:
+    """v^T (grad_x s) v for each row v of V ``[n, B, ...]``: returns ``[n, B]``."""
+    n, B = V.shape[0], V.shape[1]
+    return (_vjps(s, x, V, batched) * V).reshape(n, B, -1).sum(-1)
 
 
 def _exact_trace(s: Tensor, x: Tensor, batched: list) -> Tensor:
@@ -319,18 +318,8 @@ def _exact_jacobian(s: Tensor, x: Tensor, batched: list) -> Tensor:
     B, D = x.shape[0], x[0].numel()
     eye = torch.eye(D, dtype=x.dtype, device=x.device).reshape((D, 1) + x.shape[1:])
     chunk = max(1, min(D, _EXACT_CHUNK_ELEMS // max(1, B * D)))
-    rows = []
-    for i in range(0, D, chunk):
-        V = eye[i:i + chunk].expand((min(chunk, D - i), B) + x.shape[1:])
-        n = V.shape[0]
-        if n > 1 and batched[0]:
-            try:
-                (jv,) = torch.autograd.grad(s, x, V, retain_graph=True, is_grads_batched=True)
-                rows.append(jv.reshape(n, B, D))
-                continue
-            except RuntimeError:
-                batched[0] = False
-        rows.extend(torch.autograd.grad(s, x, V[j], retain_graph=True)[0].reshape(1, B, D) for j in range(n))
+    rows = [_vjps(s, x, eye[i:i + chunk].expand((min(chunk, D - i), B) + x.shape[1:]), batched).reshape(-1, B, D)
+            for i in range(0, D, chunk)]
     return torch.cat(rows).transpose(0, 1)
 
 
@@ -376,23 +365,40 @@ class _AugmentedODE:
         dell = (quad.detach() * (cs * a / y[0].numel())).add_(lin)
         return dy, dell
 
-    def with_jacobian(self, u: float, state: Tuple[Tensor, Tensor]):
-        """:meth:`at_float` and the Jacobian of dy/du in y, ``[B, D, D]`` = lin I + cs a grad_x s
-        (x = a y), for the Adams solver's implicit corrector; exact divergence only, whose trace
-        is this Jacobian's: one set of backward passes gives both."""
-        y = state[0]
+    def score_jacobian(self, u: float, y: Tensor):
+        """The score at x = a(u) y, its Jacobian ``[B, D, D]`` (:func:`_exact_jacobian`) and the
+        coefficients ``(t, a, lin, cs)``: one forward and D backward passes."""
         t, a, lin, cs = self.tv.scalar_coefs(u)
         with torch.enable_grad():
             x = (y * a).requires_grad_(True)
             s = self.score(x, torch.full((y.shape[0],), t, dtype=y.dtype, device=y.device))
             J = _exact_jacobian(s, x, self.batched)
-        s = s.detach()
+        return s.detach(), J, (t, a, lin, cs)
+
+    def from_jacobian(self, y: Tensor, s: Tensor, J: Tensor, coefs, jacobian: bool = True):
+        """:meth:`at_float`'s ``(dy, dell)`` from a :meth:`score_jacobian` (the quadratic forms read
+        off J), and with ``jacobian`` the Jacobian of dy/du in y = lin I + cs a grad_x s (x = a y)."""
+        t, a, lin, cs = coefs
         D = y[0].numel()
+        if self.probes is None:
+            quad = torch.diagonal(J, dim1=1, dim2=2).sum(-1)[None]
+        else:
+            e = self.probes.reshape(self.probes.shape[0], y.shape[0], D)
+            quad = torch.einsum("pbi,bij,pbj->pb", e, J, e)
         dy = torch.add(s * cs, y, alpha=lin)
-        dell = (torch.diagonal(J, dim1=1, dim2=2).sum(-1)[None] * (cs * a / D)).add_(lin)
-        jac = J.mul_(cs * a)
+        dell = (quad * (cs * a / D)).add_(lin)
+        if not jacobian:
+            return dy, dell
+        jac = J * (cs * a)
         jac.diagonal(dim1=1, dim2=2).add_(lin)
         return (dy, dell), jac
+
+    def with_jacobian(self, u: float, state: Tuple[Tensor, Tensor]):
+        """:meth:`at_float` and the Jacobian of dy/du in y, ``[B, D, D]``, for the Adams solver's
+        implicit corrector; exact divergence only, whose trace is this Jacobian's: one set of
+        backward passes gives both."""
+        y = state[0]
+        return self.from_jacobian(y, *self.score_jacobian(u, y))
 
 
 class _GaussianFrame:
@@ -426,12 +432,9 @@ class _GaussianFrame:
         self.u0 = float(tv.u_lo)
         B, D = w0.shape[0], w0[0].numel()
         self.shape, self.D = w0.shape, D
-        t, a, lin, cs = tv.scalar_coefs(self.u0)
-        with torch.enable_grad():
-            x = (w0 * a).requires_grad_(True)
-            s = aug.score(x, torch.full((B,), t, dtype=w0.dtype, device=w0.device))
-            J = _exact_jacobian(s, x, aug.batched)
-        s = s.detach().reshape(B, D)
+        s_raw, J, coefs = aug.score_jacobian(self.u0, w0)
+        t, a = coefs[0], coefs[1]
+        s = s_raw.reshape(B, D)
         alpha = tv.sde.scalars(t).alpha
         rho2_0, _ = tv.flow.scalar_sigma2_rate(self.u0)
         lam, U = torch.linalg.eigh(0.5 * (J + J.transpose(1, 2)))
@@ -448,7 +451,7 @@ class _GaussianFrame:
             e = aug.probes.reshape(aug.probes.shape[0], B, D)
             self.omega = torch.matmul(e.unsqueeze(-2), U).squeeze(-2).pow(2) * self.gauss  # [P, B, D]: (U^T e)^2
         # the solver's first evaluation is at w0: the score and Jacobian just computed serve it
-        self._first = (s, J, t, a, lin, cs)
+        self._first = (s_raw, J, coefs)
 
     def _u(self, v: Tensor) -> Tensor:
         return torch.bmm(self.U, v.unsqueeze(-1)).squeeze(-1)
@@ -482,21 +485,13 @@ class _GaussianFrame:
         q = math.sqrt(1.0 + rho2)
         w = self.w_of_z(u, z)
         if self._first is not None and u == self.u0:
-            s, J, t, a, lin, cs = self._first
+            out = self.aug.from_jacobian(w, *self._first, jacobian=jacobian)
             self._first = None
-            wf = w.reshape(w.shape[0], -1)
-            dw = torch.add(s * cs, wf, alpha=lin)
-            if self.aug.probes is None:
-                quad = torch.diagonal(J, dim1=1, dim2=2).sum(-1)[None]
-            else:
-                e = self.aug.probes.reshape(-1, *wf.shape)
-                quad = torch.einsum("pbi,bij,pbj->pb", e, J, e)
-            dell = (quad * (cs * a / self.D)).add_(lin)
-            Jw = (J * (cs * a)) + lin * torch.eye(self.D, dtype=J.dtype, device=J.device) if jacobian else None
         elif jacobian:
-            (dw, dell), Jw = self.aug.with_jacobian(u, (w, None))
+            out = self.aug.with_jacobian(u, (w, None))
         else:
-            dw, dell = self.aug.at_float(u, (w, None))
+            out = self.aug.at_float(u, (w, None))
+        (dw, dell), Jw = out if jacobian else (out, None)
         wf, dwf = w.reshape(w.shape[0], -1), dw.reshape(w.shape[0], -1)
         dz = self._ut(dwf * q + wf * (r / q)) / S - k * z
         dell = dell - (self.omega * k).sum(-1) / self.D
@@ -578,7 +573,9 @@ def _adams_implicit(value, divergence: str, D: int) -> bool:
 # and be rejected two to four times, so no step is longer than 1/16 of the interval and a rejected
 # step is retried at most half as long.  Measured (ring8 and aniso16 VP, 1,000 points, exact trace,
 # rtol 1.5e-3 .. 4e-3): 2-5 fewer evaluations at equal or smaller error than the defaults
-# (0.002, 1/8, no shrink), which stay the w path's (there the shrink measured 0-4% worse).
+# (0.002, 1/8, no shrink), which stay the w path's (there the shrink measured 0-4% worse).  The
+# price: a framed solve takes at least 17 evaluations (a nearly Gaussian score, a small random MLP
+# on 4-d data, that the w path solves in 13 at rtol 1e-3 takes 20); pass max_step to change it.
 _FRAME_STEPS = {"first_step": 0.01, "max_step": 1 / 16, "reject_shrink": 0.5}
 
 
