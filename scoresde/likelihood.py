@@ -467,7 +467,10 @@ class _GaussianFrame:
 
     def w_of_z(self, u: float, z: Tensor) -> Tensor:
         S, _, rho2, _ = self._scales(u)
-        return ((self.mu + self._u(S * z)) / math.sqrt(1.0 + rho2)).reshape(self.shape)
+        return self._w(z, S, math.sqrt(1.0 + rho2))
+
+    def _w(self, z: Tensor, S: Tensor, q: float) -> Tensor:
+        return ((self.mu + self._u(S * z)) / q).reshape(self.shape)
 
     def z_of_w(self, u: float, w: Tensor) -> Tensor:
         S, _, rho2, _ = self._scales(u)
@@ -483,7 +486,7 @@ class _GaussianFrame:
         z, _ = state
         S, k, rho2, r = self._scales(u)
         q = math.sqrt(1.0 + rho2)
-        w = self.w_of_z(u, z)
+        w = self._w(z, S, q)
         if self._first is not None and u == self.u0:
             out = self.aug.from_jacobian(w, *self._first, jacobian=jacobian)
             self._first = None
@@ -690,6 +693,15 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: Tensor, *, divergence: str = 
         from tqdm.auto import tqdm
         bar = tqdm(total=B, desc="log_likelihood", unit="sample")
 
+    if method == ADAMS:
+        # the solver's options, checked before any work: one reading for every batch chunk
+        opts = dict(options or {})
+        implicit = _adams_implicit(opts.pop("implicit", "auto"), divergence, D)
+        frame = _adams_frame(opts.pop("frame", "auto"), time_variable, divergence, D)
+        if frame:
+            for key, v in _FRAME_STEPS.items():
+                opts.setdefault(key, v)
+
     logps, zs, priors, errs = [], [], [], []
     with torch.no_grad():
         for i in range(0, B, bs):
@@ -700,13 +712,8 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: Tensor, *, divergence: str = 
             y0 = xc / a_lo.to(x.dtype)
             d0 = torch.zeros(P, xc.shape[0], dtype=x.dtype, device=x.device)
             if method == ADAMS:
-                opts = dict(options or {})
-                implicit = _adams_implicit(opts.pop("implicit", "auto"), divergence, D)
-                frame = _adams_frame(opts.pop("frame", "auto"), time_variable, divergence, D)
                 u0, u1 = float(tv.u_lo), float(tv.u_hi)
                 if frame:
-                    for key, v in _FRAME_STEPS.items():
-                        opts.setdefault(key, v)
                     fr = _GaussianFrame(tv, func, y0)
                     rhs = (lambda u, st: fr(u, st, jacobian=True)) if implicit else fr
                     (z1, d1), _ = adams_pec(rhs, (fr.z_of_w(u0, y0), d0), u0, u1, rtol=rtol, atol=atol,
