@@ -63,6 +63,13 @@ rtol = atol = 1e-3): 41 instead of 61 evaluations on the 16-d mixture at the sam
 state tensor is corrected this way (the likelihood's log-det, which f does not depend on, keeps
 the explicit correction).
 
+J need not be exact: with any J the formula keeps the corrector's order (the history's derivative
+is still F^P to first order, plus a term of the size of d), and a J close to df/dy in the stiff
+directions buys the stability.  f may return J as ``[N, 1]``, J[b] times the identity for block
+b (the likelihood's Hutchinson path passes its probe's Rayleigh quotient, which costs nothing).
+Then the solve is a division by 1 - c_new J[b], kept >= 1/2 so that a growing mode never
+amplifies the correction more than 2x.
+
 Implementation: the derivatives of the history live in one ``[k + 1, numel]`` buffer per state
 tensor, so the predictor and the correction y^C - y^P are two matrix-vector products a step.
 """
@@ -166,17 +173,21 @@ def _step_weights(nodes: Sequence[float], a: float, b: float) -> Tuple[List[floa
 
 
 def _with_jacobian(f: Callable, y0: Tensor) -> Callable:
-    """``f`` for the implicit corrector, its Jacobian checked against the first state tensor."""
+    """``f`` for the implicit corrector, its Jacobian checked against the first state tensor:
+    ``[N, n, n]`` blocks with N n = numel, or ``[N, 1]``, block b being J[b] times the identity."""
 
     def call(u: float, y: State):
         out = f(u, y)
         if not (isinstance(out, tuple) and len(out) == 2 and torch.is_tensor(out[1])):
             raise ValueError("adams_pec(implicit=True): f must return (derivatives, J)")
         derivs, jac = out
+        if jac.dim() == 2 and jac.shape[1] == 1 and jac.shape[0] > 0 and y0.numel() % jac.shape[0] == 0:
+            return derivs, jac
         N = jac.shape[0] if jac.dim() == 3 else 0
         if jac.dim() != 3 or jac.shape[1] != jac.shape[2] or N * jac.shape[1] != y0.numel():
             raise ValueError(f"adams_pec(implicit=True): J must be [N, n, n] with N n = {y0.numel()} (the "
-                             f"first state tensor's size), got {tuple(jac.shape)}")
+                             f"first state tensor's size) or [N, 1] (multiples of the identity), got "
+                             f"{tuple(jac.shape)}")
         return derivs, jac
 
     return call
@@ -200,7 +211,9 @@ def adams_pec(f: Callable[[float, State], State], y0: State, u0: float, u1: floa
             controller says).
         implicit: the linearly implicit corrector (module docstring): ``f`` then returns
             ``(dy/du, J)`` with J ``[N, n, n]`` the Jacobian blocks of the first state tensor's
-            derivative, that tensor read as N independent rows of n numbers.
+            derivative, that tensor read as N independent rows of n numbers, or J ``[N, 1]``: an
+            approximation of each block by J[b] times the identity (a W-method: any J keeps the
+            order, a good one the stability; see ``scoresde.likelihood``'s Rayleigh quotient).
 
     Returns:
         ``(y(u1), AdamsStats)``.
@@ -259,9 +272,16 @@ def adams_pec(f: Callable[[float, State], State], y0: State, u0: float, u1: floa
             if jac is not None and i == 0:
                 # y^C = y^P + (I - c J)^{-1} d, and the history keeps f(y^C) to first order
                 N = jac.shape[0]
-                eye = torch.eye(jac.shape[-1], dtype=jac.dtype, device=jac.device)
-                d = torch.linalg.solve(eye - cw[-1] * jac, d.view(N, -1, 1)).reshape(-1)
-                Hi[new].add_(torch.bmm(jac, d.view(N, -1, 1)).reshape(-1))
+                if jac.dim() == 2:
+                    # scalar blocks j I: a division.  j is capped at 1 / (2 c), so that a growing
+                    # mode (j > 0) never amplifies the correction more than 2x
+                    j = jac.clamp_max(0.5 / cw[-1]) if cw[-1] > 0 else jac
+                    d = (d.view(N, -1) / (1.0 - cw[-1] * j)).reshape(-1)
+                    Hi[new].add_((j * d.view(N, -1)).reshape(-1))
+                else:
+                    eye = torch.eye(jac.shape[-1], dtype=jac.dtype, device=jac.device)
+                    d = torch.linalg.solve(eye - cw[-1] * jac, d.view(N, -1, 1)).reshape(-1)
+                    Hi[new].add_(torch.bmm(jac, d.view(N, -1, 1)).reshape(-1))
             c = p + d
             c_abs = c.abs()
             scale = torch.maximum(a_abs, c_abs).mul_(rtol).add_(atol)

@@ -88,10 +88,43 @@ def test_implicit_corrector_converges_like_the_explicit_one():
     assert errs[1] < errs[0] / 100
 
 
+def test_a_scalar_jacobian_is_its_identity_blocks():
+    # J given as [N, 1] (j_b I per row) is the [N, n, n] blocks j_b I: the same solve to rounding,
+    # and as stable where h lam is what bounds the explicit corrector
+    lam = torch.tensor([-60.0, -5.0, -0.5], dtype=torch.float64)
+
+    def f(u, s):
+        return (lam[:, None] * (s[0] - math.cos(u)) - math.sin(u),)
+
+    y0 = (torch.ones(3, 2, dtype=torch.float64),)
+    (yb,), sb = adams_pec(lambda u, s: (f(u, s), torch.diag_embed(lam[:, None].expand(3, 2))), y0, 0.0, 2.0,
+                          rtol=1e-3, atol=1e-3, implicit=True)
+    (ys,), ss = adams_pec(lambda u, s: (f(u, s), lam[:, None]), y0, 0.0, 2.0, rtol=1e-3, atol=1e-3, implicit=True)
+    (_,), se = adams_pec(f, y0, 0.0, 2.0, rtol=1e-3, atol=1e-3)
+    assert torch.allclose(ys, yb, rtol=0, atol=1e-12) and ss.nfe == sb.nfe
+    assert float((ys - math.cos(2.0)).abs().max()) < 1e-2
+    assert ss.nfe * 1.5 < se.nfe
+
+
+def test_a_wrong_growing_scalar_jacobian_costs_steps_not_accuracy():
+    # j > 0 would make 1 - c j vanish at c j = 1; j is capped at 1 / (2 c), so a J that says
+    # "growing fast" where df/dy = -1 keeps the answer accurate and only shortens the steps
+    f, _ = _prothero_robinson(-1.0)
+    y0 = (torch.ones(2, 1, dtype=torch.float64),)
+    nfe = {}
+    for j in (-1.0, 100.0):
+        (y,), st = adams_pec(lambda u, s: (f(u, s), torch.full((2, 1), j, dtype=torch.float64)), y0, 0.0, 1.0,
+                             rtol=1e-6, atol=1e-6, implicit=True)
+        assert torch.isfinite(y).all() and float((y - math.cos(1.0)).abs().max()) < 1e-5
+        nfe[j] = st.nfe
+    assert nfe[100.0] > 5 * nfe[-1.0]
+
+
 @pytest.mark.parametrize("ret,match", [
     (lambda s: (s[0],), "must return"),
     (lambda s: ((s[0],), torch.ones(2, 2, 2, dtype=torch.float64)), r"\[N, n, n\]"),
-    (lambda s: ((s[0],), torch.ones(3, 1, dtype=torch.float64)), r"\[N, n, n\]"),
+    (lambda s: ((s[0],), torch.ones(2, 1, dtype=torch.float64)), r"\[N, 1\]"),
+    (lambda s: ((s[0],), torch.ones(3, 2, dtype=torch.float64)), r"\[N, n, n\]"),
 ])
 def test_implicit_needs_a_jacobian_of_the_first_tensor(ret, match):
     with pytest.raises(ValueError, match=match):
