@@ -276,39 +276,44 @@ assert set(_TIME_VARIABLE_CLASSES) == set(flow.TIME_VARIABLES)
 
 
 # -- the augmented ODE --------------------------------------------------------------------------
-def _vjps(s: Tensor, x: Tensor, V: Tensor, batched: list) -> Tensor:
+def _vjps(s: Tensor, x: Tensor, V: Tensor, batched: list, last: bool = True) -> Tensor:
     """v^T grad_x s for each row v of V ``[n, B, ...]``: returns ``[n, B, ...]``.
 
     One backward pass batched over the n vectors; if the score function's backward has no
-    batching rule, a loop of n backward passes (``batched[0]`` records which worked).
+    batching rule, a loop of n backward passes (``batched[0]`` records which worked).  ``last``:
+    no later backward through s follows, so the final pass frees the graph (keeping it costs ~4%
+    of an evaluation of the mixtures' scores); the batched attempt always keeps it, for the loop
+    to fall back on.
     """
     if V.shape[0] == 1:
-        return torch.autograd.grad(s, x, V[0], retain_graph=True)[0][None]
+        return torch.autograd.grad(s, x, V[0], retain_graph=not last)[0][None]
     if batched[0]:
         try:
             return torch.autograd.grad(s, x, V, retain_graph=True, is_grads_batched=True)[0]
         except RuntimeError:
             batched[0] = False
-    return torch.stack([torch.autograd.grad(s, x, v, retain_graph=True)[0] for v in V])
+    n = V.shape[0]
+    return torch.stack([torch.autograd.grad(s, x, v, retain_graph=not last or i < n - 1)[0]
+                        for i, v in enumerate(V)])
 
 
-def _quadratic_forms(s: Tensor, x: Tensor, V: Tensor, batched: list) -> Tensor:
-    """v^T (grad_x s) v for each row v of V ``[n, B, ...]``: returns ``[n, B]``."""
+def _quadratic_forms(s: Tensor, x: Tensor, V: Tensor, batched: list, last: bool = True) -> Tensor:
+    """v^T (grad_x s) v for each row v of V ``[n, B, ...]``: returns ``[n, B]`` (``last``: :func:`_vjps`)."""
     n, B = V.shape[0], V.shape[1]
-    return (_vjps(s, x, V, batched) * V).reshape(n, B, -1).sum(-1)
+    return (_vjps(s, x, V, batched, last) * V).reshape(n, B, -1).sum(-1)
 
 
 def _exact_trace(s: Tensor, x: Tensor, batched: list) -> Tensor:
     """tr(grad_x s) ``[B]``: the quadratic forms of the basis vectors, in chunks of at most
     ``_EXACT_CHUNK_ELEMS`` elements (rows are independent samples, so one backward gives every
-    row's Jacobian row)."""
+    row's Jacobian row); the last chunk frees the graph."""
     B, D = x.shape[0], x[0].numel()
     eye = torch.eye(D, dtype=x.dtype, device=x.device).reshape((D, 1) + x.shape[1:])
     chunk = max(1, min(D, _EXACT_CHUNK_ELEMS // max(1, B * D)))
     tr = torch.zeros(B, dtype=x.dtype, device=x.device)
     for i in range(0, D, chunk):
         V = eye[i:i + chunk].expand((min(chunk, D - i), B) + x.shape[1:])
-        tr = tr + _quadratic_forms(s, x, V, batched).sum(0)
+        tr = tr + _quadratic_forms(s, x, V, batched, last=i + chunk >= D).sum(0)
     return tr
 
 
@@ -318,7 +323,8 @@ def _exact_jacobian(s: Tensor, x: Tensor, batched: list) -> Tensor:
     B, D = x.shape[0], x[0].numel()
     eye = torch.eye(D, dtype=x.dtype, device=x.device).reshape((D, 1) + x.shape[1:])
     chunk = max(1, min(D, _EXACT_CHUNK_ELEMS // max(1, B * D)))
-    rows = [_vjps(s, x, eye[i:i + chunk].expand((min(chunk, D - i), B) + x.shape[1:]), batched).reshape(-1, B, D)
+    rows = [_vjps(s, x, eye[i:i + chunk].expand((min(chunk, D - i), B) + x.shape[1:]), batched,
+                  last=i + chunk >= D).reshape(-1, B, D)
             for i in range(0, D, chunk)]
     return torch.cat(rows).transpose(0, 1)
 
