@@ -157,3 +157,71 @@ def test_inverse_group_is_schema_checked():
         _compose("sample", ["checkpoint=x", "inverse.mthod=smc"])
     with pytest.raises(ConfigCompositionException, match="steps"):
         _compose("sample", ["checkpoint=x", "inverse.steps=many"])
+
+
+@pytest.fixture(scope="module")
+def rgb_ckpt(tmp_path_factory):
+    """A tiny U-Net trained two steps on 24 coloured 8 x 8 PNGs (an image folder, RGB)."""
+    root = tmp_path_factory.mktemp("rgb")
+    g = np.random.default_rng(0)
+    for i in range(24):
+        base = g.integers(0, 256, size=3)
+        ramp = np.linspace(0, 60, 8)[None, :, None] * g.choice([-1, 1], size=3)
+        img = np.clip(base[None, None, :] + ramp, 0, 255).astype(np.uint8).repeat(8, 0)[:8]
+        Image.fromarray(img, "RGB").save(root / f"{i:02d}.png")
+    run_dir = tmp_path_factory.mktemp("rgb_run")
+    cfg = OmegaConf.to_container(_compose("train", TINY_UNET + [
+        "data=image_folder", f"data.root={root}", "data.size=8", "data.channels=3", "data.n_test=4"]), resolve=True)
+    from scoresde.train import train
+    train(cfg, run_dir)
+    return run_dir / "checkpoints" / "last.pt", root
+
+
+def test_colorization_is_the_library_call_in_model_space(rgb_ckpt, tmp_path, monkeypatch):
+    """inverse.op=grayscale end to end: the observation is the held-out RGB images' luminance, and
+    the samples are sample_posterior's with y_model = scale (y - A shift), mapped back to data space."""
+    ckpt, root = rgb_ckpt
+    _app(monkeypatch, [f"checkpoint={ckpt}", f"hydra.run.dir={tmp_path}", "inverse.op=grayscale",
+                       "inverse.weights=luminance", "inverse.method=projection", "inverse.n=2", "inverse.samples=2",
+                       "inverse.steps=3", "seed=3"])
+    x = torch.load(tmp_path / "samples.pt")
+    assert x.shape == (2, 2, 3, 8, 8) and torch.isfinite(x).all()
+    data = build_dataset("image_folder", root=str(root), size=8, channels=3, n_test=4)
+    orig = data.scaler.to_data(data.test)[:2]
+    op = sd.ops.Grayscale("luminance")
+    y = op.forward(orig)
+    torch.testing.assert_close(torch.load(tmp_path / "observation.pt"), y, rtol=0, atol=0)
+    model = sd.load_model(ckpt)
+    g = torch.Generator().manual_seed(3)
+    offset = op.forward(torch.full((1, 3, 8, 8), 0.5))
+    ref = sd.sample_posterior(model, model.sde, op, ((y - offset) * 2.0).repeat_interleave(2, dim=0),
+                              method="projection", sampler="pc", generator=g, steps=3, predictor="reverse_diffusion")
+    torch.testing.assert_close(x.reshape(4, 3, 8, 8), ref.x / 2.0 + 0.5, rtol=0, atol=0)
+    # two draws of one gray image differ in colour: the channels are sampled, not copied
+    assert not torch.allclose(x[:, 0], x[:, 1], atol=1e-3)
+    info = json.loads((tmp_path / "sample.json").read_text())
+    assert info["inverse"]["op"] == "grayscale" and info["observation_shape"] == [1, 8, 8]
+    assert (tmp_path / "inverse.png").stat().st_size > 100
+
+
+def test_matrix_op_from_a_file_is_the_library_call(ckpt, tmp_path, monkeypatch):
+    """inverse.op=matrix end to end with A [16, 64] from a .pt file and observation noise."""
+    A = torch.randn(16, 64, generator=torch.Generator().manual_seed(7)) / 8.0
+    torch.save(A, tmp_path / "A.pt")
+    _app(monkeypatch, [f"checkpoint={ckpt}", f"hydra.run.dir={tmp_path / 'run'}", "inverse.op=matrix",
+                       f"inverse.matrix={tmp_path / 'A.pt'}", "inverse.method=dps", "inverse.n=2", "inverse.samples=1",
+                       "inverse.steps=3", "inverse.noise_std=0.05", "seed=4"])
+    x = torch.load(tmp_path / "run" / "samples.pt")
+    assert x.shape == (2, 1, 1, 8, 8) and torch.isfinite(x).all()
+    model = sd.load_model(ckpt)
+    g = torch.Generator().manual_seed(4)
+    op = sd.ops.Matrix(A, noise_std=0.1, event_shape=(1, 8, 8))
+    orig = _held_out()[:2]
+    y = op.forward(orig) + 0.05 * torch.randn((2, 16), generator=g)
+    torch.testing.assert_close(torch.load(tmp_path / "run" / "observation.pt"), y, rtol=0, atol=0)
+    offset = op.forward(torch.full((1, 1, 8, 8), 0.5))
+    ref = sd.sample_posterior(model, model.sde, op, (y - offset) * 2.0, method="dps", sampler="pc", generator=g,
+                              steps=3, predictor="reverse_diffusion")
+    torch.testing.assert_close(x[:, 0], ref.x / 2.0 + 0.5, rtol=0, atol=0)
+    info = json.loads((tmp_path / "run" / "sample.json").read_text())
+    assert info["inverse"]["op"] == "matrix" and info["observation_shape"] == [16]
