@@ -479,11 +479,14 @@ class SubVPSDE(VPSDE):
         return lm - torch.log(-torch.expm1(2.0 * lm))
 
     def t_from_log_snr(self, lam: Tensor, iters: int = 100) -> Tensor:
-        # alpha / (1 - alpha^2) = e^lam  =>  alpha = 2 / (e^-lam + sqrt(e^-2lam + 4))
+        # alpha / (1 - alpha^2) = e^lam  =>  alpha = 2 / (e^-lam + sqrt(e^-2lam + 4)), i.e.
+        # log alpha = -asinh(e^-lam / 2): no difference of two numbers near log 2, which would lose
+        # the relative precision of a small e^-lam (2e-10 at t = 1e-5); for lam < 0 the same as
+        # log 2 + lam - log1p(sqrt(1 + 4 e^(2 lam))), without e^-lam overflowing
         lam = torch.as_tensor(lam)
-        e = torch.exp(-lam)
-        log_m = math.log(2.0) - torch.log(e + torch.sqrt(e ** 2 + 4.0))
-        return self._t_from_log_mean_coef(log_m)
+        pos = -torch.asinh(0.5 * torch.exp(-lam.clamp_min(0.0)))
+        neg = math.log(2.0) + lam - torch.log1p(torch.sqrt(1.0 + 4.0 * torch.exp(2.0 * lam.clamp_max(0.0))))
+        return self._t_from_log_mean_coef(torch.where(lam >= 0, pos, neg))
 
     def scalars(self, t: float) -> Scalars:
         t = float(t)
@@ -494,13 +497,11 @@ class SubVPSDE(VPSDE):
 
     def scalar_t_from_log_snr(self, lam: float) -> float:
         lam = float(lam)
-        # log(e + sqrt(e^2 + 4)) with e = exp(-lam), without overflow for lam << 0
+        # log alpha as in t_from_log_snr
         if lam < 0:
-            log_den = -lam + math.log1p(math.sqrt(1.0 + 4.0 * math.exp(2.0 * lam)))
+            log_m = math.log(2.0) + lam - math.log1p(math.sqrt(1.0 + 4.0 * math.exp(2.0 * lam)))
         else:
-            e = math.exp(-lam)
-            log_den = math.log(e + math.sqrt(e * e + 4.0))
-        log_m = math.log(2.0) - log_den
+            log_m = -math.asinh(0.5 * math.exp(-lam))
         db = self.beta_max - self.beta_min
         return -4.0 * log_m / (self.beta_min + math.sqrt(self.beta_min ** 2 - 4.0 * db * log_m))
 
