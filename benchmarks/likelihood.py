@@ -246,6 +246,18 @@ def outcome(acc, spd, curves):
                   f"reference's at 1e-5 ({len(picks)} of {n_cases} cases have one) is {min(sp):.2f}-{max(sp):.2f}x "
                   "faster: " + ", ".join(f"{m} {s_} {r['rtol']:.2g} {r['speedup']:.2f}x (err {r['err_solver']:.1e} vs "
                                          f"{r['ref_err']:.1e})" for (m, s_), r in sorted(picks.items())) + ".", ""]
+        # the speedup is (reference NFE / ours) x (reference's cost of one evaluation / ours): the
+        # reference evaluates the score twice a right-hand side (one forward without, one with the
+        # backward pass), we once, so the second factor is bounded by about 1.5
+        ref = {(r["mixture"], r["sde"]): r for r in spd if r["threads"] == k and r["method"] == "reference"}
+        parts = []
+        for key, r in sorted(picks.items()):
+            q = ref[key]
+            nfe_ratio = q["nfe"] / r["nfe"]
+            cost_ratio = (q["seconds"] / q["nfe"]) / (r["seconds"] / r["nfe"])
+            parts.append(f"{key[0]} {key[1]} {nfe_ratio:.2f} x {cost_ratio:.2f}")
+        lines += [f"Goal (b)'s speedup, {k} thread(s), as NFE ratio x per-evaluation cost ratio (reference / ours): "
+                  + ", ".join(parts) + ". 3x needs an NFE ratio of 3 / (cost ratio).", ""]
     return lines
 
 
