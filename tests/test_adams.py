@@ -149,3 +149,16 @@ def test_max_step_bounds_every_step():
     adams_pec(f, (torch.ones(1, dtype=torch.float64),), 0.0, 1.0, rtol=1e-3, atol=1e-3, max_step=0.1)
     assert max(b - a for a, b in zip(calls, calls[1:])) <= 0.1 + 1e-12
     assert len(calls) >= 11
+
+
+def test_state_tensors_of_different_dtypes_come_back_in_their_own():
+    # the state is solved as one flat vector in the promoted dtype; each tensor returns in its dtype
+    f, _ = _prothero_robinson(-2.0)
+
+    def f2(u, s):
+        return f(u, (s[0],))[0], f(u, (s[1],))[0]
+
+    y0 = (torch.ones(3, 1, dtype=torch.float32), torch.ones(2, 1, dtype=torch.float64))
+    (a, b), _ = adams_pec(f2, y0, 0.0, 1.0, rtol=1e-7, atol=1e-7)
+    assert a.dtype == torch.float32 and b.dtype == torch.float64 and a.shape == (3, 1) and b.shape == (2, 1)
+    assert float((b - math.cos(1.0)).abs().max()) < 1e-6 and float((a - math.cos(1.0)).abs().max()) < 1e-6
