@@ -303,17 +303,23 @@ def _quadratic_forms(s: Tensor, x: Tensor, V: Tensor, batched: list, last: bool 
     return (_vjps(s, x, V, batched, last) * V).reshape(n, B, -1).sum(-1)
 
 
-def _exact_trace(s: Tensor, x: Tensor, batched: list) -> Tensor:
-    """tr(grad_x s) ``[B]``: the quadratic forms of the basis vectors, in chunks of at most
-    ``_EXACT_CHUNK_ELEMS`` elements (rows are independent samples, so one backward gives every
-    row's Jacobian row); the last chunk frees the graph."""
+def _basis_chunks(x: Tensor):
+    """The basis vectors of x's sample space, ``[c, B, ...]`` chunks of at most
+    ``_EXACT_CHUNK_ELEMS`` elements, each with whether it is the last (rows are independent
+    samples, so one backward of a basis vector gives every row's Jacobian row)."""
     B, D = x.shape[0], x[0].numel()
     eye = torch.eye(D, dtype=x.dtype, device=x.device).reshape((D, 1) + x.shape[1:])
     chunk = max(1, min(D, _EXACT_CHUNK_ELEMS // max(1, B * D)))
-    tr = torch.zeros(B, dtype=x.dtype, device=x.device)
     for i in range(0, D, chunk):
-        V = eye[i:i + chunk].expand((min(chunk, D - i), B) + x.shape[1:])
-        tr = tr + _quadratic_forms(s, x, V, batched, last=i + chunk >= D).sum(0)
+        yield eye[i:i + chunk].expand((min(chunk, D - i), B) + x.shape[1:]), i + chunk >= D
+
+
+def _exact_trace(s: Tensor, x: Tensor, batched: list) -> Tensor:
+    """tr(grad_x s) ``[B]``: the quadratic forms of the basis vectors (:func:`_basis_chunks`); the
+    last chunk frees the graph."""
+    tr = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+    for V, last in _basis_chunks(x):
+        tr = tr + _quadratic_forms(s, x, V, batched, last=last).sum(0)
     return tr
 
 
@@ -321,11 +327,7 @@ def _exact_jacobian(s: Tensor, x: Tensor, batched: list) -> Tensor:
     """grad_x s per sample, ``[B, D, D]`` with entry (b, i, k) = ds_i / dx_k of sample b: the same
     batched backward passes over the basis vectors as :func:`_exact_trace`, rows kept."""
     B, D = x.shape[0], x[0].numel()
-    eye = torch.eye(D, dtype=x.dtype, device=x.device).reshape((D, 1) + x.shape[1:])
-    chunk = max(1, min(D, _EXACT_CHUNK_ELEMS // max(1, B * D)))
-    rows = [_vjps(s, x, eye[i:i + chunk].expand((min(chunk, D - i), B) + x.shape[1:]), batched,
-                  last=i + chunk >= D).reshape(-1, B, D)
-            for i in range(0, D, chunk)]
+    rows = [_vjps(s, x, V, batched, last=last).reshape(-1, B, D) for V, last in _basis_chunks(x)]
     return torch.cat(rows).transpose(0, 1)
 
 
@@ -362,14 +364,21 @@ class _AugmentedODE:
         floats, so the only tensor work is the score, its vector-Jacobian products and two axpys."""
         return self._at_float(u, state[0])[:2]
 
-    def _at_float(self, u: float, y: Tensor):
-        """``(dy, dell, quad, coefs)``: :meth:`at_float`'s derivatives, the quadratic forms ``[P, B]``
-        and ``(t, a, lin, cs)``."""
+    def _score_graph(self, u: float, y: Tensor):
+        """``(x, s, coefs)``: the score at x = a(u) y with its autograd graph, for the backward
+        passes that follow, and ``(t, a, lin, cs)`` as floats."""
         t, a, lin, cs = coefs = self.tv.scalar_coefs(u)
         with torch.enable_grad():
             x = (y * a).requires_grad_(True)
             s = self.score(x, torch.full((y.shape[0],), t, dtype=y.dtype, device=y.device))
-            quad = self.divergence_terms(s, x)
+        return x, s, coefs
+
+    def _at_float(self, u: float, y: Tensor):
+        """``(dy, dell, quad, coefs)``: :meth:`at_float`'s derivatives, the quadratic forms ``[P, B]``
+        and ``(t, a, lin, cs)``."""
+        x, s, coefs = self._score_graph(u, y)
+        t, a, lin, cs = coefs
+        quad = self.divergence_terms(s, x)
         s, quad = s.detach(), quad.detach()
         dy = torch.add(s * cs, y, alpha=lin)
         dell = (quad * (cs * a / y[0].numel())).add_(lin)
@@ -392,12 +401,8 @@ class _AugmentedODE:
     def score_jacobian(self, u: float, y: Tensor):
         """The score at x = a(u) y, its Jacobian ``[B, D, D]`` (:func:`_exact_jacobian`) and the
         coefficients ``(t, a, lin, cs)``: one forward and D backward passes."""
-        t, a, lin, cs = self.tv.scalar_coefs(u)
-        with torch.enable_grad():
-            x = (y * a).requires_grad_(True)
-            s = self.score(x, torch.full((y.shape[0],), t, dtype=y.dtype, device=y.device))
-            J = _exact_jacobian(s, x, self.batched)
-        return s.detach(), J, (t, a, lin, cs)
+        x, s, coefs = self._score_graph(u, y)
+        return s.detach(), _exact_jacobian(s, x, self.batched), coefs
 
     def from_jacobian(self, y: Tensor, s: Tensor, J: Tensor, coefs, jacobian: bool = True):
         """:meth:`at_float`'s ``(dy, dell)`` from a :meth:`score_jacobian` (the quadratic forms read
