@@ -337,6 +337,7 @@ class _AugmentedODE:
     def __init__(self, score: CountingScore, tv: _TimeVariable, probes: Optional[Tensor]):
         self.score, self.tv, self.probes = score, tv, probes
         self.batched = [True]
+        self._probe_sq: Optional[Tensor] = None
 
     def divergence_terms(self, s: Tensor, x: Tensor) -> Tensor:
         """``[P, B]``: tr(grad s) (P = 1) or e_p^T (grad s) e_p for each probe."""
@@ -395,7 +396,9 @@ class _AugmentedODE:
         if self.probes is None:
             mu = quad[0] / y[0].numel()
         else:
-            mu = (quad / self.probes.reshape(quad.shape + (-1,)).pow(2).sum(-1)).mean(0)
+            if self._probe_sq is None:  # |e_p|^2, the same every step: computed once a solve
+                self._probe_sq = self.probes.reshape(quad.shape + (-1,)).pow(2).sum(-1)
+            mu = (quad / self._probe_sq).mean(0)
         return (dy, dell), (mu * (cs * a) + lin)[:, None]
 
     def score_jacobian(self, u: float, y: Tensor):

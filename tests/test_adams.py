@@ -16,6 +16,26 @@ def test_weights_integrate_polynomials_exactly_on_unequal_nodes():
         assert quad == pytest.approx((b ** (deg + 1) - a ** (deg + 1)) / (deg + 1), rel=1e-12)
 
 
+def test_step_weights_are_the_two_lagrange_integrals_to_the_last_bit():
+    # the one-pass form (even node counts) must give the floats of the predictor's and the
+    # corrector's separate integrals, and both must be adams_weights' numbers
+    import random
+
+    from scoresde.adams import _lagrange_integrals, _step_weights
+
+    rng = random.Random(0)
+    for k in range(1, 9):
+        for _ in range(200):
+            b = rng.uniform(0.01, 2.0)
+            nodes = sorted(rng.uniform(-3.0, 0.0) * b for _ in range(k - 1)) + [0.0]
+            s = [v / b for v in nodes]
+            pred, corr = _step_weights(nodes, 0.0, b)
+            assert pred == _lagrange_integrals(s, b)
+            assert corr == _lagrange_integrals(s + [1.0], b)
+        assert pred == pytest.approx(adams_weights(nodes, 0.0, b), rel=1e-10, abs=1e-14)
+        assert corr == pytest.approx(adams_weights(nodes + [b], 0.0, b), rel=1e-10, abs=1e-14)
+
+
 def test_error_shrinks_with_tolerance_and_stays_near_it():
     # dy/du = -u y, y(0) = 1: y = exp(-u^2 / 2); a second component, dz/du = cos u
     f = lambda u, s: (-u * s[0], torch.full_like(s[1], math.cos(u)))  # noqa: E731
