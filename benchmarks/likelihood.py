@@ -394,7 +394,7 @@ def write_speed(spd, args, elapsed):
     lines = ["# Likelihood speed (--speed-only)", "",
              f"`python benchmarks/likelihood.py --speed-only --threads {' '.join(map(str, args.threads))}` "
              f"({elapsed / 60:.1f} min; torch {torch.__version__}, CPU). Load (`uptime`) at the start: "
-             f"{args.load_start}; at the end: {args.load_end}. 1000 points, one Rademacher probe, best of 3 "
+             f"{args.load_start}; at the end: {args.load_end}. 1000 points, one Rademacher probe, best of {args.repeats} "
              "interleaved repeats, torch and BLAS threads pinned alike. Accuracy of each tolerance: "
              "likelihood.md's work-precision table.", "",
              "| threads | mixture | SDE | method | rtol | NFE | wall s (best) | CPU s | speedup (wall) | "
@@ -424,10 +424,13 @@ def main():
                    help="only the speed section at full size (1000 points); writes likelihood_speed.md")
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2],
                    help="thread counts (torch and BLAS pinned alike) of the speed section")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="interleaved repeats of the speed section, best reported (default 5; --quick 1): "
+                        "at 3 a load spike on a shared machine still moved single rows by 30%%")
     args = p.parse_args()
     args.load_start = uptime()
     torch.set_num_threads(1)
-    args.repeats = 1 if args.quick else 3
+    args.repeats = args.repeats or (1 if args.quick else 5)
     n_speed = 200 if args.quick else 1000
     n_acc = n_speed     # the same points as the speed section, where the reference's NFE comes from
     n_wp = 100 if args.quick else 500
@@ -437,7 +440,7 @@ def main():
     if args.speed_only:
         spd = []
         for k in args.threads:
-            spd += speed(1000, 3, rows, CASES, k)
+            spd += speed(1000, args.repeats, rows, CASES, k)
         args.load_end = uptime()
         write_speed(spd, args, time.perf_counter() - start)
         return
