@@ -145,42 +145,20 @@ def _gauss_legendre01_floats(k: int) -> Tuple[Tuple[float, ...], Tuple[float, ..
     return tuple(xs.tolist()), tuple(ws.tolist())
 
 
-def _lagrange_integrals(s: Sequence[float], h: float) -> List[float]:
+def _lagrange_integrals(s: Sequence[float], h: float, corrector: bool = False):
     """h int_0^1 l_j(x) dx for the Lagrange basis through the scaled nodes s, in Python floats:
     at k <= 9 nodes this is ~3x faster than :func:`adams_weights`' numpy pass (small-array calls
-    cost microseconds each), and the solver asks for two sets a step."""
+    cost microseconds each), and the solver asks for two sets a step.
+
+    With ``corrector`` (an even number k of nodes, where k and k + 1 nodes share the Gauss-Legendre
+    rule of k // 2 + 1 points) it returns the integrals over s + [1] as well: their products are
+    those over s times the new node's factor, taken last as a call over s + [1] takes it, so one
+    pass gives both sets, the same floats as two calls, at about half their cost."""
     k = len(s)
+    if corrector and k % 2:
+        raise ValueError("corrector=True needs an even number of nodes (one Gauss rule for k and k + 1)")
     xs, ws = _gauss_legendre01_floats(k)
-    out = []
-    for j, sj in enumerate(s):
-        den, acc = 1.0, 0.0
-        for m, sm in enumerate(s):
-            if m != j:
-                den *= sj - sm
-        for x, w in zip(xs, ws):
-            for m, sm in enumerate(s):
-                if m != j:
-                    w *= x - sm
-            acc += w
-        out.append(h * acc / den)
-    return out
-
-
-def _step_weights(nodes: Sequence[float], a: float, b: float) -> Tuple[List[float], List[float]]:
-    """The predictor's weights over ``nodes`` and the corrector's over ``nodes + [b]`` for the
-    step a -> b (the same numbers as :func:`adams_weights`).
-
-    For an even number k of nodes both use the same Gauss-Legendre rule (k // 2 + 1 points), and
-    the corrector's products over its k + 1 nodes are the predictor's times the factor of the new
-    node, taken last as :func:`_lagrange_integrals` takes it: one pass gives both sets, the same
-    floats as two calls, at about half their cost (the solver asks every step)."""
-    h = b - a
-    s = [(v - a) / h for v in nodes]
-    k = len(s)
-    if k % 2:
-        return _lagrange_integrals(s, h), _lagrange_integrals(s + [1.0], h)
-    xs, ws = _gauss_legendre01_floats(k)
-    pred, corr = [], []
+    out, corr = [], []
     for j, sj in enumerate(s):
         den, acc, acc_c = 1.0, 0.0, 0.0
         for m, sm in enumerate(s):
@@ -191,9 +169,13 @@ def _step_weights(nodes: Sequence[float], a: float, b: float) -> Tuple[List[floa
                 if m != j:
                     w *= x - sm
             acc += w
-            acc_c += w * (x - 1.0)
-        pred.append(h * acc / den)
-        corr.append(h * acc_c / (den * (sj - 1.0)))
+            if corrector:
+                acc_c += w * (x - 1.0)
+        out.append(h * acc / den)
+        if corrector:
+            corr.append(h * acc_c / (den * (sj - 1.0)))
+    if not corrector:
+        return out
     den, acc = 1.0, 0.0
     for sm in s:
         den *= 1.0 - sm
@@ -202,7 +184,18 @@ def _step_weights(nodes: Sequence[float], a: float, b: float) -> Tuple[List[floa
             w *= x - sm
         acc += w
     corr.append(h * acc / den)
-    return pred, corr
+    return out, corr
+
+
+def _step_weights(nodes: Sequence[float], a: float, b: float) -> Tuple[List[float], List[float]]:
+    """The predictor's weights over ``nodes`` and the corrector's over ``nodes + [b]`` for the
+    step a -> b (the same numbers as :func:`adams_weights`): one pass for an even number of nodes
+    (:func:`_lagrange_integrals` with ``corrector``), two otherwise."""
+    h = b - a
+    s = [(v - a) / h for v in nodes]
+    if len(s) % 2:
+        return _lagrange_integrals(s, h), _lagrange_integrals(s + [1.0], h)
+    return _lagrange_integrals(s, h, corrector=True)
 
 
 def _with_jacobian(f: Callable, y0: Tensor) -> Callable:

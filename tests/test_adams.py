@@ -34,6 +34,8 @@ def test_step_weights_are_the_two_lagrange_integrals_to_the_last_bit():
             assert corr == _lagrange_integrals(s + [1.0], b)
         assert pred == pytest.approx(adams_weights(nodes, 0.0, b), rel=1e-10, abs=1e-14)
         assert corr == pytest.approx(adams_weights(nodes + [b], 0.0, b), rel=1e-10, abs=1e-14)
+    with pytest.raises(ValueError, match="even number of nodes"):
+        _lagrange_integrals([-0.5, -0.2, 0.0], 1.0, corrector=True)
 
 
 def test_error_shrinks_with_tolerance_and_stays_near_it():
