@@ -81,7 +81,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import Callable, List, Sequence, Tuple
+from typing import Callable, List, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -145,7 +145,8 @@ def _gauss_legendre01_floats(k: int) -> Tuple[Tuple[float, ...], Tuple[float, ..
     return tuple(xs.tolist()), tuple(ws.tolist())
 
 
-def _lagrange_integrals(s: Sequence[float], h: float, corrector: bool = False):
+def _lagrange_integrals(s: Sequence[float], h: float, corrector: bool = False
+                        ) -> Union[List[float], Tuple[List[float], List[float]]]:
     """h int_0^1 l_j(x) dx for the Lagrange basis through the scaled nodes s, in Python floats:
     at k <= 9 nodes this is ~3x faster than :func:`adams_weights`' numpy pass (small-array calls
     cost microseconds each), and the solver asks for two sets a step.

@@ -173,8 +173,8 @@ class pigdm(_Wrapper):
     200 VP steps).  With a trained digits U-Net and the lower half missing (20 digits, 200
     reverse-diffusion steps) the state grows by about 1000x a step from the second step on, and
     10 of the 20 completions are non-finite by t = 0.94; at 1000 steps none are, and |x| never
-    exceeds its starting 4.1.  A DDIM step (``sampler="dpm_solver", order=1``) does not help (20 of 20 at 50
-    and 100 steps).  The mixtures' exact scores have e = 0 and stay finite.
+    exceeds its starting 4.1.  A DDIM step (``sampler="dpm_solver", order=1``) does not help
+    (20 of 20 at 50 and 100 steps).  The mixtures' exact scores have e = 0 and stay finite.
     """
 
     def __init__(self, score_fn, sde, op, y, scale: float = 1.0):
