@@ -426,11 +426,15 @@ def main():
                    help="thread counts (torch and BLAS pinned alike) of the speed section")
     p.add_argument("--repeats", type=int, default=None,
                    help="interleaved repeats of the speed section, best reported (default 5; --quick 1): "
-                        "at 3 a load spike on a shared machine still moved single rows by 30%%")
+                        "at 3, a load spike on a shared machine moved single rows' speedups by up to 0.8x "
+                        "between runs")
     args = p.parse_args()
     args.load_start = uptime()
     torch.set_num_threads(1)
-    args.repeats = args.repeats or (1 if args.quick else 5)
+    if args.repeats is None:
+        args.repeats = 1 if args.quick else 5
+    elif args.repeats < 1:
+        p.error(f"--repeats must be >= 1, got {args.repeats}")
     n_speed = 200 if args.quick else 1000
     n_acc = n_speed     # the same points as the speed section, where the reference's NFE comes from
     n_wp = 100 if args.quick else 500
