@@ -304,7 +304,7 @@ def write(rows, acc, spd, curves, args, elapsed):
              "*total*: with the SDE's N(0, prior_std^2) prior; *prior*: the prior mismatch alone "
              "(a property of the SDE's T and prior). `dopri5` (torchdiffeq, the default) in `t` (Song "
              "et al.'s form) and in `vp` (the default time variable); `adams`: the variable-step Adams PEC "
-             "method of scoresde/adams.py in `vp`. *ref NFE*: the reference's scipy RK45 NFE at rtol = atol = 1e-5 "
+             "method of scoresde/likelihood/adams.py in `vp`. *ref NFE*: the reference's scipy RK45 NFE at rtol = atol = 1e-5 "
              "(from the speed section, on the same points, one probe; where measured). `adams` (the default: the "
              "linearly implicit corrector and the Gaussian frame, both on with the exact trace) runs at 1e-5 and at "
              f"each tolerance of goal (a)'s ladder {', '.join(f'{t:.1e}' for t in A_LADDER)}; `adams explicit, w` is "

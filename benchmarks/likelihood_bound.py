@@ -44,8 +44,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import scoresde as sd  # noqa: E402
-from scoresde import likelihood as L  # noqa: E402  (the oracles reuse the solver's private pieces)
-from scoresde.adams import adams_pec  # noqa: E402
+from scoresde.likelihood import ode as L  # noqa: E402  (the oracles reuse the solver's private pieces)
+from scoresde.likelihood.adams import adams_pec  # noqa: E402
 from scoresde.bench.reference import reference_log_likelihood  # noqa: E402
 from scoresde.score import CountingScore  # noqa: E402
 

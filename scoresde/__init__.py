@@ -19,8 +19,7 @@ from . import nn, data
 from . import guidance, classifier
 from .train import Trainer, load_model
 from .train_classifier import load_classifier
-from .likelihood import log_likelihood, bits_per_dim, LikelihoodResult, BitsPerDimResult
-from .elbo import elbo, ELBOResult
+from .likelihood import log_likelihood, bits_per_dim, LikelihoodResult, BitsPerDimResult, elbo, ELBOResult
 from . import interop
 from . import ops
 from .inverse import sample_posterior, PosteriorResult

@@ -198,7 +198,7 @@ def bound_constant(sde: SDE, x0: Tensor, eps: float = 1e-5) -> Tensor:
     is a lower bound on E log q_eps(x_eps) over the data blurred to eps, x_eps ~ N(alpha_eps x0,
     sigma_eps^2 I), for the SDE's prior N(0, s^2 I).
 
-    Derivation.  Average the per-point bound of ``scoresde.elbo`` (transitions from eps) over
+    Derivation.  Average the per-point bound of ``scoresde.likelihood.elbo`` (transitions from eps) over
     x_eps | x0: the transitions compose, x_t | x0 ~ N(alpha_t x0, sigma_t^2 I), and Stein's lemma
     on *that* Gaussian, E[div s] = E[s . z] / sigma_t, gives
 

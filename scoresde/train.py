@@ -532,7 +532,7 @@ class Trainer:
         ``eval.batch_size`` points, ``dsm_bound`` draws the times then the noise (then, for images
         on the plain grid, the decoder's x_eps).
         """
-        from .elbo import gaussian_decoder_logp
+        from .likelihood import gaussian_decoder_logp
         from .data.images import from_model_range
         from .losses import dsm_bound
 

@@ -1,10 +1,10 @@
-"""The variable-step Adams PEC solver (scoresde/adams.py) on ODEs with closed-form solutions."""
+"""The variable-step Adams PEC solver (scoresde/likelihood/adams.py) on ODEs with closed-form solutions."""
 import math
 
 import pytest
 import torch
 
-from scoresde.adams import adams_pec, adams_weights
+from scoresde.likelihood.adams import adams_pec, adams_weights
 
 
 def test_weights_integrate_polynomials_exactly_on_unequal_nodes():
@@ -21,7 +21,7 @@ def test_step_weights_are_the_two_lagrange_integrals_to_the_last_bit():
     # corrector's separate integrals, and both must be adams_weights' numbers
     import random
 
-    from scoresde.adams import _lagrange_integrals, _step_weights
+    from scoresde.likelihood.adams import _lagrange_integrals, _step_weights
 
     rng = random.Random(0)
     for k in range(1, 9):

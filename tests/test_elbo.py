@@ -1,4 +1,4 @@
-"""The reverse-SDE variational bound against closed forms (scoresde/elbo.py).
+"""The reverse-SDE variational bound against closed forms (scoresde/likelihood/elbo.py).
 
 With the exact score of a mixture and its exact p_T as prior, the bound is tight for every point
 (its gap is a path KL that vanishes), so the Monte Carlo mean must equal log p_eps(x) of the
@@ -12,7 +12,7 @@ import torch
 from scipy.integrate import solve_ivp
 
 import scoresde as sd
-from scoresde.elbo import gaussian_decoder_logp
+from scoresde.likelihood import gaussian_decoder_logp
 
 EPS = 1e-5
 COMBOS = [("dsm", "stein"), ("ism", "exact"), ("ism", "hutchinson"), ("ism", "stein")]

@@ -1,4 +1,4 @@
-"""Probability-flow log-likelihoods against closed forms (scoresde/likelihood.py).
+"""Probability-flow log-likelihoods against closed forms (scoresde/likelihood/).
 
 The mixture oracle gives log p_t exactly at every t, so with the exact score the ODE's answer can
 differ from ``mix.log_prob_t(x, sde, eps)`` only by the solver error, once the prior term uses the

@@ -76,7 +76,7 @@ def test_adams_image_shaped_data_gives_the_flat_answer():
 @pytest.mark.parametrize("sde_name", ["vp", "subvp", "ve"])
 def test_scalar_coefs_match_the_tensor_coefs(sde_name, tv_name):
     # the float path the adams solver uses must be the same map as the tensor one
-    from scoresde import likelihood as L
+    from scoresde.likelihood import ode as L
     sde = sd.build_sde(sde_name)
     tv = L._TIME_VARIABLE_CLASSES[tv_name](sde, 1e-5, torch.float64, "cpu")
     lo, hi = float(tv.u_lo), float(tv.u_hi)

@@ -41,7 +41,7 @@ or more for honest values, the per-draw values are right-skewed), ``elbo_bits_pe
 ordered against the ODE likelihood of an imperfect score, so this difference can have either sign.
 Each method starts from the same generator state, so both see the same points and dequantization.
 ``importance_sampling=true`` draws the ELBO's t from g^2 / sigma^2 (measured to raise its variance,
-see ``scoresde.elbo``).  ``likelihood.md`` holds the side-by-side table (also logged).
+see ``scoresde.likelihood.elbo``).  ``likelihood.md`` holds the side-by-side table (also logged).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-r"""Log-likelihoods through the probability-flow ODE, and bits/dim for discrete data.
+r"""Log-likelihoods through the probability-flow ODE (bits/dim for discrete data: :mod:`.bits`).
 
 The probability-flow ODE of a linear SDE (Song et al., ICLR 2021, eq. 13),
 
@@ -82,18 +82,17 @@ from typing import Callable, Optional, Sequence, Tuple
 import torch
 from torchdiffeq import odeint
 
-from . import flow
+from .. import flow
+from ..score import CountingScore
+from ..sde import SDE, ScoreFn, check_prior
 from .adams import adams_pec
-from .score import CountingScore
-from .sde import SDE, ScoreFn, check_prior
+from .divergence import _basis_chunks, _exact_jacobian, _exact_trace, _quadratic_forms, _vjps
 
 Tensor = torch.Tensor
 
 __all__ = [
     "log_likelihood",
-    "bits_per_dim",
     "LikelihoodResult",
-    "BitsPerDimResult",
     "DIVERGENCES",
     "NOISES",
     "TIME_VARIABLES",
@@ -103,11 +102,8 @@ DIVERGENCES = ("exact", "hutchinson")
 NOISES = ("rademacher", "gaussian")
 TIME_VARIABLES = flow.TIME_VARIABLES  # ("t", "sigma", "log_sigma", "vp")
 
-# the hand-written adaptive Adams PEC method (scoresde.adams), beside torchdiffeq's methods
+# the hand-written adaptive Adams PEC method (scoresde.likelihood.adams), beside torchdiffeq's methods
 ADAMS = "adams"
-
-# elements of the batched Jacobian-vector products held at once by the exact divergence
-_EXACT_CHUNK_ELEMS = 2 ** 25
 
 
 @dataclass
@@ -135,26 +131,6 @@ class LikelihoodResult:
     def delta_logp(self) -> Tensor:
         """log p_eps(x) - log p_T(z): the change of log-density along the ODE path."""
         return self.logp - self.prior_logp
-
-
-@dataclass
-class BitsPerDimResult:
-    """What ``bits_per_dim`` returns.
-
-    Attributes:
-        bpd: ``[B]`` bits/dim, averaged over the dequantization repeats.
-        stderr: ``[B]`` standard error over repeats (``repeats > 1`` only, else None).
-        logp: ``[R, B]`` log-density (nats) of each dequantized copy in the model's data space.
-        log_det: the scaling term D log((hi - lo) / levels) in nats per sample.
-        nfe: score_fn evaluations; seconds: wall time.
-    """
-
-    bpd: Tensor
-    stderr: Optional[Tensor]
-    logp: Tensor
-    log_det: float
-    nfe: int
-    seconds: float
 
 
 # -- time variables ---------------------------------------------------------------------------
@@ -276,61 +252,6 @@ assert set(_TIME_VARIABLE_CLASSES) == set(flow.TIME_VARIABLES)
 
 
 # -- the augmented ODE --------------------------------------------------------------------------
-def _vjps(s: Tensor, x: Tensor, V: Tensor, batched: list, last: bool = True) -> Tensor:
-    """v^T grad_x s for each row v of V ``[n, B, ...]``: returns ``[n, B, ...]``.
-
-    One backward pass batched over the n vectors; if the score function's backward has no
-    batching rule, a loop of n backward passes (``batched[0]`` records which worked).  ``last``:
-    no later backward through s follows, so the final pass frees the graph (keeping it costs ~4%
-    of an evaluation of the mixtures' scores); the batched attempt always keeps it, for the loop
-    to fall back on.
-    """
-    if V.shape[0] == 1:
-        return torch.autograd.grad(s, x, V[0], retain_graph=not last)[0][None]
-    if batched[0]:
-        try:
-            return torch.autograd.grad(s, x, V, retain_graph=True, is_grads_batched=True)[0]
-        except RuntimeError:
-            batched[0] = False
-    n = V.shape[0]
-    return torch.stack([torch.autograd.grad(s, x, v, retain_graph=not last or i < n - 1)[0]
-                        for i, v in enumerate(V)])
-
-
-def _quadratic_forms(s: Tensor, x: Tensor, V: Tensor, batched: list, last: bool = True) -> Tensor:
-    """v^T (grad_x s) v for each row v of V ``[n, B, ...]``: returns ``[n, B]`` (``last``: :func:`_vjps`)."""
-    n, B = V.shape[0], V.shape[1]
-    return (_vjps(s, x, V, batched, last) * V).reshape(n, B, -1).sum(-1)
-
-
-def _basis_chunks(x: Tensor):
-    """The basis vectors of x's sample space, ``[c, B, ...]`` chunks of at most
-    ``_EXACT_CHUNK_ELEMS`` elements, each with whether it is the last (rows are independent
-    samples, so one backward of a basis vector gives every row's Jacobian row)."""
-    B, D = x.shape[0], x[0].numel()
-    eye = torch.eye(D, dtype=x.dtype, device=x.device).reshape((D, 1) + x.shape[1:])
-    chunk = max(1, min(D, _EXACT_CHUNK_ELEMS // max(1, B * D)))
-    for i in range(0, D, chunk):
-        yield eye[i:i + chunk].expand((min(chunk, D - i), B) + x.shape[1:]), i + chunk >= D
-
-
-def _exact_trace(s: Tensor, x: Tensor, batched: list) -> Tensor:
-    """tr(grad_x s) ``[B]``: the quadratic forms of the basis vectors (:func:`_basis_chunks`); the
-    last chunk frees the graph."""
-    tr = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-    for V, last in _basis_chunks(x):
-        tr = tr + _quadratic_forms(s, x, V, batched, last=last).sum(0)
-    return tr
-
-
-def _exact_jacobian(s: Tensor, x: Tensor, batched: list) -> Tensor:
-    """grad_x s per sample, ``[B, D, D]`` with entry (b, i, k) = ds_i / dx_k of sample b: the same
-    batched backward passes over the basis vectors as :func:`_exact_trace`, rows kept."""
-    B, D = x.shape[0], x[0].numel()
-    rows = [_vjps(s, x, V, batched, last=last).reshape(-1, B, D) for V, last in _basis_chunks(x)]
-    return torch.cat(rows).transpose(0, 1)
-
-
 class _AugmentedODE:
     """Right-hand side of d[state, ell]/du for torchdiffeq; ell = Delta / D is ``[P, B]``."""
 
@@ -677,7 +598,7 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: Tensor, *, divergence: str = 
             (over the batch) of the state and of the log-det per dimension.
         method: a torchdiffeq method (``"dopri5"``, ``"dopri8"``, ``"bosh3"``, ``"rk4"``, ...;
             fixed-step methods need ``options={"step_size": h}`` in the time variable's units), or
-            ``"adams"``: :func:`scoresde.adams.adams_pec`, a variable-step Adams-Bashforth-Moulton
+            ``"adams"``: :func:`scoresde.likelihood.adams.adams_pec`, a variable-step Adams-Bashforth-Moulton
             method in PEC mode (order 4 predictor, order 5 corrector, one score evaluation per
             step, Milne's error estimate in the same mixed norm; ``options={"order": k}``).  At
             rtol = atol = 1e-5 it takes about as many evaluations as dopri5 for a 20-50x smaller
@@ -685,7 +606,7 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: Tensor, *, divergence: str = 
             divergence and D <= 64 two more things are on by default (``options`` keys, each
             ``True``/``False`` or ``"auto"``, ``"gaussian"``/``"none"`` or ``"auto"``):
             ``"implicit"``, the linearly implicit corrector, which uses the Jacobian the exact trace
-            computes anyway (``scoresde.adams``), and ``"frame"``, the local-Gaussian coordinates
+            computes anyway (``scoresde.likelihood.adams``), and ``"frame"``, the local-Gaussian coordinates
             of :class:`_GaussianFrame`, in which the flow is constant until the data's modes
             interact.  Together, at rtol = atol = 2.5e-3 on the benchmark's mixtures (1,000
             points), 25-39 evaluations for 1.4e-4 .. 1.8e-4 nats/dim, where the explicit corrector
@@ -707,7 +628,7 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: Tensor, *, divergence: str = 
         prior_logp: ``log p_T`` in place of ``sde.prior_logp`` (for example the exact p_T of a
             mixture, to measure the solver alone).
         options: passed to ``torchdiffeq.odeint``; for ``method="adams"`` its keys above and
-            ``order``, ``first_step``, ``max_step``, ``reject_shrink`` of :func:`scoresde.adams.adams_pec`.
+            ``order``, ``first_step``, ``max_step``, ``reject_shrink`` of :func:`scoresde.likelihood.adams.adams_pec`.
         progress: show a tqdm bar over the batch chunks.
         prior: ``"sde"`` (N(0, prior_std^2)) or ``"centred"``: N(m, prior_std^2) with m =
             :meth:`SDE.prior_mean <scoresde.sde.SDE.prior_mean>` (one more score evaluation a
@@ -796,113 +717,4 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: Tensor, *, divergence: str = 
         seconds=time.perf_counter() - start,
         stderr=None if errs[0] is None else torch.cat(errs),
         prior_logp=torch.cat(priors),
-    )
-
-
-def bits_per_dim(score_fn: ScoreFn, sde: SDE, x: Tensor, *, levels: int = 256,
-                 data_range: Tuple[float, float] = (-1.0, 1.0), repeats: int = 1,
-                 generator: Optional[torch.Generator] = None, method: str = "ode",
-                 decoder: str = "dequantize", **kwargs) -> BitsPerDimResult:
-    r"""Bits/dim of discrete data under the probability-flow ODE, with uniform dequantization.
-
-    The data are integers k in {0, ..., L - 1}^D (L = ``levels``; 256 for 8-bit images).  Each
-    repeat draws u ~ U[0, 1)^D and maps k to the model's data space by
-
-        x = lo + (hi - lo) (k + u) / L,          (lo, hi) = ``data_range``,
-
-    so the density of the dequantized data k + u in [0, L)^D is p_x(x) ((hi - lo) / L)^D, and by
-    Jensen's inequality log P(k) >= E_u log p(k + u) (Theis et al. 2016; Ho et al. 2019).  The
-    reported value is the bound's estimate, averaged over the repeats,
-
-        bpd = -( E_u[log p_eps(x)] + D log((hi - lo) / L) ) / (D log 2).
-
-    The second term is the scaling's log-determinant (``result.log_det``).  For L = 256 and
-    (lo, hi) = (-1, 1) it adds log2(256 / 2) = 7 bits/dim, and for (0, 1) it adds 8: these are
-    the "offset" of score_sde_pytorch's likelihood.py (``7 - inverse_scaler(-1)``).
-
-    Args:
-        x: integer-valued data ``[B, ...]`` (any integer or float dtype, values in [0, L)).
-        levels: number of discrete values per dimension.
-        data_range: the interval [lo, hi] that [0, 1] maps to in the model's data space
-            (``(-1, 1)`` for centred data, ``(0, 1)`` otherwise).
-        repeats: dequantization draws per sample; with more than one, ``stderr`` is the standard
-            error over them (it includes Hutchinson noise if any).
-        generator: draws the dequantization noise and the Hutchinson probes.
-        method: ``"ode"`` (log p_eps by the probability-flow ODE, ``log_likelihood``) or
-            ``"elbo"`` (its variational lower bound for the reverse SDE, ``scoresde.elbo``): the
-            reported bits/dim are then an upper bound in expectation, and ``stderr`` includes the
-            ELBO's Monte Carlo error (with ``repeats = 1``, the ELBO's own standard error).
-        decoder: ``"dequantize"`` (the above) or ``"gaussian"``, for models trained on the
-            undequantized levels c_k = lo + (hi - lo) k / (L - 1) (``data.images``' plain scaling):
-            x_eps ~ N(alpha_eps c_k, sigma_eps^2 I) per repeat and
-
-                log P(k) >= E[log P_dec(k | x_eps) + log q_eps(x_eps)] + D/2 log(2 pi e sigma_eps^2),
-
-            with the Gaussian decoder's bin probability (``elbo.gaussian_decoder_logp``); a
-            discrete probability, so there is no scaling term (``log_det = 0``, no 7/8 bits).
-            Cost for a model trained *with* dequantization: its q_eps spreads each level over its
-            bin (density ~ L / (hi - lo) per dim), while this bound rewards a spike of width
-            sigma_eps, so it pays about log(bin / (sqrt(2 pi e) sigma_eps)) nats/dim more than the
-            dequantized bound: at eps = 1e-5 on VP (sigma_eps ~ 1e-3) with 256 levels on (-1, 1),
-            about 0.9 bits/dim; on VE (sigma_min = 0.01 > bin / 2) the decoder itself is lossy.
-        **kwargs: passed to ``log_likelihood`` or ``elbo`` (divergence, probes, rtol, atol, eps,
-            n_t, ...).
-    """
-    start = time.perf_counter()
-    if isinstance(levels, bool) or not isinstance(levels, int) or levels < 2:
-        raise ValueError(f"levels must be an integer >= 2, got {levels!r}")
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-        raise ValueError(f"repeats must be an integer >= 1, got {repeats!r}")
-    lo, hi = (float(v) for v in data_range)
-    if not hi > lo:
-        raise ValueError(f"data_range must be (lo, hi) with hi > lo, got {data_range!r}")
-    if not torch.is_tensor(x) or x.dim() < 2 or x.shape[0] == 0:
-        raise ValueError(f"x must be a tensor of shape [B, ...], got {getattr(x, 'shape', type(x))}")
-    k = x.to(torch.float64)
-    if not torch.equal(k, k.round()) or k.min() < 0 or k.max() > levels - 1:
-        raise ValueError(f"x must hold integers in [0, {levels - 1}] (levels={levels})")
-    method = _check_name(method, ("ode", "elbo"), "method")
-    decoder = _check_name(decoder, ("dequantize", "gaussian"), "decoder")
-    dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
-    B, D = x.shape[0], x[0].numel()
-    device = generator.device if generator is not None else x.device
-    if decoder == "dequantize":
-        u = torch.rand((repeats,) + tuple(x.shape), generator=generator, dtype=torch.float64, device=device)
-        xq = lo + (hi - lo) * (k[None] + u.to(x.device)) / levels
-        log_det = D * math.log((hi - lo) / levels)
-    else:
-        eps = float(kwargs.get("eps", 1e-5))
-        e = torch.tensor([eps], dtype=torch.float64)
-        al_e, sg_e = float(sde.mean_coef(e)), float(sde.std(e))
-        z = torch.randn((repeats,) + tuple(x.shape), generator=generator, dtype=torch.float64, device=device)
-        xq = al_e * (lo + (hi - lo) * k[None] / (levels - 1)) + sg_e * z.to(x.device)
-        log_det = 0.0
-    xq = xq.reshape((repeats * B,) + tuple(x.shape[1:])).to(dtype)
-    if method == "ode":
-        res = log_likelihood(score_fn, sde, xq, generator=generator, **kwargs)
-        logp, mc_err = res.logp, None
-    else:
-        from .elbo import elbo   # elbo.py builds on this module's neighbours; imported when asked
-        res = elbo(score_fn, sde, xq, generator=generator, **kwargs)
-        logp, mc_err = res.elbo, res.stderr
-    logp = logp.reshape(repeats, B).to(torch.float64)
-    if decoder == "gaussian":
-        from .elbo import gaussian_decoder_logp
-        kr = k[None].expand((repeats,) + tuple(x.shape)).reshape((repeats * B,) + tuple(x.shape[1:]))
-        dec = gaussian_decoder_logp(kr, xq, sde, eps, levels, (lo, hi)).reshape(repeats, B)
-        logp = logp + dec + 0.5 * D * math.log(2 * math.pi * math.e * sg_e ** 2)
-    bpd_r = -(logp + log_det) / (D * math.log(2.0))
-    if repeats > 1:
-        stderr = bpd_r.std(0) / math.sqrt(repeats)
-    elif mc_err is not None:
-        stderr = mc_err.to(torch.float64) / (D * math.log(2.0))
-    else:
-        stderr = None
-    return BitsPerDimResult(
-        bpd=bpd_r.mean(0).to(dtype),
-        stderr=None if stderr is None else stderr.to(dtype),
-        logp=logp,
-        log_det=log_det,
-        nfe=res.nfe,
-        seconds=time.perf_counter() - start,
     )

@@ -84,9 +84,10 @@ from typing import Callable, Optional
 
 import torch
 
-from .likelihood import _exact_trace, _quadratic_forms, check_data
-from .losses import importance_norm, importance_time
-from .sde import SDE, ScoreFn, expand_to
+from ..losses import importance_norm, importance_time
+from ..sde import SDE, ScoreFn, expand_to
+from .divergence import _exact_trace, _quadratic_forms
+from .ode import check_data
 
 Tensor = torch.Tensor
 
