@@ -132,7 +132,7 @@ def main() -> None:
     ckpt = run_dir / "checkpoints" / "last.pt"
     model = sd.load_model(ckpt)
     model.eval()
-    config = sd.train.load_checkpoint(ckpt).get("config", {})
+    config = sd.checkpoints.load_checkpoint(ckpt).get("config", {})
     data_cfg = config.get("data", {})
     n_test, split_seed = int(data_cfg.get("n_test", 300)), int(data_cfg.get("seed", 0))
     xtr, ytr, xte, yte = digits_split(n_test=n_test, seed=split_seed)

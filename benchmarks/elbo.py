@@ -127,7 +127,7 @@ def digits(path: pathlib.Path, n: int, n_t: int, rows: list) -> None:
                      "s_per_point": (time.perf_counter() - t0) / n})
         print(rows[-1], flush=True)
     # the trainer's own evaluation (Trainer.heldout_bound): on the plain grid, the Gaussian-decoder bound
-    from scoresde.train import Trainer
+    from scoresde.training import Trainer
     t0 = time.perf_counter()
     tr = Trainer(model, data, eval={"n_nll": 0, "n_samples": 0, "bound_repeats": 4, "seed": 6},
                  train={"device": "cpu", "progress": False, "tensorboard": False})

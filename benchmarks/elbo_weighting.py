@@ -13,7 +13,7 @@ For each run:
   estimator, ``--n-t`` draws per point), on the same dequantization draws, with standard errors
   over the points (the ELBO's includes its Monte Carlo noise; its MC part is given too);
 * the DSM training bound of ``Trainer.heldout_bound`` on all held-out digits (``--bound-repeats``
-  draws per point; dequantized cell convention, see ``scoresde.train``);
+  draws per point; dequantized cell convention, see ``scoresde.training.trainer``);
 * sample quality: ``--n`` samples (predictor-corrector, reverse diffusion, ``--steps`` steps), scored
   by benchmarks/digits.py's kernel logistic-regression classifier (its functions reused):
   confidence, class entropy, inception score, distance to the nearest training digit.
@@ -63,7 +63,7 @@ def bits_per_dim(model, k: torch.Tensor, method: str, seed: int, n_t: int, batch
 
 def evaluate(name: str, run: Path, args, clf, xtr) -> dict:
     model = sd.load_model(run / "checkpoints" / "last.pt")
-    cfg = sd.train.load_checkpoint(run / "checkpoints" / "last.pt")["config"]
+    cfg = sd.checkpoints.load_checkpoint(run / "checkpoints" / "last.pt")["config"]
     data = sd.data.build_dataset("digits", **{k: v for k, v in cfg["data"].items() if k != "name"})
     assert data.info["dequantize"], "the experiment uses dequantized digits"
     k = from_model_range(data.test[:args.n_bpd], 17, dequantized=True)
@@ -78,7 +78,7 @@ def evaluate(name: str, run: Path, args, clf, xtr) -> dict:
                elbo_bpd_mc_se=float(mc.pow(2).sum().sqrt() / n), elbo_s=s_e,
                diff=float((elbo - ode).mean()), diff_se=float((elbo - ode).std() / math.sqrt(n)))
     # the trainer's training bound on all held-out digits
-    tr = sd.train.Trainer(model, data, eval={"bound_repeats": args.bound_repeats, "n_nll": 0, "n_samples": 0},
+    tr = sd.Trainer(model, data, eval={"bound_repeats": args.bound_repeats, "n_nll": 0, "n_samples": 0},
                           train={"device": "cpu", "progress": False, "tensorboard": False}, out_dir=run)
     tr.ema.model = model
     b = tr.heldout_bound()
@@ -155,7 +155,7 @@ def main() -> None:
         f"Hutchinson probe (rtol = atol = 1e-5), ELBO with the dsm estimator and n_t = {args.n_t}; se over the "
         "points (the ELBO's includes its MC noise; MC se: that part alone). diff = ELBO - ODE bits/dim, paired. "
         f"Training bound: `Trainer.heldout_bound` on all {rows[0]['bound_n']} held-out digits, "
-        f"{args.bound_repeats} draws each (the dequantized points blurred to eps; see `scoresde.train`).",
+        f"{args.bound_repeats} draws each (the dequantized points blurred to eps; see `scoresde.training.trainer`).",
         "",
         "| run | weighting | IS | ODE bpd (se) | ELBO bpd (se) | ELBO MC se | diff (se) | training bound bpd (se) "
         "| ODE NFE | ODE s | ELBO s | train s |",

@@ -4,9 +4,9 @@ With the U-Net of ``experiment=digits`` (``--run``, its ``checkpoints/last.pt``)
 unconditional score, each of ``--n`` held-out digits x0 is observed noiselessly as y = A x0 and
 completed by :func:`scoresde.sample_posterior`, for
 
-* inpainting: :class:`scoresde.ops.Mask` keeping the top 2, 4 or 6 of the 8 rows (25 / 50 / 75 %
+* inpainting: :class:`scoresde.inverse.operators.Mask` keeping the top 2, 4 or 6 of the 8 rows (25 / 50 / 75 %
   observed; the 50 % case is "inpaint the lower half");
-* super-resolution: :class:`scoresde.ops.Downsample` by 2 (4 x 4 observed, 25 % of the
+* super-resolution: :class:`scoresde.inverse.operators.Downsample` by 2 (4 x 4 observed, 25 % of the
   dimensions) and by 4 (2 x 2, 6.25 %);
 
 and the methods ``smc`` (FPS-SMC, exact as particles and steps grow; each completion is one
@@ -97,7 +97,7 @@ def main() -> None:
     ckpt = args.run / "checkpoints" / "last.pt"
     model = sd.load_model(ckpt)
     model.eval().requires_grad_(False)
-    data_cfg = sd.train.load_checkpoint(ckpt).get("config", {}).get("data", {})
+    data_cfg = sd.checkpoints.load_checkpoint(ckpt).get("config", {}).get("data", {})
     xtr, ytr, xte, yte = digits_split(n_test=int(data_cfg.get("n_test", 300)), seed=int(data_cfg.get("seed", 0)))
     x0, labels = xte[:args.n].float(), yte[:args.n]
     t0 = time.perf_counter()

@@ -17,11 +17,12 @@ from .score import ScoreModel, build_score_model
 from .losses import DSMLoss, dsm_loss
 from . import nn, data
 from . import guidance, classifier
-from .train import Trainer, load_model
-from .train_classifier import load_classifier
+from .checkpoints import load_model, load_classifier, load_score
+from . import training
+from .training import Trainer
 from .likelihood import log_likelihood, bits_per_dim, LikelihoodResult, BitsPerDimResult, elbo, ELBOResult
 from . import interop
-from . import ops
+from .inverse import operators as ops   # sd.ops: the measurement operators
 from .inverse import sample_posterior, PosteriorResult
 
 __version__ = "0.1.0"
@@ -31,7 +32,8 @@ __all__ = [
     "GaussianMixture", "ring8", "anisotropic", "build_mixture",
     "metrics",
     "samplers", "sample", "build_sampler", "SampleResult", "optimize_grid", "save_grid", "load_grid",
-    "ScoreModel", "build_score_model", "DSMLoss", "dsm_loss", "nn", "data", "Trainer", "load_model", "load_classifier",
+    "ScoreModel", "build_score_model", "DSMLoss", "dsm_loss", "nn", "data",
+    "training", "Trainer", "load_model", "load_classifier", "load_score",
     "log_likelihood", "bits_per_dim", "LikelihoodResult", "BitsPerDimResult", "elbo", "ELBOResult",
     "interop",
     "ops", "sample_posterior", "PosteriorResult",

@@ -16,9 +16,10 @@ bucket by bucket in t.
 
 from __future__ import annotations
 
+import inspect
 import math
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -28,12 +29,12 @@ from .losses import sample_time
 from .mixture import GaussianMixture
 from .nn.embeddings import build_time_embedding
 from .nn.mlp import _ResBlock
-from .sde import SDE, as_time
+from .sde import SDE, as_time, build_sde
 
 Tensor = torch.Tensor
 
 __all__ = ["NoisyClassifier", "noisy_classifier_loss", "classifier_log_prob_fn", "classifier_error",
-           "ClassifierError"]
+           "ClassifierError", "build_classifier", "CLASSIFIER_KIND"]
 
 
 class NoisyClassifier(nn.Module):
@@ -198,3 +199,28 @@ def classifier_error(clf: Callable[[Tensor, Tensor], Tensor], mix: GaussianMixtu
         out.grad_rmse.append(float(err2.sqrt()))
         out.grad_rel.append(float((err2 / ref2).sqrt()) if ref2 > 0 else math.inf)
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# from a checkpoint spec
+# ---------------------------------------------------------------------------------------------
+CLASSIFIER_KIND = "classifier"   # the ``spec["kind"]`` of a noisy-classifier checkpoint
+_DEFAULT_EPS = inspect.signature(noisy_classifier_loss).parameters["eps"].default
+
+
+def build_classifier(spec: Dict[str, Any]) -> NoisyClassifier:
+    """A :class:`NoisyClassifier` from a checkpoint spec ``{"kind": "classifier", "sde": {...},
+    "classifier": {name, data_shape, num_classes, ...}}``, with ``.sde``, ``.spec`` and ``.eps`` set."""
+    if spec.get("kind") != CLASSIFIER_KIND:
+        raise ValueError(f"not a classifier spec (kind={spec.get('kind')!r})")
+    kw = dict(spec["classifier"])
+    name = kw.pop("name", "mlp")
+    eps = kw.pop("eps", _DEFAULT_EPS)
+    if name != "mlp":
+        raise ValueError(f"unknown classifier {name!r}; valid names: ['mlp']")
+    sde_kw = dict(spec["sde"])
+    clf = NoisyClassifier(**kw)
+    clf.sde = build_sde(sde_kw.pop("name"), **sde_kw)
+    clf.spec = spec
+    clf.eps = float(eps)
+    return clf

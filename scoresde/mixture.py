@@ -274,7 +274,7 @@ class GaussianMixture:
     def condition(self, A, y, noise_std: Optional[float] = None) -> "GaussianMixture":
         """The exact posterior p(x0 | y) for y = A x0 + noise_std * e, e ~ N(0, I): a mixture again.
 
-        ``A``: a :mod:`scoresde.ops` operator or a dense ``[m, D]`` matrix; ``y``: one observation,
+        ``A``: a :mod:`scoresde.inverse.operators` operator or a dense ``[m, D]`` matrix; ``y``: one observation,
         of the operator's output shape with or without a batch dimension of 1; ``noise_std``
         (default: the operator's, 0 for a matrix).  Component by component (Bishop, PRML eq. 2.116;
         the Kalman update), with G_k = A C_k A^T + s^2 I:
@@ -292,7 +292,7 @@ class GaussianMixture:
         SDE, ``mix.condition(A, y).score_fn(sde)``: diffusing p(x0 | y) gives p_t(x_t | y), since the
         forward noise does not depend on y.
         """
-        from .ops import as_operator
+        from .inverse.operators import as_operator
 
         op = as_operator(A, noise_std, self.event_shape)
         s = op.noise_std if noise_std is None else float(noise_std)

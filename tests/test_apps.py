@@ -29,7 +29,7 @@ def trained(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("trained")
     cfg = OmegaConf.to_container(_compose(TINY + ["eval.n_nll=16", "eval.rtol=1e-4", "eval.atol=1e-4",
                                                   "eval.eps=1e-5"]), resolve=True)
-    from scoresde.train import train
+    from scoresde.training import train
     train(cfg, run_dir)
     return run_dir
 
@@ -150,7 +150,8 @@ def test_every_hydra_app_reads_the_one_config_location_and_the_old_module_is_gon
 
 def test_the_user_error_wrapper_exits_1_with_one_line_and_keeps_tracebacks_of_bugs(capsys, monkeypatch):
     import logging
-    from scoresde.train import CheckpointError, TrainingDiverged
+    from scoresde.checkpoints import CheckpointError
+    from scoresde.training import TrainingDiverged
 
     # the handlers an earlier app's Hydra set up write to streams pytest has closed since
     quiet = logging.getLogger("scoresde.tests.quiet")

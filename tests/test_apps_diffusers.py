@@ -1,4 +1,4 @@
-"""``checkpoint=diffusers:PATH`` in the sample and likelihood apps (scoresde/apps/_common.py's
+"""``checkpoint=diffusers:PATH`` in the sample and likelihood apps (scoresde/checkpoints.py's
 load_score): a tiny random UNet2DModel + DDPMScheduler saved with save_pretrained in tmp_path
 (nothing downloaded), run through both apps; missing and foreign folders fail with one line."""
 
@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import scoresde as sd
-from scoresde.apps import _common, likelihood as likelihood_app, sample as sample_app
+from scoresde.apps import likelihood as likelihood_app, sample as sample_app
+from scoresde.checkpoints import load_score
 
 diffusers = pytest.importorskip("diffusers", reason="the interop extra: pip install 'scoresde[interop]'")
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel  # noqa: E402
@@ -43,7 +44,7 @@ def _app(monkeypatch, main, argv):
 
 
 def test_load_score_of_a_diffusers_folder_is_from_diffusers_of_its_parts(ddpm_folder):
-    loaded = _common.load_score(f"diffusers:{ddpm_folder / 'model'}", device="cpu")
+    loaded = load_score(f"diffusers:{ddpm_folder / 'model'}", device="cpu")
     score_fn, sde, shape, meta = loaded
     assert shape == (1, 8, 8) and meta["source"] == "diffusers" and meta["data"] is None
     # DDPM's linear table is the VP SDE with beta_min = N beta_start, beta_max = N beta_end
@@ -68,7 +69,7 @@ def test_sample_app_on_a_diffusers_folder_writes_finite_pixels(ddpm_folder, tmp_
     assert info["nfe"] == {"ode": 12, "sde": 8}[name]   # rk4: 4 evaluations a step
     assert (tmp_path / "samples.png").stat().st_size > 100
     # the same samples as the library call: data space is x / 2 + 1/2
-    loaded = _common.load_score(f"diffusers:{ddpm_folder / 'model'}", device="cpu")
+    loaded = load_score(f"diffusers:{ddpm_folder / 'model'}", device="cpu")
     ref = sd.sample(loaded.score_fn, loaded.sde, (4, 1, 8, 8), sampler=name,
                     generator=torch.Generator().manual_seed(0), **opts).x
     torch.testing.assert_close(x, ref / 2 + 0.5, rtol=1e-5, atol=1e-5)

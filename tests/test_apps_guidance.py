@@ -21,7 +21,7 @@ def cond_ckpt(tmp_path_factory):
     """A class-conditional ring8 model (model.num_classes=8) trained a few steps; its checkpoint."""
     run_dir = tmp_path_factory.mktemp("cond")
     cfg = OmegaConf.to_container(_compose("train", TINY + ["data=ring8", "model.num_classes=8"]), resolve=True)
-    from scoresde.train import train
+    from scoresde.training import train
     train(cfg, run_dir)
     ckpts = sorted((run_dir / "checkpoints").glob("*.pt"))
     assert ckpts, list(run_dir.iterdir())
@@ -112,7 +112,7 @@ def test_bad_labels_and_guidance_are_clear_errors(cond_ckpt, tmp_path_factory):
         sample_app.sample_checkpoint(str(cond_ckpt), opts, n=2, labels=1, guidance={"kind": "nope"})
     # an unconditional checkpoint refuses labels
     run_dir = tmp_path_factory.mktemp("uncond")
-    from scoresde.train import train
+    from scoresde.training import train
     train(OmegaConf.to_container(_compose("train", TINY), resolve=True), run_dir)
     unc = sorted((run_dir / "checkpoints").glob("*.pt"))[-1]
     with pytest.raises(ValueError, match="unconditional"):
@@ -140,7 +140,7 @@ def clf_ckpt(tmp_path_factory):
         "task=classifier", "data=ring8", "classifier=mlp", "classifier.width=16", "classifier.depth=1",
         "classifier.emb_dim=8"]
     cfg = OmegaConf.to_container(_compose("train", over), resolve=True)
-    from scoresde.train_classifier import train_classifier
+    from scoresde.training import train_classifier
     train_classifier(cfg, run_dir)
     return sorted((run_dir / "checkpoints").glob("*.pt"))[-1]
 

@@ -14,7 +14,7 @@ from PIL import Image
 import scoresde as sd
 from scoresde.apps import _inverse, sample as sample_app
 from scoresde.apps import train as _train_app  # noqa: F401  (stores train_schema)
-from scoresde.apps._common import load_score
+from scoresde.checkpoints import load_score
 from scoresde.data import build_dataset
 
 from _tiny import compose_conf as _compose
@@ -28,7 +28,7 @@ TINY_UNET = ["experiment=digits", "train.steps=2", "train.batch_size=16", "train
 def ckpt(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("digits")
     cfg = OmegaConf.to_container(_compose("train", TINY_UNET), resolve=True)
-    from scoresde.train import train
+    from scoresde.training import train
     train(cfg, run_dir)
     return run_dir / "checkpoints" / "last.pt"
 
@@ -172,7 +172,7 @@ def rgb_ckpt(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("rgb_run")
     cfg = OmegaConf.to_container(_compose("train", TINY_UNET + [
         "data=image_folder", f"data.root={root}", "data.size=8", "data.channels=3", "data.n_test=4"]), resolve=True)
-    from scoresde.train import train
+    from scoresde.training import train
     train(cfg, run_dir)
     return run_dir / "checkpoints" / "last.pt", root
 

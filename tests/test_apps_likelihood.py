@@ -85,7 +85,7 @@ def trained(tmp_path_factory):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = OmegaConf.to_container(compose(config_name="train", overrides=TINY + ["eval.n_nll=0",
                                                                                      "eval.n_samples=0"]), resolve=True)
-    from scoresde.train import train
+    from scoresde.training import train
     train(cfg, run_dir)
     return run_dir / "checkpoints" / "last.pt"
 

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 import scoresde as sd
 from scoresde.apps import _common, train as train_app
-from scoresde.train import build_from_config
+from scoresde.training import build_from_config
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 GROUPS = ["sde", "model", "data", "loss", "optim", "train", "eval", "sampler"]
@@ -139,7 +139,7 @@ def test_sigkill_between_checkpoints_then_the_same_command_resumes_to_the_uninte
     import subprocess
     import time
     from _tiny import ROOT, env
-    from scoresde.train import load_checkpoint
+    from scoresde.checkpoints import load_checkpoint
 
     steps, every = 600, 100
     overrides = [f"train.steps={steps}", f"train.ckpt_every={every}", "train.resume=auto", "train.batch_size=64",

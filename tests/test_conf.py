@@ -19,7 +19,7 @@ from scoresde.apps import likelihood as likelihood_app, sample as sample_app  # 
 from scoresde.apps.schema import SCHEMAS
 from scoresde.data import DATASETS
 from scoresde.nn import MODELS
-from scoresde.train import build_from_config
+from scoresde.training import build_from_config
 
 from _tiny import CONF, ROOT
 
@@ -69,8 +69,8 @@ def test_every_experiment_preset_composes_and_builds(preset):
     assert text.startswith("# @package _global_"), preset
     cfg = OmegaConf.to_container(_compose(overrides=[f"experiment={preset}"]), resolve=True)
     cfg["data"]["n_test"] = 8
-    if cfg.get("task") == "classifier":   # a noisy-classifier preset (scoresde.train_classifier)
-        from scoresde.train_classifier import build_classifier_from_config
+    if cfg.get("task") == "classifier":   # a noisy-classifier preset (scoresde.training.classifier)
+        from scoresde.training.classifier import build_classifier_from_config
 
         clf, data = build_classifier_from_config(cfg)
         assert clf.num_classes == data.num_classes and clf.sde.__class__ is sd.build_sde(cfg["sde"]["name"]).__class__
@@ -203,7 +203,7 @@ def _defaults(schema):
 @pytest.mark.parametrize("group, cls", [("optim", "OptimConfig"), ("train", "TrainConfig"), ("eval", "EvalConfig")])
 def test_optim_train_eval_schemas_are_the_dataclasses_fields_and_defaults(group, cls):
     import inspect
-    import scoresde.train as tr
+    import scoresde.training as tr
     from scoresde.apps.schema import CONFIG_SCHEMAS
     params = inspect.signature(getattr(tr, cls)).parameters
     assert _defaults(CONFIG_SCHEMAS[group]) == {k: p.default for k, p in params.items()}

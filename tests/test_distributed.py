@@ -9,8 +9,8 @@ import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
 
-from scoresde import distributed
-from scoresde.train import Trainer, build_from_config, load_checkpoint
+from scoresde.checkpoints import load_checkpoint
+from scoresde.training import Trainer, build_from_config, distributed
 
 from _tiny import CONF, TINY, run as run_python
 

@@ -16,7 +16,7 @@ from scoresde.apps import train as train_app
 from scoresde.data import build_dataset
 from scoresde.data.images import DIGITS_LEVELS, digits_split, from_model_range
 from scoresde.nn import build_model
-from scoresde.train import build_from_config
+from scoresde.training import build_from_config
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 

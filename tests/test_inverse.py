@@ -6,6 +6,7 @@ from torchdiffeq import odeint
 
 import scoresde as sd
 from scoresde import ops
+from scoresde.inverse.smc_moves import _langevin_moves
 
 # few steps: these tests check the contract (shapes, observation, counts, seeds), not accuracy
 FAST = {
@@ -329,7 +330,7 @@ def test_mala_moves_keep_a_gaussian_exactly_invariant_where_ula_is_biased():
     out = {}
     for kernel in ("mala", "ula"):
         ctx = sd.samplers.SamplerContext(torch.Generator().manual_seed(1), False)
-        x, sc, acc = sd.inverse._langevin_moves(score, op, (1,), x0.clone(), 0.5, 20, 0.7, 1, n, ctx,
+        x, sc, acc = _langevin_moves(score, op, (1,), x0.clone(), 0.5, 20, 0.7, 1, n, ctx,
                                                 torch.zeros_like, lambda v: v, kernel)
         torch.testing.assert_close(sc, score(x, None))           # the score left behind is x's
         out[kernel] = (torch.cov(x.T), acc)

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 import scoresde as sd
-from scoresde.train import (CheckpointError, Trainer, TrainingDiverged, build_from_config, load_checkpoint,
-                            load_model, resolve_device, save_checkpoint, train)
+from scoresde.checkpoints import CheckpointError, load_checkpoint, load_model, save_checkpoint
+from scoresde.device import resolve_device
+from scoresde.training import Trainer, TrainingDiverged, build_from_config, train
 
 
 def tiny_config(steps=12, **train_kw):

@@ -1,5 +1,5 @@
 """Training with labels (issue 12): class-conditional score models (``model.num_classes``, label
-dropout) and the noisy-classifier mode (``task=classifier``, scoresde/train_classifier.py)."""
+dropout) and the noisy-classifier mode (``task=classifier``, scoresde/training/classifier.py)."""
 
 import json
 import math
@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import scoresde as sd
-from scoresde.train import Trainer, build_from_config, load_model, train
-from scoresde.train_classifier import (ClassifierTrainer, EVAL_BUCKETS, build_classifier_from_config,
-                                       load_classifier)
+from scoresde.checkpoints import load_classifier, load_model
+from scoresde.training import Trainer, build_from_config, train
+from scoresde.training.classifier import ClassifierTrainer, EVAL_BUCKETS, build_classifier_from_config
 
 from _tiny import CONF, ROOT, run
 

@@ -1,5 +1,5 @@
-"""What the apps share: the config location, the run directory, errors as exit codes, and the one
-loader of a score from a checkpoint (ours, or a diffusers model folder)."""
+"""What the apps share: the config location, the run directory and errors as exit codes (scores
+are loaded by :func:`scoresde.checkpoints.load_score`, the one loader of every format)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ import importlib.util
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
+from typing import Callable
 
 import torch
 from hydra.core.hydra_config import HydraConfig
 
-from ..sde import SDE
-from ..train import CheckpointError, TrainingDiverged, load_model, resolve_device
+from ..checkpoints import CheckpointError
+from ..training import TrainingDiverged
 from . import schema  # noqa: F401  (registers every group's schema: conf/ cannot compose without it)
 
 log = logging.getLogger("scoresde")
@@ -69,92 +69,6 @@ def run_dir() -> Path:
     return Path(HydraConfig.get().runtime.output_dir)
 
 
-def checkpoint_path(path: str) -> Path:
-    """``path`` as given, or relative to Hydra's original working directory; a clear error if absent."""
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path} (give checkpoint=PATH to a file written "
-                                f"by scoresde-train, e.g. outputs/train/<date>/<time>/checkpoints/last.pt, or "
-                                f"checkpoint=diffusers:FOLDER for a diffusers model)")
-    return p
-
-
 def cpu_generator(seed: int) -> torch.Generator:
     """A CPU generator: the samplers draw on it and move the noise, so results match across devices."""
     return torch.Generator().manual_seed(int(seed))
-
-
-DIFFUSERS_PREFIX = "diffusers:"
-
-
-class LoadedScore(NamedTuple):
-    """What :func:`load_score` returns (unpacks as ``score_fn, sde, event_shape, meta``).
-
-    ``meta``: ``source`` ("scoresde" or "diffusers"), ``path``, ``step`` (None for diffusers),
-    ``data`` (the data set config the model was trained on, None for diffusers: the apps then
-    need ``data=``), ``data_name``, ``scaler`` (``{"shift", "scale"}``: data space to model
-    space) and ``config`` (the training config, None for diffusers).
-    """
-
-    score_fn: Any
-    sde: SDE
-    event_shape: Optional[Tuple[int, ...]]   # None: not recorded (checkpoints of earlier versions)
-    meta: Dict[str, Any]
-
-
-def loaded_model(model: torch.nn.Module, path: Optional[str] = None) -> LoadedScore:
-    """A model from :func:`scoresde.load_model` as a :class:`LoadedScore`."""
-    meta = model.checkpoint
-    data = dict((meta.get("config") or {}).get("data") or {}) or None
-    saved = meta.get("data") or {}   # absent from checkpoints of earlier versions
-    shape = tuple(saved["event_shape"]) if "event_shape" in saved else None
-    return LoadedScore(model, model.sde, shape,
-                       {"source": "scoresde", "path": path, "step": meta.get("step"), "data": data,
-                        "data_name": saved.get("name", (data or {}).get("name")),
-                        "scaler": dict(saved.get("scaler", {"shift": 0.0, "scale": 1.0})),
-                        "config": meta.get("config")})
-
-
-def _load_diffusers_folder(path: str, device) -> LoadedScore:
-    from .. import interop
-
-    p = Path(path).expanduser()
-    if not path:
-        raise ValueError("checkpoint=diffusers: needs a folder, e.g. checkpoint=diffusers:/models/ddpm-cifar10")
-    if not p.is_dir():
-        raise FileNotFoundError(f"diffusers model folder not found: {path} (checkpoint=diffusers:PATH takes a "
-                                "local folder written by save_pretrained: a pipeline, or unet/ and scheduler/)")
-    try:
-        score_fn = interop.load_diffusers(p, device=device)
-    except ImportError as e:   # the optional extra is missing: the user's to fix, not a bug
-        raise ValueError(f"checkpoint=diffusers:{path}: {e}") from e
-    except (OSError, ValueError, TypeError, KeyError) as e:   # what from_pretrained raises on a foreign folder
-        raise ValueError(f"{path} is not a diffusers model folder that scoresde can load ({e})") from e
-    cfg = score_fn.unet.config
-    size = cfg.get("sample_size", None)
-    channels = cfg.get("in_channels", None)
-    if size is None or channels is None:
-        raise ValueError(f"{path}: the model's config has no sample_size / in_channels (an unconditional "
-                         f"UNet2DModel is expected, got {type(score_fn.unet).__name__})")
-    hw = (int(size), int(size)) if isinstance(size, int) else tuple(int(s) for s in size)
-    score_fn.requires_grad_(False)
-    # diffusers' image models live in [-1, 1] (x = 2 k / 255 - 1, DDPMPipeline returns x / 2 + 1/2):
-    # data space is pixel intensity in [0, 1], as our image data sets
-    meta = {"source": "diffusers", "path": str(p), "step": None, "data": None, "data_name": None,
-            "scaler": {"shift": 0.5, "scale": 2.0}, "config": None,
-            "sde": repr(score_fn.sde), "prediction_type": score_fn.prediction_type}
-    return LoadedScore(score_fn, score_fn.sde, (int(channels),) + hw, meta)
-
-
-def load_score(checkpoint: str, device: str = "auto", ema: bool = True) -> LoadedScore:
-    """The score function of ``checkpoint``: a file written by scoresde-train, or
-    ``diffusers:PATH``, a local diffusers model folder (a pipeline with ``model_index.json``, or
-    ``unet/`` and ``scheduler/``), loaded by :func:`scoresde.interop.load_diffusers` (its SDE
-    is the one the scheduler discretises; nothing is downloaded).  ``ema`` applies to our
-    checkpoints only.  A missing or foreign file or folder raises a user error naming it.
-    """
-    checkpoint = str(checkpoint)
-    dev = resolve_device(device)
-    if checkpoint.startswith(DIFFUSERS_PREFIX):
-        return _load_diffusers_folder(checkpoint[len(DIFFUSERS_PREFIX):], dev)
-    return loaded_model(load_model(checkpoint_path(checkpoint), device=dev, ema=ema), checkpoint)

@@ -53,15 +53,15 @@ def inverse_options(op: Optional[str] = None, method: str = "smc", data: Optiona
                     sampler: Optional[str] = None, options: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """The ``inverse`` node of the sample app (its schema is this signature); returns the checked options.
 
-    ``op``: None (plain sampling) or one of :data:`OPS`: ``mask`` (:class:`scoresde.ops.Mask`,
-    inpainting), ``downsample`` (:class:`~scoresde.ops.Downsample` by ``factor``, average pooling:
-    super-resolution), ``grayscale`` (:class:`~scoresde.ops.Grayscale` with ``weights`` ``mean`` or
-    ``luminance``: colorization) or ``matrix`` (:class:`~scoresde.ops.Matrix` from the ``[m, D]``
+    ``op``: None (plain sampling) or one of :data:`OPS`: ``mask`` (:class:`scoresde.inverse.operators.Mask`,
+    inpainting), ``downsample`` (:class:`~scoresde.inverse.operators.Downsample` by ``factor``, average pooling:
+    super-resolution), ``grayscale`` (:class:`~scoresde.inverse.operators.Grayscale` with ``weights`` ``mean`` or
+    ``luminance``: colorization) or ``matrix`` (:class:`~scoresde.inverse.operators.Matrix` from the ``[m, D]``
     tensor file ``matrix``, .pt or .npy).
     ``mask``: the region to fill in, by name (:data:`MASKS`; ``center`` the central square of half
     the side, ``random`` each pixel observed with probability ``fraction``, drawn from the seed), or
     a file (.pt, .npy or an image) of the image's ``[H, W]`` or ``[C, H, W]`` shape holding
-    1 / True where the pixel is OBSERVED (as :class:`scoresde.ops.Mask`).
+    1 / True where the pixel is OBSERVED (as :class:`scoresde.inverse.operators.Mask`).
     ``method``: one of :data:`scoresde.inverse.METHODS`; ``steps`` its steps (the loop methods'
     ``steps``, the sampler's for the score wrappers projection / dps / pigdm, whose ``sampler``
     defaults to ``pc``); ``options`` more keyword options of :func:`scoresde.sample_posterior`
@@ -236,7 +236,7 @@ def _mask(spec: str, event_shape: Tuple[int, ...], fraction: float, generator) -
 
 def build_operator(opts: Dict[str, Any], event_shape: Tuple[int, ...], noise_std: float = 0.0,
                    generator: Optional[torch.Generator] = None):
-    """The :mod:`scoresde.ops` operator of the checked ``opts`` on data of ``event_shape``; a
+    """The :mod:`scoresde.inverse.operators` operator of the checked ``opts`` on data of ``event_shape``; a
     ValueError names the problem when it does not fit that shape."""
     from .. import ops
 
@@ -293,7 +293,7 @@ def _method_options(opts: Dict[str, Any], k: int) -> Tuple[Optional[str], Dict[s
 
 def inverse_checkpoint(loaded, options: Dict[str, Any], seed: int = 0, progress: bool = False) -> Dict[str, Any]:
     """Posterior samples for the inverse problem ``options`` (:func:`inverse_options`) with the
-    score of ``loaded`` (a :class:`~scoresde.apps._common.LoadedScore`).
+    score of ``loaded`` (a :class:`~scoresde.checkpoints.LoadedScore`).
 
     Returns a dict: ``samples [n, k, *event_shape]``, ``observation`` (y, data space),
     ``shown`` (A^+ y in data space, the observation as an image), ``original`` (None when the
@@ -404,7 +404,7 @@ def run_inverse(cfg, out_dir: Path) -> Dict[str, Any]:
     """The sample app with ``inverse.op`` set: samples.pt, observation.pt, inverse.png, sample.json."""
     from omegaconf import OmegaConf
 
-    from ._common import load_score
+    from ..checkpoints import load_score
 
     options = OmegaConf.to_container(cfg.inverse, resolve=True)
     inverse_options(**options)   # names checked before the checkpoint loads

@@ -8,7 +8,7 @@
 The data set is rebuilt from the checkpoint's config (same seed: the same held-out points the
 trainer evaluated); ``data=NAME data.KEY=...`` scores another data set instead (it must live in
 the model's space).  ``checkpoint=diffusers:PATH`` is a local diffusers model folder
-(:func:`scoresde.apps._common.load_score`): it carries no data set, so ``data=`` is required (an
+(:func:`scoresde.checkpoints.load_score`): it carries no data set, so ``data=`` is required (an
 image data set: 8-bit levels on the grid x = 2 k / 255 - 1, the DDPM convention).
 ``sd.log_likelihood`` gives log p in the model's space; the density of the
 data as given is
@@ -62,7 +62,8 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from ..data import build_dataset
 from ..data.images import from_model_range
 from . import schema  # noqa: F401  (registers the group schemas)
-from ._common import LoadedScore, config_path, cpu_generator, exit_on_user_error, load_score, loaded_model, run_dir
+from ..checkpoints import LoadedScore, load_score, loaded_model
+from ._common import config_path, cpu_generator, exit_on_user_error, run_dir
 
 log = logging.getLogger("scoresde")
 

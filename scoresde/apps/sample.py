@@ -10,7 +10,7 @@ of the data set's scaler, so pixels in [0, 1] for images), ``samples.png`` (a sc
 the held-out data for vectors, a grid for images) and ``sample.json`` (sampler, options, NFE,
 seconds).  The noise comes from a CPU generator seeded with ``seed``, so the same seed gives the
 same samples on any device.  ``checkpoint=diffusers:PATH`` samples a local diffusers model folder
-(:func:`scoresde.apps._common.load_score`) under the SDE its scheduler discretises; its samples
+(:func:`scoresde.checkpoints.load_score`) under the SDE its scheduler discretises; its samples
 are written as pixel intensities in [0, 1] (x / 2 + 1/2, as diffusers' pipelines).
 
 Class-conditional checkpoints (trained with ``model.num_classes=K``) take ``labels`` and the
@@ -62,8 +62,8 @@ from ..plots import save_samples_png
 from . import schema  # noqa: F401  (registers the group schemas)
 from .schema import schema_from_signature
 from . import _inverse  # noqa: F401  (stores the inverse group's schema)
-from ._common import (LoadedScore, checkpoint_path, config_path, cpu_generator, exit_on_user_error, load_score,
-                      loaded_model, run_dir)
+from ..checkpoints import LoadedScore, checkpoint_path, load_score, loaded_model
+from ._common import config_path, cpu_generator, exit_on_user_error, run_dir
 
 log = logging.getLogger("scoresde")
 
@@ -124,7 +124,7 @@ def _classifier_guided(model, clf, y: torch.Tensor, scale: float):
 
 
 def _load_guidance_classifier(path: str, model, dev):
-    from ..train_classifier import load_classifier
+    from ..checkpoints import load_classifier
 
     clf = load_classifier(checkpoint_path(path), device=dev)
     want = (model.checkpoint.get("config") or {}).get("sde")

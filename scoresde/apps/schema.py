@@ -15,8 +15,8 @@ default is stated once, in the code (a file in conf/ states only what differs fr
         - /schema/sde/vp@_here_
         - _self_
 
-* the ``optim``, ``train`` and ``eval`` nodes: the fields of :class:`scoresde.train.OptimConfig`,
-  :class:`~scoresde.train.TrainConfig` and :class:`~scoresde.train.EvalConfig`
+* the ``optim``, ``train`` and ``eval`` nodes: the fields of :class:`scoresde.training.OptimConfig`,
+  :class:`~scoresde.training.TrainConfig` and :class:`~scoresde.training.EvalConfig`
   (:data:`CONFIG_SCHEMAS`), typed into the train app's top-level schema.
 
 Types come from the annotations (``int``, ``float``, ``bool``, ``str`` and ``Optional`` of those;
@@ -127,7 +127,7 @@ def _registries() -> Dict[str, Tuple[Dict[str, Callable], Tuple[str, ...], Tuple
 
 
 def _config_classes() -> Dict[str, type]:
-    from ..train import EvalConfig, OptimConfig, TrainConfig
+    from ..training import EvalConfig, OptimConfig, TrainConfig
 
     return {"optim": OptimConfig, "train": TrainConfig, "eval": EvalConfig}
 

@@ -1,19 +1,19 @@
 """``scoresde-train``: the train app.  A thin layer: compose the config from ``conf/``, hand the
-plain dict to the library (:func:`scoresde.train.train`), log a summary.  The library works
+plain dict to the library (:func:`scoresde.training.train`), log a summary.  The library works
 without Hydra.
 
     scoresde-train                                   # ring8, VP, MLP: the defaults
     scoresde-train data=moons train.steps=2000 seed=1
     python -m scoresde train train.steps=100 hydra.run.dir=/tmp/run
     scoresde-train -m sde=vp,subvp,ve                 # a sweep (hydra/launcher=joblib, submitit_local, slurm)
-    torchrun --nproc_per_node=4 $(command -v scoresde-train) ...   # DDP (scoresde.distributed)
+    torchrun --nproc_per_node=4 $(command -v scoresde-train) ...   # DDP (scoresde.training.distributed)
     scoresde-train train.resume=auto hydra.run.dir=runs/a   # the same command continues after a kill
     scoresde-train task=classifier data=digits classifier=mlp   # a noisy classifier for guidance
 
 The config is found by :func:`scoresde.apps._common.config_path`.  The top-level schema
 (:data:`TrainAppSchema`) types the ``optim``, ``train`` and ``eval`` nodes with the schemas
-derived from :class:`~scoresde.train.OptimConfig`, :class:`~scoresde.train.TrainConfig` and
-:class:`~scoresde.train.EvalConfig`, and the sde/model/data/sampler/loss options opt into the
+derived from :class:`~scoresde.training.OptimConfig`, :class:`~scoresde.training.TrainConfig` and
+:class:`~scoresde.training.EvalConfig`, and the sde/model/data/sampler/loss options opt into the
 schemas derived from their constructors (:mod:`scoresde.apps.schema`), so a misspelt key or a
 wrong type fails at composition, naming it.
 """
@@ -33,7 +33,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from ..train import Trainer, train
+from ..training import Trainer, train
 from . import schema as _schemas
 from ._common import config_path, exit_on_user_error
 
@@ -44,7 +44,7 @@ __all__ = ["train_main", "run_train", "TrainAppSchema"]
 TrainAppSchema = make_dataclass("TrainAppSchema", [
     # the seed's default is the Trainer's
     ("seed", int, field(default=inspect.signature(Trainer).parameters["seed"].default)),
-    # score (a score model) | classifier (a noisy classifier for guidance: scoresde.train_classifier)
+    # score (a score model) | classifier (a noisy classifier for guidance: scoresde.training.classifier)
     ("task", str, field(default="score")),
     # plain dicts whose keys are the keyword arguments of the constructor they name (each option
     # file opts into /schema/<group>/<name>)
@@ -59,7 +59,7 @@ ConfigStore.instance().store(name="train_schema", node=TrainAppSchema)
 
 def run_train(cfg: DictConfig) -> Dict[str, Any]:
     """The body of the train app: config -> library -> metrics (written to the run dir)."""
-    from .. import distributed
+    from ..training import distributed
 
     # under torchrun, rank 0's run dir for every rank (the others have none of their own)
     out_dir = Path(distributed.broadcast_run_dir(HydraConfig.get().runtime.output_dir))
@@ -76,8 +76,8 @@ def _train_app(cfg: DictConfig) -> None:
 
 
 def train_main() -> None:
-    """Console script ``scoresde-train``; under torchrun, one DDP rank (see scoresde.distributed)."""
-    from .. import distributed
+    """Console script ``scoresde-train``; under torchrun, one DDP rank (see scoresde.training.distributed)."""
+    from ..training import distributed
 
     if not distributed.under_torchrun():
         _train_app()

@@ -82,7 +82,7 @@ def load_problem(name: str, device=None) -> Problem:
     if not path.is_file():
         raise ValueError(f"problem {name!r} is neither a mixture ({sorted(MIXTURES)}) nor a checkpoint file")
     from ..data import build_dataset
-    from ..train import load_model
+    from ..checkpoints import load_model
 
     model = load_model(path, device=device)
     data_cfg = dict((model.checkpoint.get("config") or {}).get("data") or {})

@@ -55,35 +55,29 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 
-from .data import DataSet, Scaler, build_dataset
-from .losses import LOSSES, DSMLoss
-from .plots import save_samples_png
-from .score import ScoreModel, build_score_model
+from ..checkpoints import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, load_checkpoint, save_checkpoint
+from ..data import DataSet
+from ..device import resolve_device
+from ..losses import DSMLoss
+from ..plots import save_samples_png
+from ..score import ScoreModel
 
 Tensor = torch.Tensor
 PathLike = Union[str, os.PathLike]
 
-__all__ = ["OptimConfig", "TrainConfig", "EvalConfig", "Trainer", "TrainingDiverged", "CheckpointError",
-           "train", "load_model", "load_checkpoint", "save_checkpoint", "resolve_device", "EMA"]
+__all__ = ["OptimConfig", "TrainConfig", "EvalConfig", "Trainer", "TrainingDiverged", "EMA", "lr_factor"]
 
-CHECKPOINT_FORMAT = "scoresde-checkpoint"
-CHECKPOINT_VERSION = 1
 
 
 class TrainingDiverged(RuntimeError):
     """The loss or the gradient became NaN or infinite; nothing was written after the last good step."""
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file exists but cannot be read as a scoresde checkpoint."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -150,16 +144,6 @@ def _as_config(cls, value, where: str):
     return cls(**value)
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    """``"auto"``: CUDA when available, else CPU; anything else is passed to ``torch.device``."""
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError as e:
-        raise ValueError(f"invalid device {device!r}: {e}") from None
-
-
 def lr_factor(step: int, optim: OptimConfig, total: int) -> float:
     """Learning-rate multiplier at ``step`` (0-based): warm-up, then the decay schedule."""
     warm = min(1.0, (step + 1) / optim.warmup) if optim.warmup > 0 else 1.0
@@ -200,64 +184,6 @@ class EMA:
 
     def load_state_dict(self, state):
         self.model.load_state_dict(state)
-
-
-# ---------------------------------------------------------------------------------------------
-# checkpoints
-# ---------------------------------------------------------------------------------------------
-def save_checkpoint(state: Dict[str, Any], path: PathLike) -> Path:
-    """Write ``state`` to ``path`` atomically: a temp file in the same directory, then os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def load_checkpoint(path: PathLike, map_location="cpu") -> Dict[str, Any]:
-    """Read a checkpoint; a missing file raises FileNotFoundError, a bad one CheckpointError."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # torch raises several types for truncated or foreign files
-        raise CheckpointError(f"cannot read checkpoint {path}: the file is corrupt or not a "
-                              f"scoresde checkpoint ({type(e).__name__}: {e})") from e
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not a scoresde checkpoint (no '{CHECKPOINT_FORMAT}' marker)")
-    missing = [k for k in ("model", "ema", "optimizer", "step", "rng", "config", "spec") if k not in state]
-    if missing:
-        raise CheckpointError(f"checkpoint {path} lacks {missing}")
-    return state
-
-
-def load_model(path: PathLike, device=None, ema: bool = True) -> ScoreModel:
-    """The trained :class:`ScoreModel` from a checkpoint, with EMA weights (``ema=False``: raw),
-    in eval mode with ``.sde`` set: a score function for every sampler and for log_likelihood.
-
-    ``model.checkpoint`` holds the step, the config and the data set's scaler and event shape.
-    """
-    state = load_checkpoint(path)
-    if state["spec"].get("kind") == "classifier":
-        raise ValueError(f"{path} is a noisy-classifier checkpoint (task=classifier), not a score model; "
-                         f"load it with sd.load_classifier")
-    model = build_score_model(state["spec"])
-    model.load_state_dict(state["ema"] if ema else state["model"])
-    model.requires_grad_(False).eval()
-    model.checkpoint = {"step": state["step"], "config": state["config"], "data": state.get("data", {})}
-    if device is not None:
-        model.to(resolve_device(device))
-    return model
 
 
 def _rng_state(gen: torch.Generator) -> Dict[str, Any]:
@@ -532,9 +458,9 @@ class Trainer:
         ``eval.batch_size`` points, ``dsm_bound`` draws the times then the noise (then, for images
         on the plain grid, the decoder's x_eps).
         """
-        from .likelihood import gaussian_decoder_logp
-        from .data.images import from_model_range
-        from .losses import dsm_bound
+        from ..likelihood import gaussian_decoder_logp
+        from ..data.images import from_model_range
+        from ..losses import dsm_bound
 
         ec = self.eval_cfg
         if isinstance(ec.bound_repeats, bool) or not isinstance(ec.bound_repeats, int) or ec.bound_repeats < 1:
@@ -642,51 +568,3 @@ class Trainer:
             self._entropy = self.data.mixture.entropy(n=100_000, generator=g)
         return self._entropy
 
-
-# ---------------------------------------------------------------------------------------------
-# from a config dict
-# ---------------------------------------------------------------------------------------------
-_SCORE_KEYS = ("parameterization", "time_input")
-
-
-def build_from_config(config: Dict[str, Any]):
-    """``(score_model, data, loss)`` from a config tree (see ``conf/``), seeding model init."""
-    for key in ("sde", "model", "data"):
-        if key not in config or "name" not in (config[key] or {}):
-            raise ValueError(f"config needs a {key!r} node with a 'name'")
-    torch.manual_seed(int(config.get("seed", 0)))
-    data_kw = {k: v for k, v in config["data"].items() if k != "name"}
-    data = build_dataset(config["data"]["name"], **data_kw)
-    model_cfg = dict(config["model"])
-    score_kw = {k: model_cfg.pop(k) for k in _SCORE_KEYS if k in model_cfg}
-    model_cfg["data_shape"] = list(data.event_shape)
-    spec = {"sde": dict(config["sde"]), "model": model_cfg, **score_kw}
-    model = build_score_model(spec)
-    loss_cfg = dict(config.get("loss") or {})
-    loss_name = loss_cfg.pop("name", "dsm")
-    if loss_name not in LOSSES:
-        raise ValueError(f"unknown loss {loss_name!r}; valid names: {sorted(LOSSES)}")
-    loss = _as_config(LOSSES[loss_name], loss_cfg, "loss")
-    return model, data, loss
-
-
-def train(config: Dict[str, Any], out_dir: PathLike = ".", trainer_cls: Optional[type] = None) -> Dict[str, Any]:
-    """Build everything from ``config`` (a plain dict shaped like ``conf/``) and train.
-
-    ``config["task"]``: ``"score"`` (the default) trains a score model, ``"classifier"`` a noisy
-    classifier (:mod:`scoresde.train_classifier`).
-    Returns the final metrics (also written to ``out_dir/metrics.json``).  ``trainer_cls``
-    (default :class:`Trainer`) lets the torchrun app pass its DistributedTrainer.
-    """
-    task = config.get("task", "score")
-    if task == "classifier":  # a noisy classifier p_t(y | x_t) for classifier guidance
-        from .train_classifier import train_classifier
-
-        return train_classifier(config, out_dir)
-    if task != "score":
-        raise ValueError(f"unknown task {task!r}; valid names: ['classifier', 'score']")
-    model, data, loss = build_from_config(config)
-    trainer = (trainer_cls or Trainer)(model, data, loss, optim=config.get("optim"), train=config.get("train"),
-                      eval=config.get("eval"), sampler=config.get("sampler"), out_dir=out_dir,
-                      config=config, seed=int(config.get("seed", 0)))
-    return trainer.fit()

@@ -7,10 +7,10 @@ noised data,
     L(phi) = E_{t ~ U(eps, T)} E_{(x_0, y) ~ data} E_{x_t ~ p_t(x_t | x_0)} [-log q_phi(y | x_t, t)],
 
 (:func:`~scoresde.classifier.noisy_classifier_loss`) whose minimiser is the exact time-dependent
-classifier p_t(y | x_t).  :class:`ClassifierTrainer` reuses the :class:`~scoresde.train.Trainer`
+classifier p_t(y | x_t).  :class:`ClassifierTrainer` reuses the :class:`~scoresde.training.Trainer`
 loop unchanged: AdamW with warm-up and clipping, EMA, atomic checkpoints that resume bit-exactly,
 the CSV and TensorBoard logs.  Its checkpoint has ``spec = {"kind": "classifier", "sde": ...,
-"classifier": ...}``; :func:`load_classifier` rebuilds the (EMA) classifier with ``.sde`` set.
+"classifier": ...}``; :func:`scoresde.checkpoints.load_classifier` rebuilds the (EMA) classifier with ``.sde`` set.
 
 Evaluation (EMA weights, fixed seeds), per t bucket [t_lo, t_hi) of ``EVAL_BUCKETS``: the held-out
 cross-entropy and accuracy on the noised held-out set, and, on a mixture data set, the error
@@ -20,68 +20,27 @@ against the exact classifier (:func:`~scoresde.classifier.classifier_error`: cro
 
 from __future__ import annotations
 
-import inspect
-import math
-from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Union
 import os
 
 import torch
 
-from .classifier import NoisyClassifier, classifier_error, noisy_classifier_loss
-from .data import DataSet, build_dataset
-from .sde import build_sde
-from .train import Trainer, _CSVLog, load_checkpoint, resolve_device
+from ..classifier import CLASSIFIER_KIND, NoisyClassifier, build_classifier, classifier_error, noisy_classifier_loss
+from ..data import DataSet, build_dataset
+from .trainer import Trainer, _CSVLog
 
 Tensor = torch.Tensor
 PathLike = Union[str, os.PathLike]
 
-__all__ = ["ClassifierTrainer", "build_classifier", "load_classifier", "train_classifier", "EVAL_BUCKETS",
-           "CLASSIFIER_KIND"]
+__all__ = ["ClassifierTrainer", "train_classifier", "build_classifier_from_config", "EVAL_BUCKETS"]
 
-CLASSIFIER_KIND = "classifier"
 EVAL_BUCKETS = (1e-3, 0.05, 0.2, 0.5, 1.0)
-_DEFAULT_EPS = inspect.signature(noisy_classifier_loss).parameters["eps"].default
-
-
-def build_classifier(spec: Dict[str, Any]) -> NoisyClassifier:
-    """A :class:`NoisyClassifier` from a checkpoint spec ``{"kind": "classifier", "sde": {...},
-    "classifier": {name, data_shape, num_classes, ...}}``, with ``.sde``, ``.spec`` and ``.eps`` set."""
-    if spec.get("kind") != CLASSIFIER_KIND:
-        raise ValueError(f"not a classifier spec (kind={spec.get('kind')!r})")
-    kw = dict(spec["classifier"])
-    name = kw.pop("name", "mlp")
-    eps = kw.pop("eps", _DEFAULT_EPS)
-    if name != "mlp":
-        raise ValueError(f"unknown classifier {name!r}; valid names: ['mlp']")
-    sde_kw = dict(spec["sde"])
-    clf = NoisyClassifier(**kw)
-    clf.sde = build_sde(sde_kw.pop("name"), **sde_kw)
-    clf.spec = spec
-    clf.eps = float(eps)
-    return clf
-
-
-def load_classifier(path: PathLike, device=None, ema: bool = True) -> NoisyClassifier:
-    """The trained noisy classifier of a ``task=classifier`` checkpoint (EMA weights unless
-    ``ema=False``), in eval mode, with ``.sde`` (the SDE it was trained on) and ``.checkpoint``."""
-    state = load_checkpoint(path)
-    if state["spec"].get("kind") != CLASSIFIER_KIND:
-        raise ValueError(f"{path} is a score-model checkpoint, not a noisy classifier (train one with "
-                         f"scoresde-train task=classifier; load score models with sd.load_model)")
-    clf = build_classifier(state["spec"])
-    clf.load_state_dict(state["ema"] if ema else state["model"])
-    clf.requires_grad_(False).eval()
-    clf.checkpoint = {"step": state["step"], "config": state["config"], "data": state.get("data", {})}
-    if device is not None:
-        clf.to(resolve_device(device))
-    return clf
 
 
 class ClassifierTrainer(Trainer):
     """Trains a noisy classifier (``model``: a :class:`NoisyClassifier` from :func:`build_classifier`)
     on a labelled data set; ``loss`` is unused (the loss is :func:`noisy_classifier_loss`).  See the
-    module docstring; every other argument is :class:`~scoresde.train.Trainer`'s.
+    module docstring; every other argument is :class:`~scoresde.training.Trainer`'s.
     ``eval.n_samples`` is the number of noised held-out draws per t bucket for the exact-classifier
     comparison on mixtures (0 skips it)."""
 

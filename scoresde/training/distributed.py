@@ -31,7 +31,9 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from .train import Trainer, TrainConfig, _as_config, load_checkpoint, resolve_device, save_checkpoint
+from ..checkpoints import load_checkpoint, save_checkpoint
+from ..device import resolve_device
+from .trainer import Trainer, TrainConfig, _as_config
 
 log = logging.getLogger("scoresde")
 
