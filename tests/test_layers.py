@@ -1,4 +1,5 @@
-"""The package's three layers import one way only: apps -> bench -> core.
+"""The package's three layers import one way only: apps -> bench -> core; and no two modules
+import each other, directly or around a circle (:func:`test_no_import_cycles_between_modules`).
 
 - the core (``scoresde/`` minus ``bench/`` and ``apps/``) never imports ``scoresde.bench`` or
   ``scoresde.apps`` (not even lazily inside a function), and imports neither Hydra (nor its
@@ -141,3 +142,106 @@ def test_layer_check_sees_relative_lazy_and_from_imports(tmp_path, monkeypatch):
     assert "scoresde/m0.py:2 imports matplotlib.pyplot at import time" in bad
     assert "scoresde/bench/__init__.py:1 imports scoresde.apps.bench" in bad
     assert "samplers/__init__.py:4 imports matplotlib at import time" not in bad  # lazy is allowed
+
+
+# -- no import circles between modules --------------------------------------------------------
+def _module_files() -> dict:
+    return {module_name(p): p for p in sources()}
+
+
+def import_graph(files=None) -> dict:
+    """Module -> the scoresde modules it imports (at import time or lazily inside a function).
+
+    ``from pkg import name`` points at ``pkg`` (its ``__init__`` runs) and at ``pkg.name`` where that
+    is a module.  A
+    module importing one of its own ancestor packages is not an edge: the package's ``__init__``
+    re-exports the module, so the import only reads names the package already holds.
+    """
+    files = files if files is not None else _module_files()
+    graph = {}
+    for mod, path in files.items():
+        edges = set()
+        for name, _, _ in imports(path):
+            if not (name == "scoresde" or name.startswith("scoresde.")):
+                continue
+            while name not in files and "." in name:   # `pkg.name` where name is not a module
+                name = name.rpartition(".")[0]
+            if name == mod or mod.startswith(name + "."):
+                continue
+            edges.add(name)
+        graph[mod] = edges
+    return graph
+
+
+def cycles(graph: dict) -> List[List[str]]:
+    """Every strongly connected component of more than one module (Tarjan), each as a loop."""
+    index, low, stack, on, out = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def _loop(graph: dict, comp: List[str]) -> str:
+    """One concrete circle inside a component, for the failure message: a -> b -> ... -> a."""
+    start, inside = comp[0], set(comp)
+    path, seen = [start], {start}
+    while True:
+        nxt = sorted(w for w in graph[path[-1]] if w in inside)
+        back = [w for w in nxt if w == start]
+        if back and len(path) > 1:
+            return " -> ".join(path + [start])
+        fresh = [w for w in nxt if w not in seen]
+        if not fresh:
+            return " <-> ".join(comp)
+        path.append(fresh[0])
+        seen.add(fresh[0])
+
+
+def test_no_import_cycles_between_modules():
+    graph = import_graph()
+    assert len(graph) > 40 and "scoresde.likelihood.elbo" in graph
+    found = cycles(graph)
+    assert not found, "import circles:\n" + "\n".join(_loop(graph, c) for c in found)
+
+
+def test_cycle_check_finds_a_lazy_circle_and_ignores_parent_packages(tmp_path, monkeypatch):
+    """The checker itself can fail: a circle closed by a lazy import is found; a module importing
+    its own package (which re-exports it) is not a circle."""
+    fake = tmp_path / "scoresde"
+    (fake / "fam").mkdir(parents=True)
+    (fake / "__init__.py").write_text("from .fam import f\n")
+    (fake / "fam" / "__init__.py").write_text("from .a import f\n")
+    (fake / "fam" / "a.py").write_text("from . import b\n\ndef f():\n    from .. import fam\n")
+    (fake / "fam" / "b.py").write_text("x = 1\n")
+    (fake / "c.py").write_text("from .fam import b\n")
+    (fake / "d.py").write_text("def g():\n    from .e import y\n")
+    (fake / "e.py").write_text("from .d import g\ny = 1\n")
+    monkeypatch.setattr(sys.modules[__name__], "PACKAGE", fake)
+    files = {module_name(p): p for p in sorted(fake.rglob("*.py"))}
+    graph = import_graph(files)
+    assert graph["scoresde.c"] == {"scoresde.fam", "scoresde.fam.b"}
+    assert graph["scoresde.fam.a"] == {"scoresde.fam.b"}        # `from .. import fam`: its own package
+    assert cycles(graph) == [["scoresde.d", "scoresde.e"]]
