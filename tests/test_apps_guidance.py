@@ -155,7 +155,7 @@ def test_sample_app_classifier_guidance_is_the_library_call(cond_ckpt, clf_ckpt,
     assert info["network_calls"] == info["forward_passes"] == info["classifier_calls"] == info["nfe"] > 0
     # the score is the conditional model's null label; the classifier's gradient is added
     model = sd.load_model(cond_ckpt)
-    clf = sd.train_classifier.load_classifier(clf_ckpt)
+    clf = sd.load_classifier(clf_ckpt)
     y = torch.tensor([1, 6])
 
     def uncond(x, t):
