@@ -13,6 +13,12 @@ sample; see ``sd.inverse.smc``), at steps = NFE / 4 (NFE = 1 + 4 steps).
 
 Writes benchmarks/results/inverse.md, inverse.csv and inverse.png (W2 / floor and mode-weight error
 against NFE, one panel per problem).  One thread (set before torch loads).
+
+``python benchmarks/inverse.py --seeds 5`` measures the spread over seeds instead (one seed per row
+above): the recommended resample-move SMC on ring8 (x1 = 3.6) and aniso16 (8 of 16 observed, noise
+0 and 0.1) at ``--steps`` 25 / 50 / 100 (101 / 201 / 401 NFE), seeds 0 .. N-1, ``--n`` samples
+each, counting the seeds that meet the goal (mode-weight error <= 0.05 and W2 <= 1.5x the floor).
+Writes benchmarks/results/inverse_seeds.md and .csv.
 """
 from __future__ import annotations
 
@@ -76,7 +82,16 @@ def main() -> None:
     ap.add_argument("--nfe", type=int, nargs="+", default=[100, 200, 400])
     ap.add_argument("--smc-only-above", type=int, default=100,
                     help="budgets above this run only the SMC (time box)")
+    ap.add_argument("--seeds", type=int, default=None,
+                    help="instead of the method table: the pooled SMC over this many seeds -> inverse_seeds.md")
+    ap.add_argument("--steps", type=int, nargs="+", default=[25, 50, 100],
+                    help="with --seeds: the SMC's steps (NFE = 1 + 4 steps)")
     args = ap.parse_args()
+    if args.seeds is not None:
+        if args.seeds < 1:
+            ap.error(f"--seeds must be >= 1, got {args.seeds}")
+        seed_spread(args)
+        return
     sde, n = sd.VPSDE(), args.n
     rows = []
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
@@ -108,7 +123,7 @@ def main() -> None:
              f"`python benchmarks/inverse.py --n {n} --nfe {' '.join(map(str, args.nfe))}`; VP SDE, exact prior score, "
              f"n = {n} samples of one posterior, seed 0, float32 sampling; 1 thread; load at start: `{load}` "
              "(a shared 2-core machine: seconds are only indicative).  One seed per row; the spread over seeds "
-             "of the resample-move SMC is in inverse_seeds.md.", "",
+             "of the resample-move SMC is in inverse_seeds.md (`--seeds 5`).", "",
              "Goal (issue 13): best unconditional-score method with mode-weight error <= 0.05 and W2 <= 1.5x floor.", ""]
     lines += ["## Headline: the best method per problem against the goal", "",
               "| problem | best method | options | NFE | mode-weight error | W2 / floor | goal met | fewest NFE meeting it |",
@@ -139,6 +154,59 @@ def main() -> None:
         lines.append("")
     (OUT / "inverse.md").write_text("\n".join(lines))
     plot(rows, OUT / "inverse.png")
+
+
+def seed_spread(args) -> None:
+    """The pooled SMC (``POOLED``) over seeds 0 .. ``args.seeds`` - 1 on ring8 x1 = 3.6 and both aniso16
+    problems: how many seeds meet the goal, with the spread of both errors (inverse_seeds.md / .csv)."""
+    sde, n = sd.VPSDE(), args.n
+    load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    rows = []
+    for name, mix, op, y1 in problems():
+        if name.startswith("ring8") and not name.endswith("3.6"):
+            continue
+        post = mix.condition(op, y1, noise_std=op.noise_std).prune(1e-6)
+        floor = sd.metrics.exact_floor(post, n)
+        Y = y1.float().expand(n, -1).clone()
+        for steps in args.steps:
+            for seed in range(args.seeds):
+                t0 = time.perf_counter()
+                o = sd.sample_posterior(mix.score_fn(sde), sde, op, Y, method="smc", steps=steps,
+                                        generator=torch.Generator().manual_seed(seed), **POOLED)
+                st = sd.metrics.mode_w2(o.x.double(), post)
+                rows.append(dict(problem=name, steps=steps, nfe=o.nfe, seed=seed,
+                                 weight_error=round(float(st.weight_error), 4),
+                                 w2_over_floor=round(float(st.w2) / floor, 3),
+                                 cloud_ess=round(o.info["cloud_ess"], 1),
+                                 acceptance=round(o.info["move_acceptance"], 3),
+                                 seconds=round(time.perf_counter() - t0, 2)))
+                print(rows[-1], flush=True)
+    OUT.mkdir(exist_ok=True)
+    with open(OUT / "inverse_seeds.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    opts = " ".join(f"{k}={v}" for k, v in POOLED.items())
+    lines = ["# Resample-move SMC against issue 13's goal: the spread over seeds", "",
+             f"`python benchmarks/inverse.py --seeds {args.seeds} --n {n}`; smc `{opts}`, "
+             f"steps = {args.steps}, n = {n} samples of one posterior a seed; VP SDE, exact prior score; "
+             f"1 thread; load at start: `{load}`.", "",
+             "Goal: mode-weight error <= 0.05 and W2 <= 1.5x the exact-sample floor.", "",
+             "| problem | NFE | seeds meeting the goal | mode-weight error (min / median / max) "
+             "| W2 / floor (min / median / max) | clouds' ESS (of 160) | MALA acceptance | seconds a run |",
+             "|---|---|---|---|---|---|---|---|"]
+    med = lambda v: sorted(v)[len(v) // 2]  # noqa: E731
+    for name in dict.fromkeys(r["problem"] for r in rows):
+        for steps in args.steps:
+            rs = [r for r in rows if r["problem"] == name and r["steps"] == steps]
+            we = [r["weight_error"] for r in rs]
+            wf = [r["w2_over_floor"] for r in rs]
+            ok = sum(r["weight_error"] <= 0.05 and r["w2_over_floor"] <= 1.5 for r in rs)
+            lines.append(f"| {name} | {rs[0]['nfe']} | {ok} / {len(rs)} | {min(we):.3f} / {med(we):.3f} / {max(we):.3f} "
+                         f"| {min(wf):.2f} / {med(wf):.2f} / {max(wf):.2f} | {med([r['cloud_ess'] for r in rs]):.0f} "
+                         f"| {med([r['acceptance'] for r in rs]):.2f} | {med([r['seconds'] for r in rs]):.1f} |")
+    lines.append("")
+    (OUT / "inverse_seeds.md").write_text("\n".join(lines))
 
 
 def _label(r: dict) -> str:

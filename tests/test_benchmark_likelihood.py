@@ -1,4 +1,4 @@
-"""benchmarks/likelihood_bound.py's oracles (the adams solver handed the exact Jacobian) solve the same
+"""benchmarks/likelihood.py --bound: its oracles (the adams solver handed the exact Jacobian) solve the same
 ODE: at a tight tolerance they agree with a 1e-9 dopri5 solve with the same probe.  The script
 reuses scoresde.likelihood's private pieces, so this also catches their drifting apart."""
 import importlib.util
@@ -9,11 +9,11 @@ import torch
 
 import scoresde as sd
 
-PATH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "likelihood_bound.py"
+PATH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "likelihood.py"
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("likelihood_bound", PATH)
+    spec = importlib.util.spec_from_file_location("likelihood_benchmark", PATH)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -30,8 +30,8 @@ def test_oracles_match_a_tight_solve_with_the_same_probe(name, frame):
     truth = sd.log_likelihood(sf, sde, x, divergence="hutchinson", rtol=1e-9, atol=1e-9,
                               generator=torch.Generator().manual_seed(0)).logp
     lp, nfe = lb.oracle_logp(sf, sde, x, probe, 1e-7, frame)
-    assert lb.per_dim(lp, truth, mix.dim) < 1e-7
+    assert lb.bound_per_dim(lp, truth, mix.dim) < 1e-7
     # and at a loose tolerance it is an honest solve (an error of the tolerance's size, not zero)
     lp_loose, nfe_loose = lb.oracle_logp(sf, sde, x, probe, 1e-3, frame)
     assert nfe_loose < nfe
-    assert 1e-7 < lb.per_dim(lp_loose, truth, mix.dim) < 1e-2
+    assert 1e-7 < lb.bound_per_dim(lp_loose, truth, mix.dim) < 1e-2
