@@ -53,6 +53,7 @@ import copy
 import csv
 import dataclasses
 import json
+import logging
 import math
 import os
 import tempfile
@@ -73,6 +74,8 @@ PathLike = Union[str, os.PathLike]
 
 __all__ = ["OptimConfig", "TrainConfig", "EvalConfig", "Trainer", "TrainingDiverged", "CheckpointError",
            "train", "load_model", "load_checkpoint", "save_checkpoint", "resolve_device", "EMA"]
+
+_log = logging.getLogger("scoresde")
 
 CHECKPOINT_FORMAT = "scoresde-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -112,7 +115,7 @@ class TrainConfig:
     device: str = "auto"            # auto (CUDA when present) | cpu | cuda | cuda:N
     amp: str = "none"               # none | bf16 | fp16 (fp16 uses a gradient scaler)
     threads: Optional[int] = None   # torch.set_num_threads; null keeps torch's default
-    log_every: int = 100
+    log_every: int = 100            # train_log.csv row; without a terminal also a progress line in the log
     eval_every: int = 0             # periodic evaluation; 0 = only at the end
     ckpt_every: int = 1000          # periodic checkpoint; 0 = only at the end
     resume: Optional[str] = None    # a checkpoint to continue from; "auto": out_dir's last.pt if present
@@ -467,6 +470,10 @@ class Trainer:
         window = []
         bar = tqdm(total=cfg.steps, initial=self.step, disable=None if cfg.progress else True,
                    desc="train", dynamic_ncols=True)
+        # no bar (output not a terminal: nohup, SLURM; or progress=false): a progress line through
+        # logging every log_every steps instead, so train.log shows the run advancing
+        progress_lines = bool(bar.disable) and self.is_main
+        last_line = (time.perf_counter(), self.step)
         try:
             while self.step < cfg.steps:
                 stats = self.train_step()
@@ -480,6 +487,8 @@ class Trainer:
                     if self.is_main:
                         log.write(row)
                     bar.set_postfix(loss=f"{row['loss']:.4f}")
+                    if progress_lines:
+                        last_line = _log_progress(self.step, cfg.steps, row, last_line)
                     if tb is not None:
                         for k in ("loss", "lr", "grad_norm"):
                             tb.add_scalar(f"train/{k}", row[k], self.step)
@@ -641,6 +650,19 @@ class Trainer:
             g = torch.Generator().manual_seed(self.eval_cfg.seed)
             self._entropy = self.data.mixture.entropy(n=100_000, generator=g)
         return self._entropy
+
+
+def _log_progress(step: int, total: int, row: Dict[str, Any], last: Tuple[float, int]) -> Tuple[float, int]:
+    """Log ``step N/T (p%) loss .. lr .. S steps/s ETA ..``; the rate is over the steps since the
+    previous line ``last = (time, step)``.  Returns this line's ``(time, step)``."""
+    now = time.perf_counter()
+    rate = (step - last[1]) / max(now - last[0], 1e-9)
+    eta = (total - step) / rate if rate > 0 else math.inf
+    eta_s = "?" if not math.isfinite(eta) else (f"{int(eta // 3600)}h{int(eta % 3600 // 60):02d}m" if eta >= 3600
+                                               else f"{int(eta // 60)}m{int(eta % 60):02d}s")
+    _log.info("step %d/%d (%d%%)  loss %.4f  lr %.3g  %.1f steps/s  ETA %s", step, total,
+              int(100 * step / max(total, 1)), row["loss"], row["lr"], rate, eta_s)
+    return now, step
 
 
 # ---------------------------------------------------------------------------------------------
