@@ -62,7 +62,8 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from ..data import build_dataset
 from ..data.images import from_model_range
 from . import schema  # noqa: F401  (registers the group schemas)
-from ._common import LoadedScore, config_path, cpu_generator, exit_on_user_error, load_score, loaded_model, run_dir
+from ._common import (LoadedScore, check_overrides, config_path, cpu_generator, exit_on_user_error, load_score,
+                      loaded_model, run_dir)
 
 log = logging.getLogger("scoresde")
 
@@ -280,6 +281,7 @@ def _app(cfg: DictConfig) -> None:
 
 def main() -> None:
     """Console script ``scoresde-likelihood``."""
+    check_overrides("likelihood")
     _app()
 
 

@@ -62,8 +62,8 @@ from ..plots import save_samples_png
 from . import schema  # noqa: F401  (registers the group schemas)
 from .schema import schema_from_signature
 from . import _inverse  # noqa: F401  (stores the inverse group's schema)
-from ._common import (LoadedScore, checkpoint_path, config_path, cpu_generator, exit_on_user_error, load_score,
-                      loaded_model, run_dir)
+from ._common import (LoadedScore, check_overrides, checkpoint_path, config_path, cpu_generator, exit_on_user_error,
+                      load_score, loaded_model, run_dir)
 
 log = logging.getLogger("scoresde")
 
@@ -305,6 +305,7 @@ def _app(cfg: DictConfig) -> None:
 
 def main() -> None:
     """Console script ``scoresde-sample``."""
+    check_overrides("sample")
     _app()
 
 
