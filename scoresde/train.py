@@ -44,7 +44,9 @@ Durkan, Murray & Ermon 2021, Thm. 1).  Reported (``metrics.json``, ``eval_log.cs
   in expectation on -log2 P(k) / D (the decoder term from one independent x_eps per draw).
 
 Samples (``sd.sample``) go to a PNG and, for mixtures, to the
-mode-by-mode W2 of :func:`scoresde.metrics.mode_w2`.
+mode-by-mode W2 of :func:`scoresde.metrics.mode_w2`, reported beside its floor ``mode_w2_floor``
+(and ``mode_weight_error_floor``): the mean over 5 sets of as many exact mixture samples, what a
+perfect sampler scores at that n.  Every key of ``metrics.json``, with its units: docs/outputs.md.
 """
 
 from __future__ import annotations
@@ -363,6 +365,7 @@ class Trainer:
         self.step = 0
         self.last_good_step: Optional[int] = None
         self._entropy: Optional[Tuple[float, float]] = None
+        self._floors: Optional[Tuple[int, float, float]] = None
         self.metrics: Dict[str, Any] = {}
         if self.cfg.resume == "auto":
             # the same command continues a killed run (a preempted job) and starts a new one
@@ -628,9 +631,13 @@ class Trainer:
             out["sample_time_s"] = round(time.perf_counter() - t0, 3)
             xs = res.x
             if mix is not None:
+                # each distance beside its floor: what exact samples of the mixture score at this n
                 stats = sd.metrics.mode_w2(xs, mix)
+                w2_floor, weight_floor = self._exact_sample_floors(xs.shape[0])
                 out["mode_w2"] = stats.w2
+                out["mode_w2_floor"] = w2_floor
                 out["mode_weight_error"] = stats.weight_error
+                out["mode_weight_error_floor"] = weight_floor
             xd, ref = self.data.scaler.to_data(xs), self.data.scaler.to_data(self.data.test)
             if xd.dim() == 4:  # images: the scaler maps model space back to [0, 1] pixels
                 ref = None
@@ -643,6 +650,18 @@ class Trainer:
                     tb.add_scalar(f"eval/{k}", v, self.step)
         self.metrics.update(out)
         return out
+
+    def _exact_sample_floors(self, n: int, repeats: int = 5) -> Tuple[float, float]:
+        """The mean ``mode_w2`` and ``mode_weight_error`` of ``repeats`` sets of ``n`` exact mixture
+        samples (their floors at this n: estimation noise, not sampler error), once per run;
+        the W2 one equals ``sd.metrics.exact_floor(mixture, n, repeats, seed=eval.seed)``."""
+        from .metrics import mode_w2
+
+        if self._floors is None or self._floors[0] != n:
+            mix, g = self.data.mixture, torch.Generator().manual_seed(self.eval_cfg.seed)
+            stats = [mode_w2(mix.sample(n, generator=g, dtype=torch.float64), mix) for _ in range(repeats)]
+            self._floors = (n, sum(st.w2 for st in stats) / repeats, sum(st.weight_error for st in stats) / repeats)
+        return self._floors[1], self._floors[2]
 
     def _mixture_entropy(self) -> Tuple[float, float]:
         """H(p_data) and its standard error, once per run (the evaluation seed fixes its draws)."""

@@ -265,3 +265,20 @@ def test_train_help_prints_the_groups_and_not_the_schemas(monkeypatch, capsys):
     assert info.value.code == 0 and "sde: subvp, ve, *vp\n" in out
     assert "schema" not in out.split("== Config")[0], out
 
+
+def test_likelihood_json_sets_the_entropy_floor_beside_nll_and_says_why_bits_per_dim_is_null(trained):
+    import math
+    import re
+    out = likelihood_app.checkpoint_likelihood(trained / "checkpoints" / "last.pt", n=20, rtol=1e-3, atol=1e-3,
+                                               method="both", n_t=4)
+    keys = list(out)
+    assert keys[keys.index("nll_se") + 1] == "entropy"
+    mix = sd.ring8()                                   # well-separated modes: H = log 8 + H(N(0, 0.25^2 I))
+    assert abs(out["entropy"] - (math.log(8) + float(mix.gaussian_entropies()[0]))) < 1e-9
+    assert 0 <= out["entropy_se"] < 1e-9
+    for p in ("", "elbo_"):
+        assert out[p + "bits_per_dim"] is None
+        assert keys[keys.index(p + "bits_per_dim") + 1] == p + "bits_per_dim_note"
+        assert "continuous" in out[p + "bits_per_dim_note"] and "ring8" in out[p + "bits_per_dim_note"]
+    page = (ROOT / "docs" / "outputs.md").read_text()
+    assert set(out) | {"checkpoint"} <= set(re.findall(r"`([a-z][a-z0-9_]*)`", page))
