@@ -160,7 +160,8 @@ def unknown_key_error(config_name: str, argv: Sequence[str]) -> Optional[str]:
     except Exception:   # a group choice Hydra cannot compose: its own error says which
         return None
     # the groups a user chooses at the top level (GROUP=OPTION): a misspelt one reads as a key
-    group_names = sorted({c.split("/")[0] for c in cfg.hydra.runtime.choices if not c.startswith("hydra") and "@" not in c})
+    group_names = sorted({c.split("/")[0] for c in cfg.hydra.runtime.choices
+                          if not c.startswith("hydra") and "@" not in c})
     for o in keys:
         path = o.key_or_group.split(".")
         node: Any = cfg
@@ -178,7 +179,8 @@ def unknown_key_error(config_name: str, argv: Sequence[str]) -> Optional[str]:
             where = ".".join(path[:i + 1])
             best = _closest(part, valid)
             if best is not None:
-                return f"unknown key '{where}' in {o.input_line}; did you mean '{prefix + '.' if prefix else ''}{best}'?"
+                full = f"{prefix}.{best}" if prefix else best
+                return f"unknown key '{where}' in {o.input_line}; did you mean '{full}'?"
             of = f" of '{prefix}'" if prefix else ""
             return f"unknown key '{where}' in {o.input_line}; valid keys{of}: {', '.join(sorted(set(valid)))}"
     return None
@@ -196,7 +198,7 @@ def check_overrides(config_name: str, argv: Optional[Sequence[str]] = None) -> N
 def help_groups(*, _root_: DictConfig) -> str:
     """The ``${scoresde_groups:}`` resolver of ``--help`` (``conf/hydra/help/scoresde.yaml``): one
     line per group this app's defaults choose from, ``group: a, *b, c`` (``*``: the current
-    choice; ``none`` when unset).  Hydra's own ``hydra/*`` groups and the internal ``schema/*``
+    choice; "(none chosen)" after a group left unset).  Hydra's own ``hydra/*`` groups and the internal ``schema/*``
     ones (the options' schemas, :mod:`.schema`) are left out: Hydra's ``$APP_CONFIG_GROUPS``
     lists every group in conf/, those of the other apps too."""
     from hydra.core.global_hydra import GlobalHydra
