@@ -58,7 +58,7 @@ def image_grid(x: Tensor, labels: Optional[Tensor] = None, per_row: int = 16):
 def _fitted_limits(xf: Tensor, rf: Optional[Tensor], q: float = 0.01):
     """Per-axis ``(lo, hi)`` for a scatter of samples ``xf [N, 2]`` over data ``rf``: the data's
     range joined with the samples' central ``1 - 2q`` (so a shifted or spread-out bulk stays in
-    view), plus 8% margins.  A few far-off samples (a diverged trajectory at 1e3) would otherwise
+    view), plus 15% margins.  A few far-off samples (a diverged trajectory at 1e3) would otherwise
     set the axes and shrink the data to a dot, hiding what the plot is for."""
     finite = xf[torch.isfinite(xf).all(1)]
     out = []
@@ -72,7 +72,7 @@ def _fitted_limits(xf: Tensor, rf: Optional[Tensor], q: float = 0.01):
         if not parts:
             return None
         lo, hi = min(parts), max(parts)
-        pad = 0.08 * (hi - lo) if hi > lo else 1.0
+        pad = 0.15 * (hi - lo) if hi > lo else 1.0
         out.append((lo - pad, hi + pad))
     return out
 
