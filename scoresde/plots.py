@@ -13,7 +13,7 @@ import torch
 Tensor = torch.Tensor
 PathLike = Union[str, os.PathLike]
 
-__all__ = ["save_samples_png", "image_grid"]
+__all__ = ["save_samples_png", "samples_figure", "image_grid"]
 
 
 def _classes(labels: Optional[Tensor], n: int):
@@ -55,11 +55,48 @@ def image_grid(x: Tensor, labels: Optional[Tensor] = None, per_row: int = 16):
     return grid, rows, cols
 
 
+def _fitted_limits(xf: Tensor, rf: Optional[Tensor], q: float = 0.01):
+    """Per-axis ``(lo, hi)`` for a scatter of samples ``xf [N, 2]`` over data ``rf``: the data's
+    range joined with the samples' central ``1 - 2q`` (so a shifted or spread-out bulk stays in
+    view), plus 15% margins.  A few far-off samples (a diverged trajectory at 1e3) would otherwise
+    set the axes and shrink the data to a dot, hiding what the plot is for."""
+    finite = xf[torch.isfinite(xf).all(1)]
+    out = []
+    for d in range(2):
+        parts = []
+        if finite.shape[0]:
+            col = finite[:, d].double()
+            parts += [float(torch.quantile(col, q)), float(torch.quantile(col, 1 - q))]
+        if rf is not None and rf.shape[0]:
+            parts += [float(rf[:, d].min()), float(rf[:, d].max())]
+        if not parts:
+            return None
+        lo, hi = min(parts), max(parts)
+        pad = 0.15 * (hi - lo) if hi > lo else 1.0
+        out.append((lo - pad, hi + pad))
+    return out
+
+
 def save_samples_png(x: Tensor, path: PathLike, reference: Optional[Tensor] = None, title: str = "",
                      labels: Optional[Tensor] = None, per_row: int = 16) -> Path:
-    """Samples as a PNG: a scatter plot for vectors (first two coordinates, over ``reference``
-    in grey), an image grid for ``[N, C, H, W]`` with values in [0, 1].
+    """Samples as a PNG (:func:`samples_figure`)."""
+    import matplotlib.pyplot as plt
 
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig = samples_figure(x, reference, title, labels, per_row)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def samples_figure(x: Tensor, reference: Optional[Tensor] = None, title: str = "",
+                   labels: Optional[Tensor] = None, per_row: int = 16):
+    """The figure of :func:`save_samples_png`: a scatter plot for vectors (first two coordinates,
+    over ``reference`` in grey), an image grid for ``[N, C, H, W]`` with values in [0, 1].
+
+    A scatter's axes are fitted to the data and the bulk of the samples (:func:`_fitted_limits`);
+    samples beyond them are counted in the title ("k of N samples outside the axes").
     ``labels`` (``[N]`` ints, the class each sample was drawn for): images get one row per class,
     in the order the classes first appear, with up to ``per_row`` of its samples and the class
     written on the left; vectors get one colour per class.
@@ -68,8 +105,6 @@ def save_samples_png(x: Tensor, path: PathLike, reference: Optional[Tensor] = No
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     x = x.detach().float().cpu()
     labels, classes = _classes(labels, x.shape[0])
     if x.dim() == 4:
@@ -90,22 +125,32 @@ def save_samples_png(x: Tensor, path: PathLike, reference: Optional[Tensor] = No
         if xf.shape[1] == 1:
             xf = torch.cat([xf, torch.zeros_like(xf)], 1)
         fig, ax = plt.subplots(figsize=(6, 6))
+        rf = None
         if reference is not None:
             rf = reference.detach().float().cpu().reshape(reference.shape[0], -1)
             if rf.shape[1] >= 2:
                 ax.scatter(rf[:, 0], rf[:, 1], s=2, c="0.75", label="data")
+            else:
+                rf = None
         if classes:
             for k, c in enumerate(classes):
                 m = labels == c
                 ax.scatter(xf[m, 0], xf[m, 1], s=2, c=f"C{k % 10}", label=f"class {c}")
         else:
             ax.scatter(xf[:, 0], xf[:, 1], s=2, c="C0", label="samples")
+        limits = _fitted_limits(xf[:, :2], rf)
+        if limits is not None:
+            (x0, x1), (y0, y1) = limits
+            ax.set_xlim(x0, x1)
+            ax.set_ylim(y0, y1)
+            inside = (xf[:, 0] >= x0) & (xf[:, 0] <= x1) & (xf[:, 1] >= y0) & (xf[:, 1] <= y1)
+            outside = int((~inside).sum())
+            if outside:
+                title = (title + "\n" if title else "") + f"{outside} of {xf.shape[0]} samples outside the axes"
         ax.set_aspect("equal")
         ax.legend(loc="upper right", markerscale=4)
     ax.set_title(title)
     if x.dim() == 4 and not classes:
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return fig

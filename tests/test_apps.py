@@ -172,3 +172,114 @@ def test_the_user_error_wrapper_exits_1_with_one_line_and_keeps_tracebacks_of_bu
     with pytest.raises(KeyError):          # a bug is not a user error
         _common.exit_on_user_error(fails)(KeyError("k"))
 
+
+
+# ---------------------------------------------------------------------------------------------
+# unknown keys of our own groups, with or without +, are refused with the closest valid key;
+# Hydra's own overrides stay Hydra's; a missing mandatory value is one line
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("app, argv, message", [
+    ("train", ["trian.steps=100"], "unknown key 'trian' in trian.steps=100; did you mean 'train'?"),
+    ("train", ["+trian.steps=100"], "unknown key 'trian' in +trian.steps=100; did you mean 'train'?"),
+    ("train", ["train.step=100"], "unknown key 'train.step' in train.step=100; did you mean 'train.steps'?"),
+    ("train", ["+train.step=100"], "unknown key 'train.step' in +train.step=100; did you mean 'train.steps'?"),
+    # judged on the chosen option's keys, and on the first option of a sweep
+    ("train", ["sde=ve", "sde.sigma_mx=3"], "did you mean 'sde.sigma_max'?"),
+    ("train", ["-m", "sde=vp,ve", "sde.beta_mx=3"], "did you mean 'sde.beta_max'?"),
+    ("train", ["experimnet=quick"], "did you mean 'experiment'?"),
+    ("train", ["experiment=quick", "model.widht=8"], "did you mean 'model.width'?"),
+    ("train", ["xyzzy=1"], "valid keys: classifier, data, eval, experiment, loss, model, note, optim, sampler, "
+                           "sde, seed, task, train"),
+    ("sample", ["checkpoint=x.pt", "sampler.stesp=3"], "did you mean 'sampler.steps'?"),
+    ("likelihood", ["checkpoint=x.pt", "n_tt=3"], "did you mean 'n_t'?"),
+    ("bench", ["+overhead.enabeld=false"], "did you mean 'overhead.enabled'?"),
+])
+def test_an_unknown_key_is_refused_with_the_closest_valid_one(app, argv, message):
+    from scoresde.apps import bench  # noqa: F401  (stores the apps' schemas)
+    from scoresde.apps import train  # noqa: F401
+    msg = _common.unknown_key_error(app, argv + ["hydra.run.dir=/nonexistent"])
+    assert msg is not None and msg.endswith(message), msg
+
+
+@pytest.mark.parametrize("app, argv", [
+    ("train", ["train.steps=100", "seed=3", "sde=ve", "sde.sigma_max=10", "experiment=quick", "train.log_every=7"]),
+    ("train", ["-m", "sde=vp,subvp", "seed=1,2", "hydra/launcher=basic", "hydra.sweep.dir=/tmp/x",
+               "+hydra.job.env_set.FOO=1", "hydra.job.chdir=true"]),
+    ("sample", ["checkpoint=x.pt", "sampler=pc", "sampler.corrector=langevin", "n=3"]),
+    ("likelihood", ["checkpoint=x.pt", "data=moons", "data.n_test=10", "method=both"]),
+    ("bench", ["quick=true", "overhead.network.width=8"]),
+])
+def test_valid_overrides_and_hydras_own_pass_the_key_check(app, argv):
+    from scoresde.apps import bench  # noqa: F401
+    from scoresde.apps import train  # noqa: F401
+    assert _common.unknown_key_error(app, argv) is None
+
+
+def test_plus_with_a_typo_exits_1_in_one_line_instead_of_running_without_the_key(tmp_path, monkeypatch, capsys):
+    from _tiny import TINY
+    from scoresde.apps import train as train_app
+    monkeypatch.setattr(sys, "argv", ["scoresde-train", "+trian.steps=100", f"hydra.run.dir={tmp_path}"] + TINY)
+    with pytest.raises(SystemExit) as info:
+        train_app.train_main()
+    assert info.value.code == 1 and not (tmp_path / "metrics.json").exists()
+    assert capsys.readouterr().err.splitlines() == [
+        "error: unknown key 'trian' in +trian.steps=100; did you mean 'train'?"]
+
+
+def test_a_missing_checkpoint_value_is_one_line_without_a_traceback(tmp_path, monkeypatch, capsys):
+    for main in (sample_app.main, likelihood_app.main):
+        with pytest.raises(SystemExit) as info:
+            _app(monkeypatch, main, [f"hydra.run.dir={tmp_path}"])
+        err = capsys.readouterr().err
+        assert info.value.code == 1 and "Traceback" not in err
+        assert err.splitlines() == ["error: checkpoint=... is required: give the path of a checkpoint written by "
+                                    "scoresde-train (e.g. checkpoint=outputs/train/<date>/<time>/checkpoints/last.pt) "
+                                    "or checkpoint=diffusers:FOLDER"]
+
+
+def _help_groups(app):
+    """The groups section of ``--help`` as Hydra's help renders it (conf/hydra/help/scoresde.yaml)."""
+    from hydra import compose, initialize_config_dir
+    from scoresde.apps import train  # noqa: F401  (stores train_schema)
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name=app, return_hydra_config=True)
+        text = cfg.hydra.help.template
+    return text.split("== Groups")[1].split("== Config")[0]
+
+
+def test_help_lists_the_apps_own_groups_with_their_choice_and_no_schema_groups():
+    train = _help_groups("train")
+    assert "schema" not in train, train
+    assert "\nsde: subvp, ve, *vp\n" in train and "\nmodel: *mlp, unet\n" in train and "\nexperiment: " in train
+    assert "guidance:" not in train                    # the sample app's group, not the train app's
+    sample = _help_groups("sample")
+    assert "\nsampler: " in sample and "*ode" in sample and "\nguidance: *cfg\n" in sample
+    assert "schema" not in sample and "\nsde: " not in sample and "\nmodel: " not in sample
+
+
+@pytest.mark.slow
+def test_train_help_prints_the_groups_and_not_the_schemas(monkeypatch, capsys):
+    from scoresde.apps import train as train_app
+    with pytest.raises(SystemExit) as info:           # Hydra's help lists every group first: seconds
+        _app(monkeypatch, train_app.train_main, ["--help"])
+    out = capsys.readouterr().out
+    assert info.value.code == 0 and "sde: subvp, ve, *vp\n" in out
+    assert "schema" not in out.split("== Config")[0], out
+
+
+def test_likelihood_json_sets_the_entropy_floor_beside_nll_and_says_why_bits_per_dim_is_null(trained):
+    import math
+    import re
+    out = likelihood_app.checkpoint_likelihood(trained / "checkpoints" / "last.pt", n=20, rtol=1e-3, atol=1e-3,
+                                               method="both", n_t=4)
+    keys = list(out)
+    assert keys[keys.index("nll_se") + 1] == "entropy"
+    mix = sd.ring8()                                   # well-separated modes: H = log 8 + H(N(0, 0.25^2 I))
+    assert abs(out["entropy"] - (math.log(8) + float(mix.gaussian_entropies()[0]))) < 1e-9
+    assert 0 <= out["entropy_se"] < 1e-9
+    for p in ("", "elbo_"):
+        assert out[p + "bits_per_dim"] is None
+        assert keys[keys.index(p + "bits_per_dim") + 1] == p + "bits_per_dim_note"
+        assert "continuous" in out[p + "bits_per_dim_note"] and "ring8" in out[p + "bits_per_dim_note"]
+    page = (ROOT / "docs" / "outputs.md").read_text()
+    assert set(out) | {"checkpoint"} <= set(re.findall(r"`([a-z][a-z0-9_]*)`", page))

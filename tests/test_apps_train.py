@@ -185,3 +185,18 @@ def test_sigkill_between_checkpoints_then_the_same_command_resumes_to_the_uninte
     n = _assert_same(a, b)
     assert {"model", "ema", "optimizer", "rng"} <= set(a) and set(a["rng"]) == {"torch", "cuda", "train"}
     assert n >= 3 * len(a["model"]) + 2, n
+
+
+def test_the_quick_preset_says_in_its_file_and_in_train_log_that_it_is_a_smoke_test(tmp_path, monkeypatch):
+    from _tiny import TINY
+    text = (CONF / "experiment" / "quick.yaml").read_text()
+    assert "SMOKE TEST" in text and "smeared" in text
+    run_dir = tmp_path / "run"
+    monkeypatch.setattr(sys, "argv", ["scoresde-train", "experiment=quick", f"hydra.run.dir={run_dir}"] + TINY
+                        + ["eval.n_nll=0", "eval.n_samples=0", "eval.bound=false"])
+    train_app.train_main()
+    log = (run_dir / "train.log").read_text()
+    assert log.count("note: experiment=quick is a smoke test") == 2, log     # at the start and by the metrics
+    assert log.index("note:") < log.index("metrics:") < log.rindex("note:")
+    # the note is the app's, not the model's: the checkpoint's config is the library's
+    assert "note" not in sd.load_model(run_dir / "checkpoints" / "last.pt").checkpoint["config"]

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from scoresde.plots import image_grid, save_samples_png
+from scoresde.plots import image_grid, samples_figure, save_samples_png
 
 
 def _images(labels, H=3, W=2):
@@ -43,3 +43,20 @@ def test_save_samples_png_takes_labels_for_images_and_vectors(tmp_path):
     assert save_samples_png(torch.randn(3, 2), tmp_path / "b.png", labels=labels).stat().st_size > 0
     with pytest.raises(ValueError, match="2 labels for 3 samples"):
         save_samples_png(torch.randn(3, 2), tmp_path / "c.png", labels=labels[:2])
+
+
+def test_a_scatter_fits_its_axes_to_the_data_not_to_far_off_samples_and_counts_those():
+    import scoresde as sd
+    mix = sd.ring8()
+    g = torch.Generator().manual_seed(0)
+    data = mix.sample(500, generator=g)
+    x = torch.cat([mix.sample(1990, generator=g), torch.full((10, 2), 1e3)])     # 10 diverged samples
+    fig = samples_figure(x, data, title="ring8")
+    ax = fig.axes[0]
+    lo, hi = ax.get_xlim()
+    # the ring (radius 4 plus its modes' spread) fills the panel: not squeezed into a corner by 1e3
+    assert -7 < lo < float(data[:, 0].min()) and float(data[:, 0].max()) < hi < 7
+    assert ax.get_title() == "ring8\n10 of 2000 samples outside the axes"
+    # a shifted bulk stays in view: limits take the samples' central 98% too
+    lo, hi = samples_figure(data + 10.0, data).axes[0].get_xlim()
+    assert lo < float(data[:, 0].min()) and hi > float(data[:, 0].max()) + 10.0

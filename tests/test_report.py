@@ -64,3 +64,20 @@ def test_errors_name_the_problem(tmp_path, capsys):
     _fake_sweep(tmp_path / "s", ROWS)
     with pytest.raises(ValueError, match="fid"):
         report.write_report(tmp_path / "s", metrics=["fid"])
+
+
+def test_the_plot_fits_its_axis_so_a_0009_nat_difference_fills_the_panel_and_states_the_range(tmp_path):
+    rows = [(["sde=vp"], {"nll": 2.1201, "nll_se": 0.0008, "mode_w2": 0.0316, "mode_w2_floor": 0.0201}),
+            (["sde=subvp"], {"nll": 2.1291, "nll_se": 0.0008, "mode_w2": 0.0290, "mode_w2_floor": 0.0201}),
+            (["sde=ve"], {"nll": 2.1250, "nll_se": 0.0008, "mode_w2": 0.0450, "mode_w2_floor": 0.0201})]
+    runs = report.collect_runs(_fake_sweep(tmp_path, rows))
+    table = report.report_table(runs, ["nll", "mode_w2"])
+    fig = report.report_figure(runs, table, table.metrics)
+    nll_ax, w2_ax = fig.axes
+    lo, hi = nll_ax.get_ylim()
+    assert lo > 2.1 and (2.1291 - 2.1201) / (hi - lo) > 0.5          # the difference spans most of the panel
+    assert "not from 0" in nll_ax.get_title() and "spread 0.009" in nll_ax.get_title()
+    # the floor is drawn beside the distance and inside the axis
+    lo, hi = w2_ax.get_ylim()
+    assert lo < 0.0201 < 0.0450 < hi and "floor (exact samples)" in [t.get_text() for t in w2_ax.get_legend().texts]
+    fig.savefig(tmp_path / "report.png")

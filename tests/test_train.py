@@ -310,3 +310,73 @@ def test_image_training_bound_reports_bits_per_dim(tmp_path, dequantize):
     with pytest.raises(ValueError, match="bound_repeats"):
         t.eval_cfg.bound_repeats = 0
         t.heldout_bound()
+
+
+class _Stream:
+    """A stand-in for sys.stderr that says whether it is a terminal and keeps what is written."""
+
+    def __init__(self, tty: bool):
+        self.tty, self.text = tty, ""
+
+    def isatty(self) -> bool:
+        return self.tty
+
+    def write(self, s):
+        self.text += s
+        return len(s)
+
+    def flush(self):
+        pass
+
+
+def _quiet_config(steps=8):
+    cfg = tiny_config(steps, progress=True)
+    cfg["eval"] = {"n_nll": 0, "n_samples": 0, "bound": False}
+    return cfg
+
+
+def test_without_a_terminal_fit_logs_a_progress_line_every_log_every_steps(tmp_path, monkeypatch, caplog):
+    import logging
+    import re
+    monkeypatch.setattr(sys, "stderr", _Stream(tty=False))       # nohup, SLURM: no tqdm bar
+    with caplog.at_level(logging.INFO, logger="scoresde"):
+        train(_quiet_config(8), tmp_path)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
+    assert [int(re.match(r"step (\d+)/8 ", m).group(1)) for m in lines] == [4, 8], lines
+    pattern = r"step 4/8 \(50%\)  loss \d+\.\d{4}  lr [0-9.e-]+  \d+\.\d steps/s  ETA \d+m\d\ds"
+    assert re.fullmatch(pattern, lines[0]), lines[0]
+    assert sys.stderr.text == ""
+
+
+def test_on_a_terminal_fit_draws_the_bar_and_logs_no_progress_lines(tmp_path, monkeypatch, caplog):
+    import logging
+    monkeypatch.setattr(sys, "stderr", _Stream(tty=True))
+    with caplog.at_level(logging.INFO, logger="scoresde"):
+        train(_quiet_config(8), tmp_path)
+    assert not [r for r in caplog.records if r.getMessage().startswith("step ")]
+    assert "train" in sys.stderr.text and "8/8" in sys.stderr.text
+
+
+def _documented_keys():
+    """The keys docs/outputs.md names in backticks."""
+    import re
+    from pathlib import Path
+    page = Path(__file__).resolve().parent.parent / "docs" / "outputs.md"
+    return set(re.findall(r"`([a-z][a-z0-9_]*)`", page.read_text()))
+
+
+def test_metrics_json_puts_each_distance_beside_its_exact_sample_floor_and_every_key_is_documented(tmp_path):
+    cfg = tiny_config(4)
+    cfg["eval"] = {"n_nll": 16, "n_samples": 400, "rtol": 1e-3, "atol": 1e-3}
+    cfg["sampler"] = {"name": "dpm_solver", "steps": 4}
+    train(cfg, tmp_path)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    keys = list(metrics)
+    assert keys[keys.index("mode_w2") + 1] == "mode_w2_floor"
+    assert keys[keys.index("mode_weight_error") + 1] == "mode_weight_error_floor"
+    mix = sd.ring8()
+    assert metrics["mode_w2_floor"] == sd.metrics.exact_floor(mix, 400, repeats=5, seed=0)
+    # a 4-step model sits far above what exact samples score at the same n
+    assert 0 < metrics["mode_w2_floor"] < metrics["mode_w2"]
+    assert 0 < metrics["mode_weight_error_floor"] < 0.2
+    assert set(metrics) - _documented_keys() == set()

@@ -21,7 +21,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from . import schema as _schemas  # noqa: F401  (stores schema/<group>/<name>, which conf/model/ uses)
-from ._common import config_path, exit_on_user_error
+from ._common import check_overrides, config_path, exit_on_user_error
 
 log = logging.getLogger("scoresde")
 
@@ -100,6 +100,7 @@ def _app(cfg: DictConfig) -> None:
 
 def main() -> None:
     """Console script ``scoresde-bench``."""
+    check_overrides("bench")
     _app()
 
 

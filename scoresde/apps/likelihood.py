@@ -17,7 +17,9 @@ data as given is
 
 so ``nll`` (nats per sample, mean over the points, with its standard error ``nll_se``) is in data
 space.  For Gaussian-mixture data sets, ``kl`` = mean(log p_data - log p_model) over the same
-points, from the exact density.
+points, from the exact density, and ``entropy`` (+ ``_se``) = H(p_data) in data space, the NLL's
+floor (E nll = H + KL).  For continuous data ``bits_per_dim`` is null and ``bits_per_dim_note``
+says why.  Every key, with its units: docs/outputs.md.
 
 Image data sets hold discrete levels k in {0, ..., L-1} (L = 17 for the digits, 256 for 8-bit
 images), so their likelihood is a probability, bounded by uniform dequantization
@@ -63,7 +65,7 @@ from ..data import build_dataset
 from ..data.images import from_model_range
 from . import schema  # noqa: F401  (registers the group schemas)
 from ..checkpoints import LoadedScore, load_score, loaded_model
-from ._common import config_path, cpu_generator, exit_on_user_error, run_dir
+from ._common import check_overrides, config_path, cpu_generator, exit_on_user_error, run_dir
 
 log = logging.getLogger("scoresde")
 
@@ -219,7 +221,15 @@ def checkpoint_likelihood(checkpoint, split: str = "test", n: Optional[int] = 20
         p = "" if m == "ode" else "elbo_"
         out[p + "nll"] = float(nll.mean())
         out[p + "nll_se"] = float(nll.std() / math.sqrt(nll.numel())) if nll.numel() > 1 else float("nan")
+        if m == "ode" and data.mixture is not None:
+            # the NLL's floor: E[nll] = H(p_data) + KL(p_data || p_model) >= H(p_data), in data space
+            h, h_se = data.mixture.entropy(n=100_000, generator=torch.Generator().manual_seed(seed))
+            out["entropy"], out["entropy_se"] = float(h) - log_det, float(h_se)
         out[p + "bits_per_dim"] = None if levels is None else out[p + "nll"] / (dims * math.log(2.0))
+        if levels is None:
+            out[p + "bits_per_dim_note"] = (
+                f"null: bits/dim is defined for discrete data (images of L levels, by a dequantization bound on "
+                f"-log2 P(k) / D); {data.name} is continuous, so {p}nll is a density: nats per sample in data space")
         out[p + "nfe"] = sum(nfes)
         out[p + "nfe_per_batch"] = nfes
         out[p + "seconds"] = round(seconds, 4)
@@ -281,6 +291,7 @@ def _app(cfg: DictConfig) -> None:
 
 def main() -> None:
     """Console script ``scoresde-likelihood``."""
+    check_overrides("likelihood")
     _app()
 
 

@@ -63,7 +63,7 @@ from . import schema  # noqa: F401  (registers the group schemas)
 from .schema import schema_from_signature
 from . import _inverse  # noqa: F401  (stores the inverse group's schema)
 from ..checkpoints import LoadedScore, checkpoint_path, load_score, loaded_model
-from ._common import config_path, cpu_generator, exit_on_user_error, run_dir
+from ._common import check_overrides, config_path, cpu_generator, exit_on_user_error, run_dir
 
 log = logging.getLogger("scoresde")
 
@@ -305,6 +305,7 @@ def _app(cfg: DictConfig) -> None:
 
 def main() -> None:
     """Console script ``scoresde-sample``."""
+    check_overrides("sample")
     _app()
 
 

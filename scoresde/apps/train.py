@@ -26,7 +26,7 @@ import logging
 import sys
 from dataclasses import field, make_dataclass
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import hydra
 from hydra.core.config_store import ConfigStore
@@ -35,7 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..training import Trainer, train
 from . import schema as _schemas
-from ._common import config_path, exit_on_user_error
+from ._common import check_overrides, config_path, exit_on_user_error
 
 log = logging.getLogger("scoresde")
 
@@ -46,6 +46,8 @@ TrainAppSchema = make_dataclass("TrainAppSchema", [
     ("seed", int, field(default=inspect.signature(Trainer).parameters["seed"].default)),
     # score (a score model) | classifier (a noisy classifier for guidance: scoresde.training.classifier)
     ("task", str, field(default="score")),
+    # a line the app logs at the start and beside the final metrics (presets say what they are for)
+    ("note", Optional[str], field(default=None)),
     # plain dicts whose keys are the keyword arguments of the constructor they name (each option
     # file opts into /schema/<group>/<name>)
     *[(g, Dict[str, Any], field(default_factory=dict)) for g in _schemas.SCHEMA_GROUPS],
@@ -64,9 +66,14 @@ def run_train(cfg: DictConfig) -> Dict[str, Any]:
     # under torchrun, rank 0's run dir for every rank (the others have none of their own)
     out_dir = Path(distributed.broadcast_run_dir(HydraConfig.get().runtime.output_dir))
     config = OmegaConf.to_container(cfg, resolve=True)
+    note = config.pop("note", None)
+    if note:
+        log.warning("note: %s", note)
     log.info("training in %s\n%s", out_dir, OmegaConf.to_yaml(cfg))
     metrics = train(config, out_dir, trainer_cls=distributed.trainer_class())
     log.info("metrics: %s", json.dumps(metrics))
+    if note:
+        log.warning("note: %s", note)
     return metrics
 
 
@@ -80,9 +87,11 @@ def train_main() -> None:
     from ..training import distributed
 
     if not distributed.under_torchrun():
+        check_overrides("train")
         _train_app()
         return
     sys.argv = exit_on_user_error(distributed.torchrun_argv)(sys.argv)
+    check_overrides("train")
     try:
         _train_app()
     finally:

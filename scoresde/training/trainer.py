@@ -44,7 +44,9 @@ Durkan, Murray & Ermon 2021, Thm. 1).  Reported (``metrics.json``, ``eval_log.cs
   in expectation on -log2 P(k) / D (the decoder term from one independent x_eps per draw).
 
 Samples (``sd.sample``) go to a PNG and, for mixtures, to the
-mode-by-mode W2 of :func:`scoresde.metrics.mode_w2`.
+mode-by-mode W2 of :func:`scoresde.metrics.mode_w2`, reported beside its floor ``mode_w2_floor``
+(and ``mode_weight_error_floor``): the mean over 5 sets of as many exact mixture samples, what a
+perfect sampler scores at that n.  Every key of ``metrics.json``, with its units: docs/outputs.md.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ import copy
 import csv
 import dataclasses
 import json
+import logging
 import math
 import os
 import time
@@ -74,6 +77,7 @@ PathLike = Union[str, os.PathLike]
 
 __all__ = ["OptimConfig", "TrainConfig", "EvalConfig", "Trainer", "TrainingDiverged", "EMA", "lr_factor"]
 
+_log = logging.getLogger("scoresde")
 
 
 class TrainingDiverged(RuntimeError):
@@ -106,7 +110,7 @@ class TrainConfig:
     device: str = "auto"            # auto (CUDA when present) | cpu | cuda | cuda:N
     amp: str = "none"               # none | bf16 | fp16 (fp16 uses a gradient scaler)
     threads: Optional[int] = None   # torch.set_num_threads; null keeps torch's default
-    log_every: int = 100
+    log_every: int = 100            # train_log.csv row; without a terminal also a progress line in the log
     eval_every: int = 0             # periodic evaluation; 0 = only at the end
     ckpt_every: int = 1000          # periodic checkpoint; 0 = only at the end
     resume: Optional[str] = None    # a checkpoint to continue from; "auto": out_dir's last.pt if present
@@ -286,6 +290,7 @@ class Trainer:
         self.step = 0
         self.last_good_step: Optional[int] = None
         self._entropy: Optional[Tuple[float, float]] = None
+        self._floors: Optional[Tuple[int, float, float]] = None
         self.metrics: Dict[str, Any] = {}
         if self.cfg.resume == "auto":
             # the same command continues a killed run (a preempted job) and starts a new one
@@ -393,6 +398,10 @@ class Trainer:
         window = []
         bar = tqdm(total=cfg.steps, initial=self.step, disable=None if cfg.progress else True,
                    desc="train", dynamic_ncols=True)
+        # no bar (output not a terminal: nohup, SLURM; or progress=false): a progress line through
+        # logging every log_every steps instead, so train.log shows the run advancing
+        progress_lines = bool(bar.disable) and self.is_main
+        last_line = (time.perf_counter(), self.step)
         try:
             while self.step < cfg.steps:
                 stats = self.train_step()
@@ -406,6 +415,8 @@ class Trainer:
                     if self.is_main:
                         log.write(row)
                     bar.set_postfix(loss=f"{row['loss']:.4f}")
+                    if progress_lines:
+                        last_line = _log_progress(self.step, cfg.steps, row, last_line)
                     if tb is not None:
                         for k in ("loss", "lr", "grad_norm"):
                             tb.add_scalar(f"train/{k}", row[k], self.step)
@@ -545,9 +556,13 @@ class Trainer:
             out["sample_time_s"] = round(time.perf_counter() - t0, 3)
             xs = res.x
             if mix is not None:
+                # each distance beside its floor: what exact samples of the mixture score at this n
                 stats = sd.metrics.mode_w2(xs, mix)
+                w2_floor, weight_floor = self._exact_sample_floors(xs.shape[0])
                 out["mode_w2"] = stats.w2
+                out["mode_w2_floor"] = w2_floor
                 out["mode_weight_error"] = stats.weight_error
+                out["mode_weight_error_floor"] = weight_floor
             xd, ref = self.data.scaler.to_data(xs), self.data.scaler.to_data(self.data.test)
             if xd.dim() == 4:  # images: the scaler maps model space back to [0, 1] pixels
                 ref = None
@@ -561,6 +576,18 @@ class Trainer:
         self.metrics.update(out)
         return out
 
+    def _exact_sample_floors(self, n: int, repeats: int = 5) -> Tuple[float, float]:
+        """The mean ``mode_w2`` and ``mode_weight_error`` of ``repeats`` sets of ``n`` exact mixture
+        samples (their floors at this n: estimation noise, not sampler error), once per run;
+        the W2 one equals ``sd.metrics.exact_floor(mixture, n, repeats, seed=eval.seed)``."""
+        from ..metrics import mode_w2
+
+        if self._floors is None or self._floors[0] != n:
+            mix, g = self.data.mixture, torch.Generator().manual_seed(self.eval_cfg.seed)
+            stats = [mode_w2(mix.sample(n, generator=g, dtype=torch.float64), mix) for _ in range(repeats)]
+            self._floors = (n, sum(st.w2 for st in stats) / repeats, sum(st.weight_error for st in stats) / repeats)
+        return self._floors[1], self._floors[2]
+
     def _mixture_entropy(self) -> Tuple[float, float]:
         """H(p_data) and its standard error, once per run (the evaluation seed fixes its draws)."""
         if self._entropy is None:
@@ -568,3 +595,15 @@ class Trainer:
             self._entropy = self.data.mixture.entropy(n=100_000, generator=g)
         return self._entropy
 
+
+def _log_progress(step: int, total: int, row: Dict[str, Any], last: Tuple[float, int]) -> Tuple[float, int]:
+    """Log ``step N/T (p%) loss .. lr .. S steps/s ETA ..``; the rate is over the steps since the
+    previous line ``last = (time, step)``.  Returns this line's ``(time, step)``."""
+    now = time.perf_counter()
+    rate = (step - last[1]) / max(now - last[0], 1e-9)
+    eta = (total - step) / rate if rate > 0 else math.inf
+    eta_s = "?" if not math.isfinite(eta) else (f"{int(eta // 3600)}h{int(eta % 3600 // 60):02d}m" if eta >= 3600
+                                               else f"{int(eta // 60)}m{int(eta % 60):02d}s")
+    _log.info("step %d/%d (%d%%)  loss %.4f  lr %.3g  %.1f steps/s  ETA %s", step, total,
+              int(100 * step / max(total, 1)), row["loss"], row["lr"], rate, eta_s)
+    return now, step
