@@ -1,6 +1,7 @@
-"""NCSN++ / DDPM++ and DDPM against score_sde_pytorch's own outputs (tests/data/score_sde/, written by
-its code at commit cb1f359f by make_fixtures.py there), its parameter counts, and FIR resampling
-against the upfirdn2d definition."""
+"""NCSN++ / DDPM++ and DDPM: score_sde_pytorch's state_dict layout (its checkpoints in
+tests/data/score_sde/, written by its code at commit cb1f359f by make_fixtures.py there), its
+parameter counts, FIR resampling against the upfirdn2d definition, options and errors.  That the
+scores equal the reference's own outputs is tested through the loader, tests/test_interop_score_sde.py."""
 import json
 import os
 
@@ -10,6 +11,8 @@ import torch
 import torch.nn.functional as F
 
 import scoresde as sd
+from scoresde.interop import score_sde_network
+from scoresde.interop.score_sde import _numpy_globals
 from scoresde.nn import DDPM, NCSNpp, build_model
 from scoresde.nn.layers_pp import FIRDownConv2d, downsample_fir, upsample_fir
 from scoresde.score import ScoreModel
@@ -17,10 +20,6 @@ from scoresde.score import ScoreModel
 DATA = os.path.join(os.path.dirname(__file__), "data", "score_sde")
 FAMILIES = ["ddpmpp_vp", "ddpmpp_deep_subvp", "ncsnpp_fir_residual_vp", "ncsnpp_fourier_ve",
             "ncsnpp_256_shape_ve", "ddpm_vp", "ncsnpp_options_vp", "ncsnpp_unconditional_ve"]
-NUMPY_GLOBALS = [np.dtype, np.dtypes.Float64DType, np._core.multiarray.scalar]
-_NET_KEYS = ("nf ch_mult num_res_blocks attn_resolutions dropout resamp_with_conv conditional fir fir_kernel "
-             "skip_rescale resblock_type progressive progressive_input progressive_combine embedding_type "
-             "fourier_scale init_scale scale_by_sigma nonlinearity sigma_min sigma_max num_scales").split()
 
 
 def _config(name):
@@ -28,55 +27,9 @@ def _config(name):
         return json.load(f)
 
 
-def _network(config):
-    m, d = config["model"], config["data"]
-    kw = {k: m[k] for k in _NET_KEYS if k in m}
-    kw.update(image_size=d["image_size"], num_channels=d["num_channels"], centered=d["centered"])
-    if m["name"] == "ddpm":
-        return DDPM(**{k: v for k, v in kw.items() if k in DDPM.__init__.__code__.co_varnames})
-    return NCSNpp(**kw)
-
-
 def _checkpoint(name):
-    with torch.serialization.safe_globals(NUMPY_GLOBALS):
+    with torch.serialization.safe_globals(_numpy_globals()):
         return torch.load(os.path.join(DATA, name + ".pth"), weights_only=True)
-
-
-def _score_model(name, weights):
-    config, ckpt = _config(name), _checkpoint(name)
-    net = _network(config).eval()
-    net.load_state_dict({k.removeprefix("module."): v for k, v in ckpt["model"].items()}, strict=True)
-    if weights == "ema":
-        trainable = [p for p in net.parameters() if p.requires_grad]
-        assert len(trainable) == len(ckpt["ema"]["shadow_params"])
-        with torch.no_grad():
-            for p, s in zip(trainable, ckpt["ema"]["shadow_params"]):
-                p.copy_(s)
-    m = config["model"]
-    kind = config["training"]["sde"]
-    if kind == "vesde":
-        sde = sd.VESDE(m["sigma_min"], m["sigma_max"])
-        model = ScoreModel(net, sde, parameterization="score", time_input="sigma")
-        # sigma as the reference computes it (sigma_min (sigma_max / sigma_min)^t): the Fourier
-        # arguments reach 2 pi 50 log(50), where one ulp of sigma moves the output by 1e-5
-        model.conditioning = lambda t: sde.sigma_min * (sde.sigma_max / sde.sigma_min) ** t
-        return model
-    sde = (sd.VPSDE if kind == "vpsde" else sd.SubVPSDE)(m["beta_min"], m["beta_max"])
-    return ScoreModel(net, sde, parameterization="noise", time_input="t")
-
-
-@pytest.mark.parametrize("weights", ["ema", "raw"])
-@pytest.mark.parametrize("name", FAMILIES)
-def test_score_equals_reference_score_at_four_times(name, weights):
-    model = _score_model(name, weights)
-    ref = torch.load(os.path.join(DATA, name + "_outputs.pth"), weights_only=True)
-    x = ref["x"]
-    with torch.no_grad():
-        for i, t in enumerate(ref["t"].tolist()):
-            want = ref[weights]["score"][i]
-            got = model(x, torch.full((x.shape[0],), t))
-            err = float((got - want).abs().max() / want.abs().max())
-            assert err <= 1e-5, f"{name} {weights} t={t}: relative error {err:.2e}"
 
 
 def test_raw_and_ema_fixtures_differ_so_the_two_tests_are_distinct():
@@ -86,7 +39,7 @@ def test_raw_and_ema_fixtures_differ_so_the_two_tests_are_distinct():
 
 @pytest.mark.parametrize("name", FAMILIES)
 def test_state_dict_keys_shapes_and_order_equal_the_reference(name):
-    ours = _network(_config(name)).state_dict()
+    ours = score_sde_network(_config(name)).state_dict()
     theirs = _checkpoint(name)["model"]
     assert [k.removeprefix("module.") for k in theirs] == list(ours)
     assert all(ours[k.removeprefix("module.")].shape == v.shape and ours[k.removeprefix("module.")].dtype == v.dtype
@@ -94,7 +47,7 @@ def test_state_dict_keys_shapes_and_order_equal_the_reference(name):
 
 
 def test_fourier_weights_are_a_frozen_parameter_outside_the_ema_list():
-    net = _network(_config("ncsnpp_fourier_ve"))
+    net = score_sde_network(_config("ncsnpp_fourier_ve"))
     names = [n for n, p in net.named_parameters() if not p.requires_grad]
     assert names == ["all_modules.0.W"]
     trainable = sum(p.requires_grad for p in net.parameters())

@@ -38,6 +38,8 @@ class DDPM(nn.Module):
                  time_scale: float = 999.0, sigma_min: float = 0.01, sigma_max: float = 50.0,
                  num_scales: int = 1000):
         super().__init__()
+        # the constructor's arguments, normalised below: what a checkpoint's config must match
+        self.hparams = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         ch_mult = tuple(int(m) for m in ch_mult)
         attn_resolutions = tuple(int(r) for r in attn_resolutions)
         nonlinearity = _choice("nonlinearity", nonlinearity, tuple(ACTIVATIONS))
@@ -56,6 +58,8 @@ class DDPM(nn.Module):
         self.image_size, self.num_channels, self.nf = int(image_size), int(num_channels), int(nf)
         self.ch_mult, self.num_res_blocks, self.attn_resolutions = ch_mult, int(num_res_blocks), attn_resolutions
         self.conditional, self.centered, self.time_scale = bool(conditional), bool(centered), float(time_scale)
+        self.hparams.update(ch_mult=list(ch_mult), attn_resolutions=list(attn_resolutions),
+                            nonlinearity=nonlinearity, time_scale=self.time_scale)
         self.act = act = ACTIVATIONS[nonlinearity]
         self.register_buffer("sigmas", reference_sigmas(sigma_min, sigma_max, num_scales))
 

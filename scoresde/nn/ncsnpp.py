@@ -18,11 +18,13 @@ Options (the reference config's ``model`` fields):
   strided conv and is merged into h by a rescaled sum).  ``progressive_combine`` ``"sum"`` or
   ``"cat"`` for input_skip.
 * ``fir`` / ``fir_kernel``: FIR (StyleGAN2) resampling instead of nearest / mean.
-* ``embedding_type``: ``"positional"`` (DDPM's sinusoidal embedding of ``time_scale * c``; the
-  reference's continuous VP / sub-VP models see ``999 t``) or ``"fourier"`` (Gaussian Fourier
-  features of ``log c``, with c = sigma(t) for the VE SDE; ``fourier_scale`` is the std of the
-  frequencies).
-* ``scale_by_sigma``: divide the output by c = sigma (VE: the output is then the score).
+* ``embedding_type``: ``"positional"`` (DDPM's sinusoidal embedding of the label) or
+  ``"fourier"`` (Gaussian Fourier features of ``log label``; ``fourier_scale`` is the std of the
+  frequencies).  The label is what the reference's network is fed: ``time_scale * c`` for the
+  conditioning c, with ``time_scale`` 999 by default for the positional embedding (c = t, the
+  reference's continuous VP / sub-VP label 999 t) and 1 for the Fourier one (c = sigma(t), its VE
+  label).
+* ``scale_by_sigma``: divide the output by the label, sigma (VE: the output is then the score).
 * ``centered``: inputs in [-1, 1]; otherwise [0, 1] inputs are mapped by ``2 x - 1`` first.
 * ``conditional``: condition on the noise level (the time MLP and the blocks' ``Dense_0``);
   not a class label.
@@ -51,7 +53,7 @@ equal to the reference's.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -85,8 +87,9 @@ def _choice(name: str, value: str, valid: Sequence[str]) -> str:
 class NCSNpp(nn.Module):
     """NCSN++ / DDPM++: ``net(x [B, C, H, W], c [B]) -> [B, C, H, W]`` (see the module docstring).
 
-    ``c`` is the noise conditioning: the time t for the positional embedding (embedded as
-    ``time_scale * t``), sigma(t) for the Fourier one (embedded as ``log sigma``).  Through
+    ``c`` is the noise conditioning, the network's label is ``time_scale * c``: by default the
+    time t for the positional embedding (label 999 t), sigma(t) for the Fourier one (label sigma,
+    embedded as ``log sigma``).  Through
     :class:`~scoresde.score.ScoreModel`: VP / sub-VP configs are ``parameterization="noise",
     time_input="t"``; VE configs (Fourier, ``scale_by_sigma``) are ``parameterization="score",
     time_input="sigma"``.
@@ -100,9 +103,11 @@ class NCSNpp(nn.Module):
                  progressive_input: str = "none", progressive_combine: str = "sum",
                  embedding_type: str = "positional", fourier_scale: float = 16.0, init_scale: float = 0.0,
                  scale_by_sigma: bool = False, centered: bool = True, nonlinearity: str = "swish",
-                 time_scale: float = 999.0, sigma_min: float = 0.01, sigma_max: float = 50.0,
+                 time_scale: Optional[float] = None, sigma_min: float = 0.01, sigma_max: float = 50.0,
                  num_scales: int = 1000):
         super().__init__()
+        # the constructor's arguments, normalised below: what a checkpoint's config must match
+        self.hparams = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         ch_mult = tuple(int(m) for m in ch_mult)
         attn_resolutions = tuple(int(r) for r in attn_resolutions)
         resblock_type = _choice("resblock_type", resblock_type, ("ddpm", "biggan"))
@@ -133,7 +138,14 @@ class NCSNpp(nn.Module):
         self.progressive_combine, self.embedding_type = combine, embedding_type
         self.fir, self.fir_kernel, self.skip_rescale = bool(fir), tuple(fir_kernel), bool(skip_rescale)
         self.conditional, self.scale_by_sigma, self.centered = bool(conditional), bool(scale_by_sigma), bool(centered)
+        if time_scale is None:
+            time_scale = 999.0 if embedding_type == "positional" else 1.0
         self.time_scale = float(time_scale)
+        self.hparams.update(ch_mult=list(ch_mult), attn_resolutions=list(attn_resolutions),
+                            fir_kernel=[float(k) for k in fir_kernel], resblock_type=resblock_type,
+                            progressive=progressive, progressive_input=progressive_input,
+                            progressive_combine=combine, embedding_type=embedding_type, nonlinearity=nonlinearity,
+                            time_scale=self.time_scale)
         self.act = ACTIVATIONS[nonlinearity]
         self.register_buffer("sigmas", reference_sigmas(sigma_min, sigma_max, num_scales))
 
@@ -238,10 +250,11 @@ class NCSNpp(nn.Module):
             norm = next(mods)
             return next(mods)(act(norm(h)))
 
+        label = c * self.time_scale              # what the reference's network is fed: 999 t or sigma
         if self.embedding_type == "fourier":
-            temb = next(mods)(torch.log(c))
+            temb = next(mods)(torch.log(label))
         else:
-            temb = timestep_embedding(c * self.time_scale, self.nf)
+            temb = timestep_embedding(label, self.nf)
         if self.conditional:
             temb = next(mods)(temb)
             temb = next(mods)(act(temb))
@@ -301,7 +314,7 @@ class NCSNpp(nn.Module):
             h = norm_conv(h)
         assert next(mods, None) is None, "every module is used exactly once"
         if self.scale_by_sigma:
-            h = h / c.reshape(-1, 1, 1, 1)
+            h = h / label.reshape(-1, 1, 1, 1)
         return h
 
 
@@ -312,7 +325,7 @@ def ncsnpp(data_shape: Sequence[int], nf: int = 128, ch_mult: Sequence[int] = (1
            progressive: str = "none", progressive_input: str = "none", progressive_combine: str = "sum",
            embedding_type: str = "positional", fourier_scale: float = 16.0, init_scale: float = 0.0,
            scale_by_sigma: bool = False, centered: bool = True, nonlinearity: str = "swish",
-           time_scale: float = 999.0, sigma_min: float = 0.01, sigma_max: float = 50.0,
+           time_scale: Optional[float] = None, sigma_min: float = 0.01, sigma_max: float = 50.0,
            num_scales: int = 1000) -> NCSNpp:
     """Registry factory: an :class:`NCSNpp` for samples of shape ``data_shape = [C, H, H]``; the
     defaults are DDPM++ at the CIFAR-10 size (vp/cifar10_ddpmpp_continuous)."""

@@ -8,7 +8,8 @@ How to run (CPU, about a minute)::
 
     git clone https://github.com/yang-song/score_sde_pytorch /tmp/score_sde_ref
     git -C /tmp/score_sde_ref checkout cb1f359f4aadf0ff9a5e122fe8fffc9451fd6e44
-    OMP_NUM_THREADS=1 python tests/data/score_sde/make_fixtures.py --ref /tmp/score_sde_ref
+    OMP_NUM_THREADS=1 python tests/data/score_sde/make_fixtures.py --ref /tmp/score_sde_ref \
+        --configs-out scoresde/interop/score_sde_configs
 
 What is stubbed, in this script only: ``tensorflow`` (the reference's ``utils.py`` imports it for
 ``tf.io.gfile``; replaced by ``os.path``), ``ml_collections`` (its configs are ``ConfigDict``s; a
@@ -35,6 +36,8 @@ Written:
   stored per t as ``f32_relative_deviation`` (zero for VE).
 * ``<family>.json``: the tiny config (``config.to_dict()``).
 * ``reference_parameter_counts.json``: the parameter counts of the full-size reference networks.
+* with ``--check-export TMPDIR``: nothing; it checks that the reference's ``restore_checkpoint``
+  reads ``scoresde.interop.to_score_sde``'s files and then scores as scoresde does (< 1e-5).
 * with ``--configs-out DIR``: every continuous reference config whose network scoresde builds
   (NCSN++ / DDPM++ and DDPM), as JSON (``scoresde/interop/score_sde_configs/``).
 """
@@ -256,12 +259,50 @@ def continuous_configs(ref):
     return found
 
 
+def check_export(refmods, tmpdir):
+    """scoresde's ``to_score_sde`` output, restored by the reference's own ``restore_checkpoint``
+    (``torch.load`` with the default ``weights_only=True`` on torch >= 2.6), gives scoresde's score."""
+    mutils, sde_lib, losses, ema_mod, utils = refmods
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))))
+    from scoresde.interop import ScoreSdeModel, score_sde_network, to_score_sde
+    for name, (module, model_over, data_over) in FAMILIES.items():
+        cfgpath = os.path.join(os.path.dirname(os.path.abspath(__file__)), name + ".json")
+        torch.manual_seed(3)
+        ours = ScoreSdeModel(score_sde_network(cfgpath), cfgpath)
+        perturb_(ours, torch.Generator().manual_seed(3), 0.2)
+        path = os.path.join(tmpdir, name + "_ours.pth")
+        to_score_sde(ours, path, cfgpath, step=5)
+        config = importlib.import_module(module).get_config()
+        config.device = torch.device("cpu")
+        for k, v in {**model_over, "dropout": 0.0}.items():
+            setattr(config.model, k, v)
+        for k, v in data_over.items():
+            setattr(config.data, k, v)
+        config.data.image_size = data_over.get("image_size", 16)
+        model = mutils.create_model(config)
+        ema = ema_mod.ExponentialMovingAverage(model.parameters(), decay=config.model.ema_rate)
+        state = dict(optimizer=losses.get_optimizer(config, model.parameters()), model=model, ema=ema, step=0)
+        state = utils.restore_checkpoint(path, state, device="cpu")
+        ema.copy_to(model.parameters())
+        score_fn = mutils.get_score_fn(build_sde(sde_lib, config), model, train=False, continuous=True)
+        x = torch.rand(2, config.data.num_channels, config.data.image_size, config.data.image_size)
+        t = torch.tensor([0.4, 0.8])
+        with torch.no_grad():
+            a, b = score_fn(x, t), ours.eval()(x, t)
+        err = float((a - b).abs().max() / a.abs().max())
+        print(f"export {name}: restored at step {state['step']}, relative score difference {err:.1e}")
+        assert state["step"] == 5 and err < 1e-5
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ref", required=True, help=f"a checkout of score_sde_pytorch at {COMMIT}")
     parser.add_argument("--out", default=os.path.dirname(os.path.abspath(__file__)))
     parser.add_argument("--configs-out", default=None, help="also write the continuous configs as JSON here")
     parser.add_argument("--skip-full-size", action="store_true", help="do not count full-size parameters")
+    parser.add_argument("--check-export", default=None, metavar="TMPDIR",
+                        help="also check that the reference restores scoresde's to_score_sde files (run from "
+                             "the repository root after the fixtures exist); writes its files to TMPDIR")
     args = parser.parse_args()
     install_stubs()
     sys.path.insert(0, os.path.abspath(args.ref))
@@ -273,10 +314,14 @@ def main():
     refmods = (mutils, sde_lib, losses, ema, utils)
     for name, spec in FAMILIES.items():
         make_family(name, spec, args, refmods)
+    if args.check_export:
+        os.makedirs(args.check_export, exist_ok=True)
+        check_export(refmods, args.check_export)
     if args.configs_out:
         os.makedirs(args.configs_out, exist_ok=True)
         for rel, config in continuous_configs(args.ref).items():
-            path = os.path.join(args.configs_out, rel.replace("/", "__") + ".json")
+            path = os.path.join(args.configs_out, rel + ".json")
+            os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path, "w") as f:
                 json.dump(plain(config), f, indent=1, sort_keys=True)
             print("config", rel)
