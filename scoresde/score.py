@@ -8,7 +8,8 @@ Parameterizations (Song et al. 2021, ``mutils.get_score_fn``):
 * ``"score"``: the network output is the score itself.
 
 The network sees the time through ``time_input``: ``"t"`` (the time itself, default),
-``"log_sigma"`` (log sigma(t), as Song et al.'s NCSN++ for VE) or ``"log_snr"``.
+``"log_sigma"`` (log sigma(t)), ``"sigma"`` (sigma(t), what Song et al.'s NCSN++ for VE is fed:
+it embeds log sigma itself and divides its output by sigma) or ``"log_snr"``.
 
 :class:`CountingScore` wraps any score function and counts its calls: the one NFE counter of the
 samplers and the likelihood.
@@ -34,7 +35,7 @@ Tensor = torch.Tensor
 __all__ = ["ScoreModel", "build_score_model", "CountingScore", "PARAMETERIZATIONS", "TIME_INPUTS"]
 
 PARAMETERIZATIONS = ("noise", "score")
-TIME_INPUTS = ("t", "log_sigma", "log_snr")
+TIME_INPUTS = ("t", "log_sigma", "log_snr", "sigma")
 
 
 class ScoreModel(nn.Module):
@@ -64,6 +65,8 @@ class ScoreModel(nn.Module):
             return t
         if self.time_input == "log_sigma":
             return torch.log(self.sde.std(t))
+        if self.time_input == "sigma":
+            return self.sde.std(t)
         return self.sde.log_snr(t)
 
     @property

@@ -20,7 +20,9 @@ CONF = Path(__file__).resolve().parent.parent / "conf"
 GROUPS = ["sde", "model", "data", "loss", "optim", "train", "eval", "sampler"]
 # The U-Net needs image data; image folders and torchvision sets need files on disk
 # (tests/test_image_app.py builds them from images it writes).
-PAIRED = {("model", "unet"): ["data=digits"]}
+_TINY_NET = ["data=digits", "model.ch_mult=[1,2]", "model.num_res_blocks=1", "model.attn_resolutions=[4]"]
+PAIRED = {("model", "unet"): ["data=digits"], ("model", "ddpmpp"): _TINY_NET + ["model.nf=8"],
+          ("model", "ncsnpp"): _TINY_NET + ["model.nf=8", "sde=ve"], ("model", "ddpm"): _TINY_NET + ["model.nf=32"]}
 NEEDS_FILES = {("data", "image_folder"), ("data", "torchvision")}
 
 

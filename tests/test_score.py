@@ -45,7 +45,7 @@ def test_noise_parameterization_divides_by_std():
     assert torch.allclose(out, -1.0 / sde.std(t)[:, None].expand(3, 2))
 
 
-@pytest.mark.parametrize("time_input", ["t", "log_sigma", "log_snr"])
+@pytest.mark.parametrize("time_input", ["t", "log_sigma", "log_snr", "sigma"])
 def test_time_input_is_what_the_network_sees(time_input):
     seen = {}
 
@@ -58,7 +58,7 @@ def test_time_input_is_what_the_network_sees(time_input):
     model = ScoreModel(Spy(), sde, "score", time_input)
     t = torch.tensor([0.1, 0.7])
     model(torch.zeros(2, 2), t)
-    want = {"t": t, "log_sigma": torch.log(sde.std(t)), "log_snr": sde.log_snr(t)}[time_input]
+    want = {"t": t, "log_sigma": torch.log(sde.std(t)), "log_snr": sde.log_snr(t), "sigma": sde.std(t)}[time_input]
     assert torch.allclose(seen["c"], want)
 
 
@@ -73,7 +73,7 @@ def test_bad_names_are_value_errors():
     with pytest.raises(ValueError, match="noise"):
         ScoreModel(net, sd.VPSDE(), "eps")
     with pytest.raises(ValueError, match="log_sigma"):
-        ScoreModel(net, sd.VPSDE(), "noise", "sigma")
+        ScoreModel(net, sd.VPSDE(), "noise", "sigma2")
     with pytest.raises(ValueError, match="SDE"):
         ScoreModel(net, "vp")
 
