@@ -24,6 +24,7 @@ from .elbo import elbo, ELBOResult
 from . import interop
 from . import ops
 from .inverse import sample_posterior, PosteriorResult
+from . import edit
 
 __version__ = "0.1.0"
 
@@ -37,4 +38,5 @@ __all__ = [
     "interop",
     "ops", "sample_posterior", "PosteriorResult",
     "guidance", "classifier",
+    "edit",
 ]
