@@ -41,6 +41,12 @@ and colorization of held-out or given images with :func:`scoresde.sample_posteri
 
     scoresde-sample checkpoint=... inverse.op=mask inverse.mask=lower_half inverse.method=smc inverse.n=8
     scoresde-sample checkpoint=... inverse.op=downsample inverse.factor=2 inverse.data=lowres.pt
+
+Editing (``conf/edit/``, :mod:`scoresde.apps._edit`): SDEdit of guides at several t0, the
+probability-flow encoder's round trip, interpolation between two images:
+
+    scoresde-sample checkpoint=... edit.mode=sdedit edit.guide=blur edit.t0=[0.1,0.3,0.6] edit.n=4
+    scoresde-sample checkpoint=... edit.mode=interpolate edit.index=0 edit.other=5 edit.points=9
 """
 
 from __future__ import annotations
@@ -62,6 +68,7 @@ from ..plots import save_samples_png
 from . import schema  # noqa: F401  (registers the group schemas)
 from .schema import schema_from_signature
 from . import _inverse  # noqa: F401  (stores the inverse group's schema)
+from . import _edit  # noqa: F401  (stores the edit group's schema)
 from ._common import (LoadedScore, checkpoint_path, config_path, cpu_generator, exit_on_user_error, load_score,
                       loaded_model, run_dir)
 
@@ -152,6 +159,7 @@ class SampleAppSchema:
     labels: Any = None                     # int | list of ints | null (unconditional sampling)
     guidance: Dict[str, Any] = field(default_factory=dict)
     inverse: Dict[str, Any] = field(default_factory=dict)   # inverse.op set: posterior sampling (_inverse.py)
+    edit: Dict[str, Any] = field(default_factory=dict)      # edit.mode set: SDEdit, encode, interpolate (_edit.py)
 
 
 ConfigStore.instance().store(name="sample_schema", node=SampleAppSchema)
@@ -274,9 +282,12 @@ def _reference(data_config: Optional[Dict[str, Any]], event_shape) -> Optional[t
 
 def run_sample(cfg: DictConfig, out_dir: Path) -> Dict[str, Any]:
     """The body of the app: samples -> samples.pt, samples.png, sample.json in ``out_dir``
-    (with ``inverse.op`` set: posterior samples, :func:`scoresde.apps._inverse.run_inverse`)."""
+    (with ``inverse.op`` set: posterior samples, :func:`scoresde.apps._inverse.run_inverse`;
+    with ``edit.mode`` set: edits, :func:`scoresde.apps._edit.run_edit`)."""
     if cfg.get("inverse") is not None and cfg.inverse.get("op") is not None:
         return _inverse.run_inverse(cfg, out_dir)
+    if cfg.get("edit") is not None and cfg.edit.get("mode") is not None:
+        return _edit.run_edit(cfg, out_dir)
     sampler = OmegaConf.to_container(cfg.sampler, resolve=True)
     loaded = load_score(cfg.checkpoint, cfg.device, cfg.ema)
     labels = OmegaConf.to_container(cfg.labels) if OmegaConf.is_config(cfg.labels) else cfg.labels
