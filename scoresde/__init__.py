@@ -24,6 +24,7 @@ from .likelihood import log_likelihood, bits_per_dim, LikelihoodResult, BitsPerD
 from . import interop
 from .inverse import operators as ops   # sd.ops: the measurement operators
 from .inverse import sample_posterior, PosteriorResult
+from . import edit
 
 __version__ = "0.1.0"
 
@@ -38,4 +39,5 @@ __all__ = [
     "interop",
     "ops", "sample_posterior", "PosteriorResult",
     "guidance", "classifier",
+    "edit",
 ]

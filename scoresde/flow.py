@@ -50,7 +50,7 @@ torch.Size([5])
 from __future__ import annotations
 
 import math
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 
@@ -203,16 +203,22 @@ def time_variable(sde: SDE, name: str) -> TimeVariable:
 
 # -- time grids ------------------------------------------------------------------------------------
 def time_grid(sde: SDE, n: int, eps: float, grid: str = "logsnr", rho: float = 7.0,
-              device=None) -> Tensor:
-    """``n + 1`` times (float64) from T down to eps spaced by ``grid`` (see the module docstring).
+              device=None, t_start: Optional[float] = None) -> Tensor:
+    """``n + 1`` times (float64) from ``t_start`` (default T) down to eps spaced by ``grid`` (see
+    the module docstring).
 
-    The ends are exactly T and eps (the round trip through lambda would move them by rounding).
+    The ends are exactly t_start and eps (the round trip through lambda would move them by
+    rounding).  A start below T (an SDEdit from t0) spaces the same rule over [eps, t0]: the
+    grid is the named grid of the shorter interval, not the tail of the grid from T.
     """
     if grid not in GRIDS:
         raise ValueError(f"unknown grid {grid!r}; valid grids: {list(GRIDS)}")
     if int(n) != n or n < 1:
         raise ValueError(f"the grid needs at least one step, got {n}")
-    ends = torch.tensor([sde.T, eps], dtype=torch.float64, device=device)
+    t0 = float(sde.T) if t_start is None else float(t_start)
+    if not eps < t0 <= sde.T:
+        raise ValueError(f"t_start must lie in (eps={eps}, T={sde.T}], got {t_start}")
+    ends = torch.tensor([t0, eps], dtype=torch.float64, device=device)
     u = torch.linspace(0.0, 1.0, int(n) + 1, dtype=torch.float64, device=device)
     if grid == "time_uniform":
         t = ends[0] + u * (ends[1] - ends[0])
@@ -231,7 +237,7 @@ def time_grid(sde: SDE, n: int, eps: float, grid: str = "logsnr", rho: float = 7
                 raise ValueError(f"rho must be positive, got {rho}")
             s = torch.exp(-lam / rho)
             t = sde.t_from_log_snr(-rho * torch.log(s[0] + u * (s[1] - s[0])))
-    t[0], t[-1] = sde.T, eps
+    t[0], t[-1] = t0, eps
     return t
 
 

@@ -236,6 +236,35 @@ class GaussianMixture:
         x = x.reshape((n,) + self.event_shape)
         return (x, labels.to(x.device)) if return_labels else x
 
+    def posterior_sample(self, x_t: Tensor, sde: SDE, t: float, generator: Optional[torch.Generator] = None) -> Tensor:
+        """Exact draws of x0 ~ p(x0 | x_t), one for each row of ``x_t`` ``[B, *event_shape]``.
+
+        x_t = alpha x0 + sigma e observes x0 through A = alpha I with noise sigma, so the
+        posterior is the mixture of :meth:`condition` (``condition(alpha I, x_t, sigma)``),
+        here for a whole batch at once: in component k's eigenbasis (C_k = U diag(lam) U^T),
+        with y = U^T (x_t - alpha mu_k) and v = alpha^2 lam + sigma^2,
+
+            k ~ r_k(x_t) (the responsibilities under p_t),
+            x0 = mu_k + U (alpha lam / v * y + sqrt(lam sigma^2 / v) z),   z ~ N(0, I).
+
+        The law of SDEdit with the exact score and a stochastic sampler, given its x_t0
+        (:func:`scoresde.edit.sdedit`).  Returns float64 ``[B, *event_shape]``.
+        """
+        xf = self._flatten(x_t).to(torch.float64).cpu()
+        B = xf.shape[0]
+        tt = torch.tensor([float(t)], dtype=torch.float64)
+        a, s = float(sde.mean_coef(tt)), float(sde.std(tt))
+        r = self.responsibilities(xf, sde, float(t))                             # [B, K]
+        gdev = generator.device if generator is not None else torch.device("cpu")
+        k = torch.multinomial(r.to(gdev), 1, generator=generator).reshape(B).cpu()
+        z = torch.randn(B, self.dim, generator=generator, dtype=torch.float64, device=gdev).cpu()
+        mu, lam, U = self.means[k], self._lam[k], self._U[k]                    # [B, D], [B, D], [B, D, D]
+        y = torch.einsum("bde,bd->be", U, xf - a * mu)
+        v = a ** 2 * lam + s ** 2
+        coef = a * lam / v * y + torch.sqrt(lam * s ** 2 / v) * z
+        x0 = mu + torch.einsum("bde,be->bd", U, coef)
+        return x0.reshape((B,) + self.event_shape)
+
     def entropy(self, n: int = 100_000, generator: Optional[torch.Generator] = None) -> Tuple[float, float]:
         """Differential entropy H(p_0) in nats, a Monte Carlo estimate, and its standard error.
 

@@ -265,3 +265,38 @@ def test_a_sampler_config_carries_eps_and_prior_as_defaults_of_the_call():
     assert c.nfe == 8 and not torch.equal(a.x, c.x)
     with pytest.raises(ValueError, match="unknown prior 'mean'"):
         build_sampler("ipndm", prior="mean")
+
+
+@pytest.mark.parametrize("name, opts", [("pc", dict(steps=6)), ("sde", dict(steps=6)), ("ode", {}),
+                                        ("dpm_solver", dict(steps=6)), ("unipc", dict(steps=6)),
+                                        ("heun", dict(steps=3)), ("ipndm", dict(steps=6))])
+def test_t_start_T_is_the_default_and_a_lower_start_needs_x_init(name, opts):
+    """Every sampler takes a start time (SDEdit's t0): t_start = T gives the default run bit for bit;
+    t_start < T starts from x_init there (its first recorded time is t_start); without x_init, or
+    outside (eps, T], it is an error naming t_start."""
+    sde, mix = sd.VPSDE(), sd.ring8()
+    f = mix.score_fn(sde)
+    a = sd.sample(f, sde, (8, 2), sampler=name, generator=torch.Generator().manual_seed(0), **opts)
+    b = sd.sample(f, sde, (8, 2), sampler=name, generator=torch.Generator().manual_seed(0), t_start=sde.T, **opts)
+    assert torch.equal(a.x, b.x) and a.nfe == b.nfe
+    x = torch.randn(8, 2, generator=torch.Generator().manual_seed(1))
+    c = sd.sample(f, sde, (8, 2), sampler=name, generator=torch.Generator().manual_seed(0), t_start=0.4, x_init=x,
+                  return_trajectory=True, **opts)
+    assert abs(float(c.times[0]) - 0.4) < 1e-12 and torch.equal(c.trajectory[0], x) and torch.isfinite(c.x).all()
+    with pytest.raises(ValueError, match="t_start < T needs x_init"):
+        sd.sample(f, sde, (8, 2), sampler=name, t_start=0.4, **opts)
+    for bad in (1e-3, 1.5):
+        with pytest.raises(ValueError, match="t_start"):
+            sd.sample(f, sde, (8, 2), sampler=name, t_start=bad, x_init=x, **opts)
+
+
+def test_named_grids_from_t_start_space_their_rule_over_eps_to_t_start():
+    """A named grid from t0 < T is the grid of [eps, t0], e.g. uniform in lambda for "logsnr"."""
+    from scoresde import flow
+    sde = sd.VPSDE()
+    t = flow.time_grid(sde, 6, 1e-3, "logsnr", t_start=0.5)
+    assert t[0] == 0.5 and t[-1] == 1e-3
+    lam = sde.log_snr(t)
+    assert torch.allclose(lam[1:] - lam[:-1], (lam[-1] - lam[0]).expand(6) / 6, rtol=1e-9)
+    with pytest.raises(ValueError, match="t_start"):
+        flow.time_grid(sde, 6, 1e-3, "logsnr", t_start=1e-3)

@@ -41,6 +41,12 @@ and colorization of held-out or given images with :func:`scoresde.sample_posteri
 
     scoresde-sample checkpoint=... inverse.op=mask inverse.mask=lower_half inverse.method=smc inverse.n=8
     scoresde-sample checkpoint=... inverse.op=downsample inverse.factor=2 inverse.data=lowres.pt
+
+Editing (``conf/edit/``, :mod:`scoresde.apps._edit`): SDEdit of guides at several t0, the
+probability-flow encoder's round trip, interpolation between two images:
+
+    scoresde-sample checkpoint=... edit.mode=sdedit edit.guide=blur edit.t0=[0.1,0.3,0.6] edit.n=4
+    scoresde-sample checkpoint=... edit.mode=interpolate edit.index=0 edit.other=5 edit.points=9
 """
 
 from __future__ import annotations
@@ -60,41 +66,15 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from ..data import Scaler, build_dataset
 from ..plots import save_samples_png
 from . import schema  # noqa: F401  (registers the group schemas)
-from .schema import schema_from_signature
 from . import _inverse  # noqa: F401  (stores the inverse group's schema)
+from . import _edit  # noqa: F401  (stores the edit group's schema)
+from ._guidance import PER_CLASS, check_labels, guidance_options  # noqa: F401  (stores the guidance schema)
 from ..checkpoints import LoadedScore, checkpoint_path, load_score, loaded_model
 from ._common import check_overrides, config_path, cpu_generator, exit_on_user_error, run_dir
 
 log = logging.getLogger("scoresde")
 
 __all__ = ["SampleAppSchema", "guidance_options", "sample_checkpoint", "run_sample", "main"]
-
-GUIDANCE_KINDS = ("cfg", "classifier")
-
-
-def guidance_options(kind: str = "cfg", scale: float = 1.0, classifier: Optional[str] = None) -> Dict[str, Any]:
-    """The ``guidance`` node of the sample app (its schema is this signature).
-
-    ``kind``: ``cfg`` (classifier-free guidance of a class-conditional model, Ho & Salimans 2022:
-    s(x, t, null) + scale (s(x, t, y) - s(x, t, null)); their w = scale - 1, diffusers'
-    ``guidance_scale`` = scale) or ``classifier`` (Song et al. 2021 Sec. 5, Dhariwal & Nichol
-    2021: s(x, t) + scale grad_x log q_t(y | x) with the noisy classifier checkpoint
-    ``classifier``).  Returns the checked options.
-    """
-    if kind not in GUIDANCE_KINDS:
-        raise ValueError(f"unknown guidance.kind {kind!r}; valid: {', '.join(GUIDANCE_KINDS)}")
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
-        raise ValueError(f"guidance.scale must be a number, got {scale!r}")
-    if kind == "classifier" and not classifier:
-        raise ValueError("guidance.kind=classifier needs guidance.classifier=PATH (a checkpoint of "
-                         "scoresde-train task=classifier)")
-    if kind == "cfg" and classifier:
-        raise ValueError("guidance.classifier is used only with guidance.kind=classifier")
-    out = {"kind": kind, "scale": float(scale)}
-    if classifier:
-        out["classifier"] = str(classifier)
-    return out
-
 
 class _Counted:
     """Counts the calls of a function (the classifier guidance's score and classifier evaluations)."""
@@ -135,10 +115,6 @@ def _load_guidance_classifier(path: str, model, dev):
     return clf
 
 
-GuidanceSchema = schema_from_signature("GuidanceSchema", guidance_options, None)
-ConfigStore.instance().store(group="schema/guidance", name="guidance", node=GuidanceSchema)
-
-
 @dataclass
 class SampleAppSchema:
     checkpoint: str = MISSING
@@ -152,36 +128,10 @@ class SampleAppSchema:
     labels: Any = None                     # int | list of ints | null (unconditional sampling)
     guidance: Dict[str, Any] = field(default_factory=dict)
     inverse: Dict[str, Any] = field(default_factory=dict)   # inverse.op set: posterior sampling (_inverse.py)
+    edit: Dict[str, Any] = field(default_factory=dict)      # edit.mode set: SDEdit, encode, interpolate (_edit.py)
 
 
 ConfigStore.instance().store(name="sample_schema", node=SampleAppSchema)
-
-
-PER_CLASS = "per_class"
-
-
-def _check_labels(labels, n: int, num_classes: int) -> Optional[torch.Tensor]:
-    """The int64 labels of a conditional draw (None: unconditional): ``[n]`` for one integer,
-    one per entry of a list, ``n`` of each class in turn for ``"per_class"``."""
-    if labels is None:
-        return None
-    if not num_classes:
-        raise ValueError("labels given, but the checkpoint's model is unconditional (model.num_classes=0); "
-                         "train with model.num_classes=K for class-conditional sampling")
-    if isinstance(labels, str):
-        if labels != PER_CLASS:
-            raise ValueError(f"labels must be an integer, a non-empty list of integers or {PER_CLASS!r}, "
-                             f"got {labels!r}")
-        return torch.arange(num_classes).repeat_interleave(n)
-    vals = [labels] if isinstance(labels, int) and not isinstance(labels, bool) else list(labels)
-    if not vals or any(isinstance(v, bool) or not isinstance(v, int) for v in vals):
-        raise ValueError(f"labels must be an integer, a non-empty list of integers or {PER_CLASS!r}, "
-                         f"got {labels!r}")
-    bad = sorted({v for v in vals if not 0 <= v < num_classes})
-    if bad:
-        raise ValueError(f"labels must lie in [0, {num_classes}) for this model, got {bad}")
-    y = torch.tensor(vals, dtype=torch.long)
-    return y.expand(n).clone() if len(vals) == 1 and isinstance(labels, int) else y
 
 
 def sample_checkpoint(checkpoint, sampler: Dict[str, Any], n: int, batch_size: Optional[int] = None,
@@ -217,9 +167,9 @@ def sample_checkpoint(checkpoint, sampler: Dict[str, Any], n: int, batch_size: O
     clf = None
     if guide is not None and guide["kind"] == "classifier":
         clf = _load_guidance_classifier(guide["classifier"], model, dev)
-        y = _check_labels(labels, n, int(clf.num_classes))
+        y = check_labels(labels, n, int(clf.num_classes))
     else:
-        y = _check_labels(labels, n, int(getattr(model, "num_classes", 0) or 0))
+        y = check_labels(labels, n, int(getattr(model, "num_classes", 0) or 0))
     if y is not None:
         n = int(y.numel())
     opts = {k: v for k, v in sampler.items() if k != "name"}
@@ -274,9 +224,12 @@ def _reference(data_config: Optional[Dict[str, Any]], event_shape) -> Optional[t
 
 def run_sample(cfg: DictConfig, out_dir: Path) -> Dict[str, Any]:
     """The body of the app: samples -> samples.pt, samples.png, sample.json in ``out_dir``
-    (with ``inverse.op`` set: posterior samples, :func:`scoresde.apps._inverse.run_inverse`)."""
+    (with ``inverse.op`` set: posterior samples, :func:`scoresde.apps._inverse.run_inverse`;
+    with ``edit.mode`` set: edits, :func:`scoresde.apps._edit.run_edit`)."""
     if cfg.get("inverse") is not None and cfg.inverse.get("op") is not None:
         return _inverse.run_inverse(cfg, out_dir)
+    if cfg.get("edit") is not None and cfg.edit.get("mode") is not None:
+        return _edit.run_edit(cfg, out_dir)
     sampler = OmegaConf.to_container(cfg.sampler, resolve=True)
     loaded = load_score(cfg.checkpoint, cfg.device, cfg.ema)
     labels = OmegaConf.to_container(cfg.labels) if OmegaConf.is_config(cfg.labels) else cfg.labels

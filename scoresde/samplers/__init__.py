@@ -7,9 +7,9 @@
 >>> out.x.shape, out.nfe
 (torch.Size([500, 2]), 10)
 
-Every sampler is a function ``fn(score_fn, sde, x, ctx, *, eps, **options) -> Tensor`` that
-integrates from the prior draw ``x`` at ``t = T`` down to ``eps`` (time runs from 0 = data to
-T = noise).  Its options are plain keyword arguments with defaults, so a config can build any
+Every sampler is a function ``fn(score_fn, sde, x, ctx, *, eps, t_start, **options) -> Tensor``
+that integrates from ``x`` at ``t_start`` (T, a prior draw, by default; an SDEdit's x_t0 at
+t0 < T, :mod:`scoresde.edit`) down to ``eps`` (time runs from 0 = data to T = noise).  Its options are plain keyword arguments with defaults, so a config can build any
 sampler through :func:`build_sampler` (``_target_: scoresde.samplers.build_sampler``).  The score
 function reaches a sampler only through a counting wrapper, so ``nfe`` is the number of calls
 actually made, never a formula.  Randomness comes only from the caller's ``generator``.
@@ -119,7 +119,7 @@ def register_sampler(name: str):
     return deco
 
 
-_COMMON = ("score_fn", "sde", "x", "ctx", "eps")
+_COMMON = ("score_fn", "sde", "x", "ctx", "eps", "t_start")
 
 SAMPLE_ARGS = ("eps", "prior")
 """Keys a sampler config may hold besides the sampler's options: :func:`sample`'s own arguments."""
@@ -166,11 +166,19 @@ class Sampler:
                  generator: Optional[torch.Generator] = None, eps: Optional[float] = None,
                  progress: bool = False, device=None, dtype: torch.dtype = torch.float32,
                  return_trajectory: bool = False, x_init: Optional[Tensor] = None,
-                 prior: Optional[str] = None) -> SampleResult:
+                 prior: Optional[str] = None, t_start: Optional[float] = None) -> SampleResult:
         eps = self.call_defaults["eps"] if eps is None else eps
         prior = check_prior(self.call_defaults["prior"] if prior is None else prior)
         if not 0 < eps < sde.T:
             raise ValueError(f"eps must lie in (0, T={sde.T}), got {eps}")
+        t0 = float(sde.T) if t_start is None else float(t_start)
+        if not eps < t0 <= sde.T:
+            raise ValueError(f"t_start must lie in (eps={eps}, T={sde.T}], got {t_start}")
+        if t0 < sde.T:
+            if x_init is None:
+                raise ValueError("t_start < T needs x_init, a draw of p_t_start (the prior is p_T's)")
+            if prior != "sde":
+                raise ValueError(f"prior={prior!r} shifts a draw at T; with t_start < T give x_init as it is")
         shape = tuple(int(s) for s in shape)
         if len(shape) < 1 or min(shape) < 1:
             raise ValueError(f"shape must be [B, ...] with positive sizes, got {shape}")
@@ -195,7 +203,7 @@ class Sampler:
             with torch.no_grad():
                 if prior == "centred":
                     x = x + sde.prior_mean(counter, x)
-                out = self.fn(counter, sde, x, ctx, eps=float(eps), **self.options)
+                out = self.fn(counter, sde, x, ctx, eps=float(eps), t_start=t0, **self.options)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
         finally:
@@ -221,7 +229,8 @@ def build_sampler(name: str, **options) -> Sampler:
 def sample(score_fn: ScoreFn, sde: SDE, shape: Sequence[int], sampler: str = "pc",
            generator: Optional[torch.Generator] = None, eps: float = 1e-3, progress: bool = False,
            device=None, dtype: torch.dtype = torch.float32, return_trajectory: bool = False,
-           x_init: Optional[Tensor] = None, prior: str = "sde", **options) -> SampleResult:
+           x_init: Optional[Tensor] = None, prior: str = "sde", t_start: Optional[float] = None,
+           **options) -> SampleResult:
     """Draw samples of shape ``shape`` by integrating the reverse process from T down to ``eps``.
 
     Args:
@@ -244,13 +253,18 @@ def sample(score_fn: ScoreFn, sde: SDE, shape: Sequence[int], sampler: str = "pc
             reverse SDE contracts it, so ``"centred"`` matters for the ODE samplers when the
             data's mean is far from 0, as for one class of a class-conditional model
             (``benchmarks/results/guidance.md``).  With ``x_init`` the shift is added to it.
+        t_start: start the reverse process at this time in (eps, T] instead of T (default T),
+            from ``x_init``, a draw of p_t_start (SDEdit, :func:`scoresde.edit.sdedit`).  Every
+            sampler's time grid then spans [eps, t_start]: ``steps`` counts the steps from
+            t_start down to eps, and a named grid spaces its rule over that interval.
 
     Returns:
         :class:`SampleResult` with ``.x``, ``.nfe``, ``.seconds`` and optionally the trajectory.
     """
     return build_sampler(sampler, **options)(score_fn, sde, shape, generator=generator, eps=eps,
                                              progress=progress, device=device, dtype=dtype,
-                                             return_trajectory=return_trajectory, x_init=x_init, prior=prior)
+                                             return_trajectory=return_trajectory, x_init=x_init, prior=prior,
+                                             t_start=t_start)
 
 
 # the registry is filled as the sampler modules are imported

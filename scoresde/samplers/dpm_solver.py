@@ -29,7 +29,7 @@ ORDER3_FROM_STEPS = 24
 
 
 @register_sampler("dpm_solver")
-def dpm_solver(score_fn, sde: SDE, x: Tensor, ctx, *, eps: float = 1e-3, steps: int = 30,
+def dpm_solver(score_fn, sde: SDE, x: Tensor, ctx, *, eps: float = 1e-3, t_start: Optional[float] = None, steps: int = 30,
                order: Optional[int] = None, grid: GridLike = "vp_quadratic", rho: float = 7.0, denoise: bool = False,
                lower_order_final: bool = True) -> Tensor:
     """DPM-Solver++ multistep, one evaluation a step (see the module docstring).
@@ -78,7 +78,7 @@ def dpm_solver(score_fn, sde: SDE, x: Tensor, ctx, *, eps: float = 1e-3, steps: 
         raise ValueError(f"order must be 1, 2 or 3, got {order}")
     ctx.expect_nfe(steps)
     n_grid = grid_steps(steps, denoise)
-    t = resolve_grid(sde, grid, n_grid, eps, rho)
+    t = resolve_grid(sde, grid, n_grid, eps, rho, t_start=t_start)
     den = Denoiser(score_fn, sde, t, x)
     lam, tt = den.log_snr, den.times
     xt = den.scale(x, 0)

@@ -74,7 +74,8 @@ _FORMAT = "scoresde.grid"
 
 
 def check_grid(grid, n_steps: int, T: float, eps: float) -> Tensor:
-    """``grid`` as a float64 tensor of ``n_steps + 1`` times from T down to eps, or ValueError.
+    """``grid`` as a float64 tensor of ``n_steps + 1`` times from T (the sampler's start time,
+    ``t_start`` where it is not T) down to eps, or ValueError.
 
     The ends must equal T and eps to 1e-9 relative (or 4 rounding units of a float32 tensor's
     dtype); they are then set to exactly T and eps, so a grid read back from text or given in
@@ -97,7 +98,8 @@ def check_grid(grid, n_steps: int, T: float, eps: float) -> Tensor:
     if not torch.isfinite(g).all():
         raise ValueError("grid has non-finite times")
     if abs(float(g[0]) - T) > tol * max(1.0, abs(T)):
-        raise ValueError(f"grid must start at T = {T}, starts at {float(g[0])!r}")
+        raise ValueError(f"grid must start at T = {T} (the sampler's start time: t_start where given), "
+                         f"starts at {float(g[0])!r}")
     if abs(float(g[-1]) - eps) > tol * max(abs(eps), 1e-300):
         raise ValueError(f"grid must end at eps = {eps}, ends at {float(g[-1])!r} "
                          "(the sampler's eps and the grid's last time must agree)")
@@ -114,10 +116,16 @@ def _is_grid_file(grid) -> bool:
     return isinstance(grid, (os.PathLike, str)) and Path(grid).suffix in GRID_FILE_SUFFIXES
 
 
-def resolve_grid(sde: SDE, grid: GridLike, n_steps: int, eps: float, rho: float = 7.0, device=None) -> Tensor:
-    """The float64 grid of ``n_steps`` steps that ``grid`` (any form of the module docstring) gives."""
+def resolve_grid(sde: SDE, grid: GridLike, n_steps: int, eps: float, rho: float = 7.0, device=None,
+                 t_start: Optional[float] = None) -> Tensor:
+    """The float64 grid of ``n_steps`` steps that ``grid`` (any form of the module docstring) gives.
+
+    ``t_start`` (default T): the grid's first time, where a sampler started below T (SDEdit from
+    t0) begins; a named grid spaces its rule over [eps, t_start], explicit times must start there.
+    """
+    t0 = float(sde.T) if t_start is None else float(t_start)
     if isinstance(grid, str) and grid in GRIDS:
-        return time_grid(sde, n_steps, eps, grid, rho, device=device)
+        return time_grid(sde, n_steps, eps, grid, rho, device=device, t_start=t0)
     if isinstance(grid, (str, os.PathLike)):
         if not _is_grid_file(grid):
             raise ValueError(f"unknown grid {str(grid)!r}; valid grids: {list(GRIDS)}, or the path of a "
@@ -127,7 +135,7 @@ def resolve_grid(sde: SDE, grid: GridLike, n_steps: int, eps: float, rho: float 
         grid = load_grid(grid)
     elif hasattr(grid, "grid") and not torch.is_tensor(grid):
         grid = grid.grid
-    g = check_grid(grid, n_steps, float(sde.T), float(eps))
+    g = check_grid(grid, n_steps, t0, float(eps))
     return g if device is None else g.to(device)
 
 

@@ -5,6 +5,8 @@ variables of :mod:`scoresde.flow`: dx~/dsigma~ = (x~ - D) / sigma~.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from ..flow import Denoiser
@@ -17,7 +19,7 @@ Tensor = torch.Tensor
 
 
 @register_sampler("heun")
-def heun(score_fn, sde: SDE, x: Tensor, ctx, *, eps: float = 1e-3, steps: int = 40,
+def heun(score_fn, sde: SDE, x: Tensor, ctx, *, eps: float = 1e-3, t_start: Optional[float] = None, steps: int = 40,
          grid: GridLike = "vp_quadratic", rho: float = 7.0, denoise: bool = False) -> Tensor:
     """Heun's second-order method (Karras et al. 2022, EDM, Algorithm 1), in sigma~.
 
@@ -47,7 +49,7 @@ def heun(score_fn, sde: SDE, x: Tensor, ctx, *, eps: float = 1e-3, steps: int = 
     steps = check_steps(steps)
     n_grid = grid_steps(steps, denoise)
     ctx.expect_nfe(2 * steps - 1 if denoise else 2 * steps)
-    t = resolve_grid(sde, grid, n_grid, eps, rho)
+    t = resolve_grid(sde, grid, n_grid, eps, rho, t_start=t_start)
     den = Denoiser(score_fn, sde, t, x)
     sig, tt = den.sigma, den.times
     xt = den.scale(x, 0)

@@ -23,6 +23,8 @@ most accurate of the 20-NFE solvers there.  ``max_order=4`` stays (order 3 at 20
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from ..flow import Denoiser
@@ -38,7 +40,8 @@ _AB = {1: (1.0,), 2: (1.5, -0.5), 3: (23 / 12, -16 / 12, 5 / 12), 4: (55 / 24, -
 
 
 @register_sampler("ipndm")
-def ipndm(score_fn, sde: SDE, x: Tensor, ctx, *, eps: float = 1e-3, steps: int = 20, max_order: int = 4,
+def ipndm(score_fn, sde: SDE, x: Tensor, ctx, *, eps: float = 1e-3, t_start: Optional[float] = None, steps: int = 20,
+          max_order: int = 4,
           grid: GridLike = "vp_quadratic", rho: float = 7.0, denoise: bool = False) -> Tensor:
     """iPNDM (Zhang & Chen 2023; Zhou et al. 2024's ``sample_ipndm``), one evaluation a step.
 
@@ -57,7 +60,7 @@ def ipndm(score_fn, sde: SDE, x: Tensor, ctx, *, eps: float = 1e-3, steps: int =
         raise ValueError(f"max_order must be 1, 2, 3 or 4, got {max_order}")
     ctx.expect_nfe(steps)
     n_grid = grid_steps(steps, denoise)
-    t = resolve_grid(sde, grid, n_grid, eps, rho)
+    t = resolve_grid(sde, grid, n_grid, eps, rho, t_start=t_start)
     den = Denoiser(score_fn, sde, t, x)
     sig, tt = den.sigma, den.times
     xt = den.scale(x, 0)

@@ -49,6 +49,8 @@ from __future__ import annotations
 
 import math
 
+from typing import Optional
+
 import torch
 
 from ..sde import SDE, _transition
@@ -125,14 +127,17 @@ def corrector_step(name: str, score_fn, sde: SDE, x: Tensor, t_vec: Tensor, t: f
 
 
 @register_sampler("pc")
-def pc(score_fn, sde: SDE, x: Tensor, ctx, *, eps: float = 1e-3, predictor: str = "euler_maruyama",
+def pc(score_fn, sde: SDE, x: Tensor, ctx, *, eps: float = 1e-3, t_start: Optional[float] = None,
+       predictor: str = "euler_maruyama",
        corrector: str = "none", steps: int = 1000, snr: float = 0.16, corrector_steps: int = 1,
        denoise: bool = True, langevin_norm: str = "batch", grid: GridLike = "time_uniform") -> Tensor:
     """Predictor-corrector sampler of Song et al. (2021), Algorithms 4-5 (see the module docstring).
 
     ``grid``: the times, uniform in t by default (Song et al.); any form of
     :mod:`scoresde.samplers.grids` (``steps + 1`` times, ``steps`` with the ``none`` predictor).
+    ``t_start`` (default T): the grid runs from t_start (SDEdit's t0) down to eps.
     """
+    t_start = float(sde.T) if t_start is None else float(t_start)
     if predictor not in PREDICTORS:
         raise ValueError(f"unknown predictor {predictor!r}; valid predictors: {list(PREDICTORS)}")
     if corrector not in CORRECTORS:
@@ -155,9 +160,9 @@ def pc(score_fn, sde: SDE, x: Tensor, ctx, *, eps: float = 1e-3, predictor: str 
     n_grid = steps if predictor == "none" else steps + 1
     if isinstance(grid, str) and grid == "time_uniform":
         # torch.linspace, as before grids were data: the recorded reference outputs stay bit for bit
-        grid64 = torch.linspace(sde.T, eps, n_grid, dtype=torch.float64)
+        grid64 = torch.linspace(t_start, eps, n_grid, dtype=torch.float64)
     else:
-        grid64 = resolve_grid(sde, grid, n_grid - 1, eps)
+        grid64 = resolve_grid(sde, grid, n_grid - 1, eps, t_start=t_start)
     grid = grid64.tolist()
     # the score's time input, one [B] view a step (float64 -> x's dtype as before)
     t_in = grid64.to(device=x.device, dtype=x.dtype)

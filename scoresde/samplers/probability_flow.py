@@ -191,7 +191,7 @@ def integrate_probability_flow(score_fn, sde: SDE, x: Tensor, t_start: float, t_
 
 
 @register_sampler("ode")
-def ode(score_fn, sde: SDE, x: Tensor, ctx, *, eps: float = 1e-3, method: str = "dopri5",
+def ode(score_fn, sde: SDE, x: Tensor, ctx, *, eps: float = 1e-3, t_start: Optional[float] = None, method: str = "dopri5",
         rtol: float = 1e-5, atol: float = 1e-5, steps: Optional[int] = None,
         time_variable: str = "log_sigma", trajectory_points: int = 101,
         grid: Optional[GridLike] = None) -> Tensor:
@@ -199,23 +199,25 @@ def ode(score_fn, sde: SDE, x: Tensor, ctx, *, eps: float = 1e-3, method: str = 
 
     ``grid`` (fixed-grid methods): the times to step on, any form of
     :mod:`scoresde.samplers.grids` (``steps + 1`` times, ``steps`` default 100); default
-    ``steps`` equal steps of ``time_variable``.
+    ``steps`` equal steps of ``time_variable``.  ``t_start`` (default T): start there instead
+    (SDEdit's t0); the fixed grids then span [eps, t_start].
 
     With ``return_trajectory`` the states come at ``trajectory_points`` times evenly spaced in
     ``time_variable`` (interpolated by the solver: no extra evaluations).
     """
+    t_start = float(sde.T) if t_start is None else float(t_start)
     times = None
     if ctx.record_on:
         tv = TimeVariable(sde, time_variable)
-        u = torch.linspace(tv.scalar_u_of_t(sde.T), tv.scalar_u_of_t(eps), int(trajectory_points),
+        u = torch.linspace(tv.scalar_u_of_t(t_start), tv.scalar_u_of_t(eps), int(trajectory_points),
                            dtype=torch.float64, device=x.device)[1:-1]
         times = tv.t_of_u(u).tolist()
     t_grid = None
     if grid is not None:
         if method in ADAPTIVE_METHODS:
             raise ValueError(f"grid applies to fixed-grid methods, not the adaptive {method!r}")
-        t_grid = resolve_grid(sde, grid, 100 if steps is None else int(steps), eps)
-    x_end, traj = integrate_probability_flow(score_fn, sde, x, sde.T, eps, method=method, rtol=rtol,
+        t_grid = resolve_grid(sde, grid, 100 if steps is None else int(steps), eps, t_start=t_start)
+    x_end, traj = integrate_probability_flow(score_fn, sde, x, t_start, eps, method=method, rtol=rtol,
                                              atol=atol, steps=steps, time_variable=time_variable,
                                              times=times, grid=t_grid)
     if traj is not None:

@@ -52,8 +52,9 @@ class _ReverseTimeSDE:
 
     noise_type = "additive"
 
-    def __init__(self, sde: SDE, score_fn, shape, sde_type: str):
+    def __init__(self, sde: SDE, score_fn, shape, sde_type: str, t_start: float):
         self.sde, self.score_fn, self.shape, self.sde_type = sde, score_fn, tuple(shape), sde_type
+        self.t_start = float(t_start)  # tau = t_start - t
         self.batch = self.shape[0]
         self.flat = len(self.shape) == 2  # vectors: torchsde's [B, D] state is the data's shape
         # torchsde asks for f at the same (tau, y) more than once: its contract check evaluates
@@ -63,12 +64,12 @@ class _ReverseTimeSDE:
         self._coefs: dict = {}
 
     def _at(self, tau: float, y: Tensor) -> tuple:
-        """``(f(t), g(t), t as the score's [B] input)`` at t = T - tau: the coefficients as Python
+        """``(f(t), g(t), t as the score's [B] input)`` at t = t_start - tau: the coefficients as Python
         floats from ``sde.scalars`` (shared by every sample), kept for the last few times, since a
         step asks for the same time several times."""
         out = self._coefs.get(tau)
         if out is None:
-            t = self.sde.T - tau
+            t = self.t_start - tau
             c = self.sde.scalars(t)
             if len(self._coefs) > 8:
                 self._coefs.clear()
@@ -172,18 +173,19 @@ class _GridBrownian(torchsde.BaseBrownian):
 
 
 @register_sampler("sde")
-def sde(score_fn, sde: SDE, x: Tensor, ctx, *, eps: float = 1e-3, method: str = "euler",
+def sde(score_fn, sde: SDE, x: Tensor, ctx, *, eps: float = 1e-3, t_start: Optional[float] = None, method: str = "euler",
         steps: Optional[int] = None, dt: Optional[float] = None) -> Tensor:
     """Reverse-time SDE sampler: torchsde.sdeint with ``steps`` equal steps (default 1000) or
-    step ``dt`` from T down to eps (see the module docstring)."""
+    step ``dt`` from ``t_start`` (default T; SDEdit's t0) down to eps (see the module docstring)."""
+    t_start = float(sde.T) if t_start is None else float(t_start)
     if method not in METHODS:
         raise ValueError(f"unknown SDE method {method!r}; valid torchsde methods: {list(METHODS)}")
     if steps is not None and dt is not None:
         raise ValueError("give steps or dt, not both")
-    span = sde.T - eps
+    span = t_start - eps
     if dt is not None:
         if not 0 < dt <= span:
-            raise ValueError(f"dt must lie in (0, T - eps = {span}], got {dt}")
+            raise ValueError(f"dt must lie in (0, t_start - eps = {span}], got {dt}")
         n = None
         step = float(dt)
     else:
@@ -208,9 +210,9 @@ def sde(score_fn, sde: SDE, x: Tensor, ctx, *, eps: float = 1e-3, method: str = 
     options = {"grad_free": True} if method == "milstein" else None
     # reversible_heun asks for g itself; the others only for g times a vector
     cls = _DiagonalReverseTimeSDE if method == "reversible_heun" else _ReverseTimeSDE
-    ys = torchsde.sdeint(cls(sde, score_fn, shape, sde_type), y0, ts, bm=bm, method=method, dt=step,
+    ys = torchsde.sdeint(cls(sde, score_fn, shape, sde_type, t_start), y0, ts, bm=bm, method=method, dt=step,
                          options=options)
     if ctx.record_on:
         for tau, y in zip(ts, ys):
-            ctx.record(sde.T - tau, y.reshape(shape))
+            ctx.record(t_start - tau, y.reshape(shape))
     return ys[-1].reshape(shape)

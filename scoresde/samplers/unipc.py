@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import math
 
+from typing import Optional
+
 import torch
 
 from ..flow import Denoiser
@@ -19,7 +21,8 @@ Tensor = torch.Tensor
 
 
 @register_sampler("unipc")
-def unipc(score_fn, sde: SDE, x: Tensor, ctx, *, eps: float = 1e-3, steps: int = 30, order: int = 1,
+def unipc(score_fn, sde: SDE, x: Tensor, ctx, *, eps: float = 1e-3, t_start: Optional[float] = None, steps: int = 30,
+          order: int = 1,
           variant: str = "bh1", grid: GridLike = "vp_quadratic", rho: float = 7.0,
           lower_order_final: bool = True) -> Tensor:
     """UniPC multistep with data prediction (Zhao et al. 2023, "UniPC", Algorithms 2-3).
@@ -59,7 +62,7 @@ def unipc(score_fn, sde: SDE, x: Tensor, ctx, *, eps: float = 1e-3, steps: int =
     if variant not in ("bh1", "bh2"):
         raise ValueError(f"unknown variant {variant!r}; valid variants: ['bh1', 'bh2']")
     ctx.expect_nfe(steps)
-    t = resolve_grid(sde, grid, steps, eps, rho)
+    t = resolve_grid(sde, grid, steps, eps, rho, t_start=t_start)
     den = Denoiser(score_fn, sde, t, x)
     lam, tt = den.log_snr, den.times
     xt = den.scale(x, 0)

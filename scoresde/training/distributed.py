@@ -111,7 +111,7 @@ class _DDP(DistributedDataParallel):
 
 
 class DistributedTrainer(Trainer):
-    """:class:`~scoresde.train.Trainer` for one rank of a torchrun job (see the module docstring)."""
+    """:class:`~scoresde.training.Trainer` for one rank of a torchrun job (see the module docstring)."""
 
     def __init__(self, model, data, loss=None, optim=None, train=None, eval=None, sampler=None,
                  out_dir=".", config=None, seed: int = 0):
