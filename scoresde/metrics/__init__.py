@@ -7,7 +7,8 @@
   class logits (:func:`inception_score`), improved precision and recall (:func:`precision_recall`),
   and the classifier summary :func:`classifier_stats`.
 * Saved statistics with their protocol (:mod:`.stats`): :class:`FeatureStats`,
-  :func:`save_stats` / :func:`load_stats` (pytorch-fid's ``.npz`` in and out).
+  :func:`save_stats` / :func:`load_stats` (pytorch-fid's ``.npz`` in and out), computed by an
+  extractor with :func:`compute_stats` and cached by :func:`reference_stats` (:mod:`.features`).
 
 See docs/metrics.md for what each figure means and the record every reported figure carries.
 """
@@ -18,6 +19,7 @@ from .stats import FeatureStats, feature_stats, as_stats, save_stats, load_stats
 from .frechet import frechet_distance, frechet_distance_gaussian, trace_sqrt_product
 from .kid import KIDResult, kernel_inception_distance, polynomial_mmd2, polynomial_kernel
 from .precision_recall import PRResult, precision_recall, knn_radii
+from .features import FeatureExtractor, extract, compute_stats, reference_stats, sha256_file
 
 kid = kernel_inception_distance
 
@@ -28,4 +30,5 @@ __all__ = [
     "frechet_distance", "frechet_distance_gaussian", "trace_sqrt_product",
     "KIDResult", "kernel_inception_distance", "kid", "polynomial_mmd2", "polynomial_kernel",
     "PRResult", "precision_recall", "knn_radii",
+    "FeatureExtractor", "extract", "compute_stats", "reference_stats", "sha256_file",
 ]
