@@ -6,6 +6,8 @@
   the FID Inception's features), KID (:func:`kernel_inception_distance`), the Inception Score of
   class logits (:func:`inception_score`), improved precision and recall (:func:`precision_recall`),
   and the classifier summary :func:`classifier_stats`.
+* The FID Inception (:mod:`.inception`): TF's 2015-12-05 InceptionV3 in pure torch with TF1's
+  resize, loading torch-fidelity's (or pytorch-fid's) weights file, SHA-256 checked.
 * FD-digits / KID-digits (:mod:`.digits`): a shipped classifier of the 8x8 digits as the feature
   space, each figure beside its real-vs-real floor at the same n (:func:`digits_scores`).
 * Saved statistics with their protocol (:mod:`.stats`): :class:`FeatureStats`,
@@ -22,6 +24,7 @@ from .frechet import frechet_distance, frechet_distance_gaussian, trace_sqrt_pro
 from .kid import KIDResult, kernel_inception_distance, polynomial_mmd2, polynomial_kernel
 from .precision_recall import PRResult, precision_recall, knn_radii
 from .features import FeatureExtractor, extract, compute_stats, reference_stats, sha256_file
+from .inception import InceptionV3, tf1_resize_bilinear, inception_weights_path
 from .digits import DigitsFeatures, DigitsScores, digits_scores, digits_floor, digits_reference
 
 kid = kernel_inception_distance
@@ -34,5 +37,6 @@ __all__ = [
     "KIDResult", "kernel_inception_distance", "kid", "polynomial_mmd2", "polynomial_kernel",
     "PRResult", "precision_recall", "knn_radii",
     "FeatureExtractor", "extract", "compute_stats", "reference_stats", "sha256_file",
+    "InceptionV3", "tf1_resize_bilinear", "inception_weights_path",
     "DigitsFeatures", "DigitsScores", "digits_scores", "digits_floor", "digits_reference",
 ]
