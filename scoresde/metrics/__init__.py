@@ -25,6 +25,7 @@ from .kid import KIDResult, kernel_inception_distance, polynomial_mmd2, polynomi
 from .precision_recall import PRResult, precision_recall, knn_radii
 from .features import FeatureExtractor, extract, compute_stats, reference_stats, sha256_file
 from .inception import InceptionV3, tf1_resize_bilinear, inception_weights_path
+from .evaluate import evaluate, markdown
 from .digits import DigitsFeatures, DigitsScores, digits_scores, digits_floor, digits_reference
 
 kid = kernel_inception_distance
@@ -38,5 +39,6 @@ __all__ = [
     "PRResult", "precision_recall", "knn_radii",
     "FeatureExtractor", "extract", "compute_stats", "reference_stats", "sha256_file",
     "InceptionV3", "tf1_resize_bilinear", "inception_weights_path",
+    "evaluate", "markdown",
     "DigitsFeatures", "DigitsScores", "digits_scores", "digits_floor", "digits_reference",
 ]

@@ -80,6 +80,7 @@ class DigitsFeatures(FeatureExtractor):
     name = "digits-cnn-v1"
     resize = "none"
     dim = 64
+    fd_name, kid_name, is_name = "fd_digits", "kid_digits", "is_digits"
 
     def __init__(self, path: Optional[Union[str, Path]] = None, sha256: Optional[str] = DIGITS_WEIGHTS_SHA256,
                  quantize: bool = False) -> None:
@@ -94,6 +95,7 @@ class DigitsFeatures(FeatureExtractor):
                              f"every figure is computed with")
         self.weights_sha256 = digest
         self.quantize = bool(quantize)
+        self.preprocess = f"rounded to the {_LEVELS + 1} levels" if quantize else "clamped to [0, 1]"
         self.net = DigitsNet()
         state = torch.load(path, map_location="cpu", weights_only=True)
         self.net.load_state_dict(state, strict=True)

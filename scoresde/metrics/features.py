@@ -46,6 +46,11 @@ class FeatureExtractor(nn.Module):
     weights_sha256: Optional[str] = None
     resize: str = "none"
     dim: int = 0
+    # the names its figures are reported under (FID only for the FID Inception)
+    preprocess: str = "none"           # what is done to images before the network (recorded, not checked)
+    fd_name: str = "fd"
+    kid_name: str = "kid"
+    is_name: str = "is"
 
     def features(self, images: Tensor) -> Tensor:
         raise NotImplementedError

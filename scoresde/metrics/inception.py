@@ -273,6 +273,8 @@ class InceptionV3(FeatureExtractor):
     name = "inception-v3-tf-2015-12-05"
     resize = "tf1-bilinear-299"
     dim = 2048
+    fd_name, kid_name, is_name = "fid", "kid", "inception_score"
+    preprocess = "floats in [0, 1] rounded to 8 bits; 1 channel repeated to 3"
     size = 299
 
     def __init__(self, path: Optional[Union[str, os.PathLike]] = None,
