@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -152,6 +153,7 @@ class SampleAppSchema:
     labels: Any = None                     # int | list of ints | null (unconditional sampling)
     guidance: Dict[str, Any] = field(default_factory=dict)
     inverse: Dict[str, Any] = field(default_factory=dict)   # inverse.op set: posterior sampling (_inverse.py)
+    noise: str = "stream"                  # stream (one generator) | per_item (from (seed, i): _shard.py)
 
 
 ConfigStore.instance().store(name="sample_schema", node=SampleAppSchema)
@@ -186,7 +188,8 @@ def _check_labels(labels, n: int, num_classes: int) -> Optional[torch.Tensor]:
 
 def sample_checkpoint(checkpoint, sampler: Dict[str, Any], n: int, batch_size: Optional[int] = None,
                       seed: int = 0, device: str = "auto", ema: bool = True, progress: bool = False,
-                      labels: Union[None, int, List[int]] = None, guidance: Optional[Dict[str, Any]] = None):
+                      labels: Union[None, int, List[int]] = None, guidance: Optional[Dict[str, Any]] = None,
+                      item_offset: Optional[int] = None):
     """Samples of a checkpoint's model (a path, ``diffusers:PATH``, a model from
     :func:`scoresde.load_model` or a :class:`LoadedScore`), in data space.
 
@@ -197,7 +200,8 @@ def sample_checkpoint(checkpoint, sampler: Dict[str, Any], n: int, batch_size: O
 
     Returns ``(x, info)``: ``x`` ``[n, ...]`` on the CPU and ``info`` (sampler, options, nfe summed
     over the batches, nfe_per_batch, seconds, step; with labels also labels, guidance,
-    network_calls and forward_passes).
+    network_calls and forward_passes).  ``item_offset``: per-item noise, sample k's from
+    ``(seed, item_offset + k)`` (:class:`scoresde.samplers.ItemNoise`; the sharded app's rule).
     """
     import scoresde as sd
 
@@ -236,7 +240,8 @@ def sample_checkpoint(checkpoint, sampler: Dict[str, Any], n: int, batch_size: O
             fn, score, lp = _classifier_guided(model, clf, y[start:start + b].to(dev), guide["scale"])
         elif y is not None:
             fn = sd.guidance.cfg_model(model, y[start:start + b].to(dev), guide["scale"])
-        res = sd.sample(fn, sde, (b,) + shape, sampler=name, generator=g, device=dev,
+        gen = g if item_offset is None else sd.samplers.ItemNoise(seed, range(item_offset + start, item_offset + start + b))
+        res = sd.sample(fn, sde, (b,) + shape, sampler=name, generator=gen, device=dev,
                         progress=progress, **opts)
         if clf is not None:
             calls += score.calls
@@ -277,6 +282,10 @@ def run_sample(cfg: DictConfig, out_dir: Path) -> Dict[str, Any]:
     (with ``inverse.op`` set: posterior samples, :func:`scoresde.apps._inverse.run_inverse`)."""
     if cfg.get("inverse") is not None and cfg.inverse.get("op") is not None:
         return _inverse.run_inverse(cfg, out_dir)
+    from .. import distributed
+    if cfg.get("noise", "stream") != "stream" or distributed.world_size() > 1:
+        from ._shard import run_sharded
+        return run_sharded(cfg, out_dir)
     sampler = OmegaConf.to_container(cfg.sampler, resolve=True)
     loaded = load_score(cfg.checkpoint, cfg.device, cfg.ema)
     labels = OmegaConf.to_container(cfg.labels) if OmegaConf.is_config(cfg.labels) else cfg.labels
@@ -304,8 +313,17 @@ def _app(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    """Console script ``scoresde-sample``."""
-    _app()
+    """Console script ``scoresde-sample``; under torchrun, one rank of a sharded run (``_shard.py``)."""
+    from .. import distributed
+
+    if not distributed.under_torchrun():
+        _app()
+        return
+    sys.argv = exit_on_user_error(distributed.torchrun_argv)(sys.argv)
+    try:
+        _app()
+    finally:
+        distributed.finish()
 
 
 if __name__ == "__main__":
