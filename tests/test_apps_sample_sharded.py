@@ -101,3 +101,22 @@ def test_more_than_one_process_needs_per_item_noise(ckpt, tmp_path, monkeypatch,
     with pytest.raises(SystemExit) as info:
         sample_app.main()
     assert info.value.code == 1 and "noise=per_item" in capsys.readouterr().err
+
+
+def test_class_labels_follow_their_indices_across_shards(tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+    from scoresde.apps import train as _train_app  # noqa: F401  (stores train_schema)
+    from scoresde.train import train
+    from _tiny import TINY, compose_conf
+    run = tmp_path / "cond"
+    train(OmegaConf.to_container(compose_conf("train", TINY + ["data=ring8", "model.num_classes=8"]), resolve=True), run)
+    ck = sorted((run / "checkpoints").glob("*.pt"))[-1]
+    common = ["labels=[3,3,7,1]", "guidance.scale=2"]
+    a, info = _sample(monkeypatch, ck, tmp_path / "a", "batch_size=1", *common)
+    b, _ = _sample(monkeypatch, ck, tmp_path / "b", "batch_size=4", *common)
+    assert a.shape == (4, 2) and info["labels"] == [3, 3, 7, 1] and info["n"] == 4
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    monkeypatch.setattr(sys, "argv", ["scoresde-sample", f"checkpoint={ck}", f"hydra.run.dir={tmp_path / 'c'}",
+                                      "noise=per_item", "labels=per_class", "n=2"])
+    with pytest.raises(SystemExit):
+        sample_app.main()

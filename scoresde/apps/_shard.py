@@ -8,7 +8,7 @@ Each finished batch is written atomically to ``shards/START-STOP.pt`` in the run
 a fingerprint of everything that determines its samples (checkpoint, sampler and options, seed,
 n, batch size, labels, guidance, EMA); a rerun with the same command and directory
 (``hydra.run.dir=...``) skips the shards it finds with that fingerprint and refuses shards of
-another run.  When every rank is done, rank 0 gathers the shards in index order into
+another run.  The world size is not in the fingerprint: a run killed on 2 ranks may resume on 4.  When every rank is done, rank 0 gathers the shards in index order into
 ``samples.pt`` (data space), ``samples.npz`` for images (uint8 NHWC under ``arr_0``, what FID tools
 read), ``samples.png`` and ``sample.json`` (with ``world_size``, the ``shards`` and who made them).
 
@@ -74,7 +74,7 @@ def _save_tensor_dict(path: Path, obj: Dict[str, Any]) -> None:
 def run_sharded(cfg: DictConfig, out_dir: Path) -> Dict[str, Any]:
     """The sharded body of the sample app (see the module docstring)."""
     from .. import distributed
-    from .sample import _check_labels, _reference, sample_checkpoint
+    from .sample import _reference, sample_checkpoint
 
     noise = cfg.get("noise", "stream")
     if noise not in NOISE:
@@ -84,21 +84,26 @@ def run_sharded(cfg: DictConfig, out_dir: Path) -> Dict[str, Any]:
         raise ValueError(f"sampling over {world} processes needs noise=per_item (sample i's noise from (seed, i)); "
                          f"set it in one-process runs too to get the same samples")
     out_dir = Path(distributed.broadcast_run_dir(str(out_dir)))
-    batches = plan(int(cfg.n), cfg.batch_size, world)
+    labels = OmegaConf.to_container(cfg.labels) if OmegaConf.is_config(cfg.labels) else cfg.labels
+    n_total = int(cfg.n)
+    y = None                       # the label of every index (checked against the model per shard)
+    if isinstance(labels, str):
+        raise ValueError("sharded sampling takes labels as one class or a list (one sample each), not per_class")
+    if isinstance(labels, int) and not isinstance(labels, bool):
+        y = torch.full((n_total,), labels, dtype=torch.long)
+    elif labels is not None:
+        if not isinstance(labels, (list, tuple)) or not labels:
+            raise ValueError(f"labels must be an integer, a non-empty list of integers or null, got {labels!r}")
+        y = torch.tensor(list(labels))
+        n_total = int(y.numel())   # as the one-process app: a list gives one sample per entry
+    batches = plan(n_total, cfg.batch_size, world)
     mine = batches[rank::world]
     key = _fingerprint(cfg)
     shard_dir = out_dir / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
     sampler = OmegaConf.to_container(cfg.sampler, resolve=True)
     guidance = OmegaConf.to_container(cfg.guidance, resolve=True) if cfg.get("guidance") is not None else None
-    labels = OmegaConf.to_container(cfg.labels) if OmegaConf.is_config(cfg.labels) else cfg.labels
     loaded = load_score(cfg.checkpoint, cfg.device, cfg.ema)
-    n_total = int(cfg.n)
-    y = None
-    if labels is not None:
-        y = _check_labels(labels, n_total, int(getattr(loaded.score_fn, "num_classes", 0) or 0))
-        if y is not None and y.numel() != n_total:
-            raise ValueError("sharded sampling takes labels as one class or a list of n classes, not per_class")
     done = 0
     for start, stop in mine:
         path = shard_dir / f"{start:08d}-{stop:08d}.pt"
