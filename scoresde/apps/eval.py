@@ -125,14 +125,18 @@ def load_samples(path: str) -> Tuple[torch.Tensor, Dict[str, Any]]:
     return x, {"path": str(p), **record}
 
 
-def build_extractor(kind: str, images: torch.Tensor, inception_weights: Optional[str], device: str
-                    ) -> FeatureExtractor:
-    """The feature extractor ``kind`` (``auto``: digits for [N, 1, 8, 8] images, else inception)."""
+def _kind(kind: str, images: torch.Tensor) -> str:
     if kind not in EXTRACTORS:
         raise ValueError(f"extractor must be one of {EXTRACTORS}, got {kind!r}")
     if kind == "auto":
-        kind = "digits" if tuple(images.shape[1:]) == (1, 8, 8) else "inception"
-    if kind == "digits":
+        return "digits" if tuple(images.shape[1:]) == (1, 8, 8) else "inception"
+    return kind
+
+
+def build_extractor(kind: str, images: torch.Tensor, inception_weights: Optional[str], device: str
+                    ) -> FeatureExtractor:
+    """The feature extractor ``kind`` (``auto``: digits for [N, 1, 8, 8] images, else inception)."""
+    if _kind(kind, images) == "digits":
         return DigitsFeatures(quantize=True)
     from ..metrics import inception
     from ..train import resolve_device
@@ -184,11 +188,17 @@ def run_eval(cfg: DictConfig, out_dir: Path) -> Dict[str, Any]:
         ck_data = None
     if images.shape[0] < 2:
         raise ValueError(f"need at least 2 samples, got {images.shape[0]}")
-    ext = build_extractor(cfg.extractor, images, cfg.inception_weights, cfg.device)
-    floor_images = None
+    ref = None
     if cfg.reference is not None:
         ref = load_stats(cfg.reference, extractor=cfg.reference_extractor, resize=cfg.reference_resize)
-        ref.check_compatible(ref.with_record(**ext.record()))    # a file of another feature space is refused
+        # a file of another feature space is refused before the network is even loaded
+        from ..metrics.inception import InceptionV3
+        cls = DigitsFeatures if _kind(cfg.extractor, images) == "digits" else InceptionV3
+        ref.check_compatible(ref.with_record(extractor=cls.name, resize=cls.resize))
+    ext = build_extractor(cfg.extractor, images, cfg.inception_weights, cfg.device)
+    floor_images = None
+    if ref is not None:
+        ref.check_compatible(ref.with_record(**ext.record()))    # and of other weights
         ref_source: Dict[str, Any] = {"statistics_file": str(cfg.reference)}
         if cfg.floor:
             log.info("floor not computed: a statistics file has no held-out images beside it (floor=false to silence)")

@@ -115,6 +115,10 @@ class DigitsFeatures(FeatureExtractor):
     def logits(self, images: Tensor) -> Tensor:
         return self.net(self._prep(images))
 
+    def features_and_logits(self, images: Tensor):
+        f = self.net.features(self._prep(images))
+        return f, self.net.fc(f)
+
 
 _REF: Dict[str, FeatureStats] = {}
 

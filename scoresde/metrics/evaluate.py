@@ -35,7 +35,7 @@ def _is_splits(n: int, splits: int) -> int:
 
 def _scores(ext: FeatureExtractor, images: Tensor, ref: FeatureStats, kid_subsets: int, kid_subset_size: int,
             is_splits: int, pr_k: int, seed: int, batch_size: int) -> Dict[str, Any]:
-    f = extract(ext, images, batch_size)
+    f, logits = extract(ext, images, batch_size, what="both")
     mine = feature_stats(f, keep_features=True, **ext.record())
     ref.check_compatible(mine)
     out: Dict[str, Any] = {ext.fd_name: frechet_distance(mine, ref)}
@@ -45,10 +45,6 @@ def _scores(ext: FeatureExtractor, images: Tensor, ref: FeatureStats, kid_subset
         out.update({ext.kid_name: k.mean, f"{ext.kid_name}_stderr": k.stderr})
         pr = precision_recall(ref, mine, k=pr_k)
         out.update(precision=pr.precision, recall=pr.recall)
-    try:
-        logits = extract(ext, images, batch_size, what="logits")
-    except NotImplementedError:
-        logits = None
     if logits is not None:
         r = inception_score(logits, splits=_is_splits(f.shape[0], is_splits))
         out.update({ext.is_name: r.mean, f"{ext.is_name}_std": r.std})

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -58,6 +58,14 @@ class FeatureExtractor(nn.Module):
     def logits(self, images: Tensor) -> Tensor:
         raise NotImplementedError(f"{type(self).__name__} gives no logits")
 
+    def features_and_logits(self, images: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
+        """Both from one pass where the network allows it (subclasses override); logits None
+        when the extractor does not classify."""
+        try:
+            return self.features(images), self.logits(images)
+        except NotImplementedError:
+            return self.features(images), None
+
     def record(self) -> dict:
         return {"extractor": self.name, "weights_sha256": self.weights_sha256, "resize": self.resize}
 
@@ -69,21 +77,27 @@ def _device_of(module: nn.Module) -> torch.device:
 
 @torch.no_grad()
 def extract(extractor: FeatureExtractor, images: Tensor, batch_size: int = 256, what: str = "features",
-            progress: bool = False) -> Tensor:
-    """Run ``extractor.features`` (or ``.logits`` with ``what="logits"``) over ``images`` in
-    batches on the extractor's device; returns float32 on the CPU."""
-    if what not in ("features", "logits"):
-        raise ValueError(f"what must be 'features' or 'logits', got {what!r}")
+            progress: bool = False):
+    """Run ``extractor.features`` (or ``.logits`` with ``what="logits"``; both from one pass with
+    ``what="both"``, a pair whose logits may be None) over ``images`` in batches on the
+    extractor's device; returns float32 on the CPU."""
+    if what not in ("features", "logits", "both"):
+        raise ValueError(f"what must be 'features', 'logits' or 'both', got {what!r}")
     if int(batch_size) != batch_size or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
     if not isinstance(images, torch.Tensor) or images.ndim != 4:
         raise ValueError(f"images must be a tensor [N, C, H, W], got {getattr(images, 'shape', type(images))}")
-    fn = getattr(extractor, what)
     dev = _device_of(extractor)
     starts = range(0, images.shape[0], batch_size)
     if progress:
         from tqdm import tqdm
         starts = tqdm(starts, desc=f"{extractor.name} {what}")
+    if what == "both":
+        pairs = [extractor.features_and_logits(images[s:s + batch_size].to(dev)) for s in starts]
+        f = torch.cat([p[0].float().cpu() for p in pairs])
+        has_logits = bool(pairs) and pairs[0][1] is not None
+        return f, (torch.cat([p[1].float().cpu() for p in pairs]) if has_logits else None)
+    fn = getattr(extractor, what)
     out = [fn(images[s:s + batch_size].to(dev)).float().cpu() for s in starts]
     return torch.cat(out) if out else torch.empty(0, extractor.dim)
 

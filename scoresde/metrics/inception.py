@@ -313,3 +313,7 @@ class InceptionV3(FeatureExtractor):
     def logits(self, images: Tensor) -> Tensor:
         # without the bias, as the TF Inception Score code (torch-fidelity's logits_unbiased)
         return self.features(images) @ self.net.fc.weight.T
+
+    def features_and_logits(self, images: Tensor):
+        f = self.features(images)
+        return f, f @ self.net.fc.weight.T
