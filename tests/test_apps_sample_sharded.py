@@ -109,7 +109,8 @@ def test_class_labels_follow_their_indices_across_shards(tmp_path, monkeypatch):
     from scoresde.train import train
     from _tiny import TINY, compose_conf
     run = tmp_path / "cond"
-    train(OmegaConf.to_container(compose_conf("train", TINY + ["data=ring8", "model.num_classes=8"]), resolve=True), run)
+    cfg = compose_conf("train", TINY + ["data=ring8", "model.num_classes=8"])
+    train(OmegaConf.to_container(cfg, resolve=True), run)
     ck = sorted((run / "checkpoints").glob("*.pt"))[-1]
     common = ["labels=[3,3,7,1]", "guidance.scale=2"]
     a, info = _sample(monkeypatch, ck, tmp_path / "a", "batch_size=1", *common)

@@ -8,7 +8,8 @@ Each finished batch is written atomically to ``shards/START-STOP.pt`` in the run
 a fingerprint of everything that determines its samples (checkpoint, sampler and options, seed,
 n, batch size, labels, guidance, EMA); a rerun with the same command and directory
 (``hydra.run.dir=...``) skips the shards it finds with that fingerprint and refuses shards of
-another run.  The world size is not in the fingerprint: a run killed on 2 ranks may resume on 4.  When every rank is done, rank 0 gathers the shards in index order into
+another run.  The world size is not in the fingerprint: a run killed on 2 ranks may resume on 4.
+When every rank is done, rank 0 gathers the shards in index order into
 ``samples.pt`` (data space), ``samples.npz`` for images (uint8 NHWC under ``arr_0``, what FID tools
 read), ``samples.png`` and ``sample.json`` (with ``world_size``, the ``shards`` and who made them).
 

@@ -240,7 +240,8 @@ def sample_checkpoint(checkpoint, sampler: Dict[str, Any], n: int, batch_size: O
             fn, score, lp = _classifier_guided(model, clf, y[start:start + b].to(dev), guide["scale"])
         elif y is not None:
             fn = sd.guidance.cfg_model(model, y[start:start + b].to(dev), guide["scale"])
-        gen = g if item_offset is None else sd.samplers.ItemNoise(seed, range(item_offset + start, item_offset + start + b))
+        gen = (g if item_offset is None
+               else sd.samplers.ItemNoise(seed, range(item_offset + start, item_offset + start + b)))
         res = sd.sample(fn, sde, (b,) + shape, sampler=name, generator=gen, device=dev,
                         progress=progress, **opts)
         if clf is not None:
