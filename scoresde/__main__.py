@@ -1,4 +1,4 @@
-"""``python -m scoresde APP [ARGS...]``: run an app by name (train, sample, likelihood, report, bench).
+"""``python -m scoresde APP [ARGS...]``: run an app by name (train, sample, likelihood, report, bench, eval).
 
     python -m scoresde train data=moons train.steps=2000
     python -m scoresde sample checkpoint=outputs/train/.../checkpoints/last.pt sampler=heun
@@ -14,6 +14,7 @@ def main() -> None:
         "likelihood": ("scoresde.apps.likelihood", "main"),
         "report": ("scoresde.apps.report", "main"),
         "bench": ("scoresde.apps.bench", "main"),
+        "eval": ("scoresde.apps.eval", "main"),
     }
     if len(sys.argv) < 2 or sys.argv[1] not in apps:
         got = repr(sys.argv[1]) if len(sys.argv) > 1 else "none"

@@ -250,7 +250,7 @@ def _help_groups(app):
 def test_help_lists_the_apps_own_groups_with_their_choice_and_no_schema_groups():
     train = _help_groups("train")
     assert "schema" not in train, train
-    assert "\nsde: subvp, ve, *vp\n" in train and "\nmodel: *mlp, unet\n" in train and "\nexperiment: " in train
+    assert "\nsde: subvp, ve, *vp\n" in train and "\nmodel: ddpm, ddpmpp, *mlp, ncsnpp, unet\n" in train and "\nexperiment: " in train
     assert "guidance:" not in train                    # the sample app's group, not the train app's
     sample = _help_groups("sample")
     assert "\nsampler: " in sample and "*ode" in sample and "\nguidance: *cfg\n" in sample

@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,6 +130,7 @@ class SampleAppSchema:
     guidance: Dict[str, Any] = field(default_factory=dict)
     inverse: Dict[str, Any] = field(default_factory=dict)   # inverse.op set: posterior sampling (_inverse.py)
     edit: Dict[str, Any] = field(default_factory=dict)      # edit.mode set: SDEdit, encode, interpolate (_edit.py)
+    noise: str = "stream"                  # stream (one generator) | per_item (from (seed, i): _shard.py)
 
 
 ConfigStore.instance().store(name="sample_schema", node=SampleAppSchema)
@@ -136,7 +138,8 @@ ConfigStore.instance().store(name="sample_schema", node=SampleAppSchema)
 
 def sample_checkpoint(checkpoint, sampler: Dict[str, Any], n: int, batch_size: Optional[int] = None,
                       seed: int = 0, device: str = "auto", ema: bool = True, progress: bool = False,
-                      labels: Union[None, int, List[int]] = None, guidance: Optional[Dict[str, Any]] = None):
+                      labels: Union[None, int, List[int]] = None, guidance: Optional[Dict[str, Any]] = None,
+                      item_offset: Optional[int] = None):
     """Samples of a checkpoint's model (a path, ``diffusers:PATH``, a model from
     :func:`scoresde.load_model` or a :class:`LoadedScore`), in data space.
 
@@ -147,7 +150,8 @@ def sample_checkpoint(checkpoint, sampler: Dict[str, Any], n: int, batch_size: O
 
     Returns ``(x, info)``: ``x`` ``[n, ...]`` on the CPU and ``info`` (sampler, options, nfe summed
     over the batches, nfe_per_batch, seconds, step; with labels also labels, guidance,
-    network_calls and forward_passes).
+    network_calls and forward_passes).  ``item_offset``: per-item noise, sample k's from
+    ``(seed, item_offset + k)`` (:class:`scoresde.samplers.ItemNoise`; the sharded app's rule).
     """
     import scoresde as sd
 
@@ -186,7 +190,9 @@ def sample_checkpoint(checkpoint, sampler: Dict[str, Any], n: int, batch_size: O
             fn, score, lp = _classifier_guided(model, clf, y[start:start + b].to(dev), guide["scale"])
         elif y is not None:
             fn = sd.guidance.cfg_model(model, y[start:start + b].to(dev), guide["scale"])
-        res = sd.sample(fn, sde, (b,) + shape, sampler=name, generator=g, device=dev,
+        gen = (g if item_offset is None
+               else sd.samplers.ItemNoise(seed, range(item_offset + start, item_offset + start + b)))
+        res = sd.sample(fn, sde, (b,) + shape, sampler=name, generator=gen, device=dev,
                         progress=progress, **opts)
         if clf is not None:
             calls += score.calls
@@ -230,6 +236,10 @@ def run_sample(cfg: DictConfig, out_dir: Path) -> Dict[str, Any]:
         return _inverse.run_inverse(cfg, out_dir)
     if cfg.get("edit") is not None and cfg.edit.get("mode") is not None:
         return _edit.run_edit(cfg, out_dir)
+    from ..training import distributed
+    if cfg.get("noise", "stream") != "stream" or distributed.world_size() > 1:
+        from ._shard import run_sharded
+        return run_sharded(cfg, out_dir)
     sampler = OmegaConf.to_container(cfg.sampler, resolve=True)
     loaded = load_score(cfg.checkpoint, cfg.device, cfg.ema)
     labels = OmegaConf.to_container(cfg.labels) if OmegaConf.is_config(cfg.labels) else cfg.labels
@@ -257,9 +267,18 @@ def _app(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    """Console script ``scoresde-sample``."""
+    """Console script ``scoresde-sample``; under torchrun, one rank of a sharded run (``_shard.py``)."""
+    from ..training import distributed
+
     check_overrides("sample")
-    _app()
+    if not distributed.under_torchrun():
+        _app()
+        return
+    sys.argv = exit_on_user_error(distributed.torchrun_argv)(sys.argv)
+    try:
+        _app()
+    finally:
+        distributed.finish()
 
 
 if __name__ == "__main__":

@@ -21,6 +21,19 @@ through torchsde, :mod:`.reverse_sde`), and the few-step solvers in the scaled v
 (UniPC, :mod:`.unipc`) and ``"heun"`` (EDM's Heun, :mod:`.heun`).  Their time grids are data
 (:mod:`.grids`: a name, explicit times, a saved file, or :func:`optimize_grid`'s result).  ``CountingScore`` lives in
 :mod:`scoresde.score` and is re-exported here.
+
+Per-item noise.  A ``torch.Generator`` gives one stream for the whole batch, so a sample depends on
+its place in the batch and on the batch size.  ``generator=ItemNoise(seed, indices)`` instead
+gives item ``indices[k]`` of the batch its own generator, seeded from ``(seed, index)`` alone:
+its prior draw and every noise the sampler draws for it come from that stream, one row at a time,
+so the set of samples is the same however the indices are split into batches, processes or
+machines (bit for bit for equal batch sizes; to float rounding where the batch size changes
+the kernels the score network runs).  Samplers whose arithmetic mixes the items do not keep this:
+the pc sampler's Langevin corrector with ``langevin_norm="batch"`` (its step is a batch mean) is
+refused, and adaptive ODE solvers (``sampler="ode"`` with dopri5 and the like) choose their steps
+over the whole batch, so there a sample agrees with another batching only to the solver's
+tolerance.  ``sd.sample(generator=torch.Generator())`` keeps its one stream (the pinned reference
+outputs).
 """
 
 from __future__ import annotations
@@ -39,7 +52,64 @@ from ..sde import PRIORS, SDE, ScoreFn, check_prior
 Tensor = torch.Tensor
 
 __all__ = ["SampleResult", "Sampler", "sample", "build_sampler", "SAMPLERS", "PRIORS", "SAMPLE_ARGS", "register_sampler",
-           "sampler_options", "SamplerContext", "CountingScore"]
+           "sampler_options", "SamplerContext", "CountingScore", "ItemNoise", "item_seed"]
+
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(z: int) -> int:
+    z = (z + 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
+def item_seed(seed: int, index: int) -> int:
+    """The generator seed of item ``index`` of a run seeded ``seed`` (SplitMix64 of both, 63 bits),
+    so distinct (seed, index) pairs give unrelated streams."""
+    if int(seed) != seed or int(index) != index or index < 0:
+        raise ValueError(f"seed must be an integer and index a non-negative integer, got {seed}, {index}")
+    return _splitmix64(_splitmix64(int(seed) & _MASK64) ^ int(index)) >> 1
+
+
+class ItemNoise:
+    """Per-item random streams for a batch: item ``indices[k]``'s numbers come from a CPU generator
+    seeded by :func:`item_seed` ``(seed, indices[k])`` (see the module docstring).  Pass it as
+    ``generator=`` to :func:`sample`.  Each draw takes, for each item in turn, one row of the
+    item's shape per leading step, so an item's stream does not depend on how the draws are
+    chunked.  The numbers are drawn on the CPU and moved to the samples' device."""
+
+    def __init__(self, seed: int, indices: Sequence[int]):
+        idx = [int(i) for i in indices]
+        if not idx:
+            raise ValueError("indices must be a non-empty sequence of item indices")
+        self.seed, self.indices = int(seed), idx
+        self.generators = [torch.Generator().manual_seed(item_seed(seed, i)) for i in idx]
+        self.device = torch.device("cpu")
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def _draw(self, fn, shape, dtype, batch_dim: int) -> Tensor:
+        shape = tuple(int(s) for s in shape)
+        if shape[batch_dim] != len(self.generators):
+            raise ValueError(f"ItemNoise holds {len(self.generators)} items, the draw has a batch of "
+                             f"{shape[batch_dim]} (shape {shape}, batch dimension {batch_dim})")
+        lead, row = shape[:batch_dim], shape[batch_dim + 1:]
+        out = torch.empty((len(self.generators),) + lead + row, dtype=dtype)
+        steps = out.view((len(self.generators), -1) + row) if lead else out.unsqueeze(1)
+        for j in range(steps.shape[1]):
+            for k, g in enumerate(self.generators):
+                steps[k, j] = fn(row, generator=g, dtype=dtype)
+        return out.movedim(0, batch_dim)
+
+    def randn(self, shape, dtype: torch.dtype = torch.float32, batch_dim: int = 0) -> Tensor:
+        """Standard normals of ``shape``, item k's along ``batch_dim`` from its own stream."""
+        return self._draw(torch.randn, shape, dtype, batch_dim)
+
+    def rand(self, shape, dtype: torch.dtype = torch.float32, batch_dim: int = 0) -> Tensor:
+        """Uniform [0, 1) numbers as :meth:`randn`."""
+        return self._draw(torch.rand, shape, dtype, batch_dim)
 
 
 @dataclass
@@ -64,8 +134,9 @@ class SampleResult:
 class SamplerContext:
     """What every sampler gets besides its options: randomness, trajectory recording, the bar."""
 
-    def __init__(self, generator: Optional[torch.Generator], record: bool, bar=None):
-        self.generator = generator
+    def __init__(self, generator, record: bool, bar=None):
+        self.generator = generator          # a torch.Generator, an ItemNoise or None
+        self.per_item = isinstance(generator, ItemNoise)
         self.record_on = record
         self.bar = bar
         self.times: list = []
@@ -79,16 +150,22 @@ class SamplerContext:
         """
         return self.randn(x.shape, x.dtype, x.device)
 
-    def randn(self, shape, dtype: torch.dtype, device) -> Tensor:
-        """Standard normal noise of ``shape`` on ``device``, drawn as :meth:`randn_like` draws it."""
+    def randn(self, shape, dtype: torch.dtype, device, batch_dim: int = 0) -> Tensor:
+        """Standard normal noise of ``shape`` on ``device``, drawn as :meth:`randn_like` draws it;
+        ``batch_dim``: where the batch is in ``shape`` (per-item noise draws each item's part
+        from its own stream)."""
+        if self.per_item:
+            return self.generator.randn(shape, dtype, batch_dim).to(device)
         if self.generator is None:
             return torch.randn(tuple(shape), dtype=dtype, device=device)
         z = torch.randn(tuple(shape), generator=self.generator, dtype=dtype, device=self.generator.device)
         return z.to(device)
 
-    def rand(self, shape, dtype: torch.dtype, device) -> Tensor:
+    def rand(self, shape, dtype: torch.dtype, device, batch_dim: int = 0) -> Tensor:
         """Uniform [0, 1) noise of ``shape`` on ``device``, drawn on the generator's device as
         :meth:`randn` draws its normals."""
+        if self.per_item:
+            return self.generator.rand(shape, dtype, batch_dim).to(device)
         if self.generator is None:
             return torch.rand(tuple(shape), dtype=dtype, device=device)
         return torch.rand(tuple(shape), generator=self.generator, dtype=dtype, device=self.generator.device).to(device)
@@ -186,7 +263,11 @@ class Sampler:
             device = (x_init.device if x_init is not None
                       else generator.device if generator is not None else torch.device("cpu"))
         device = torch.device(device)
-        if x_init is None:
+        if isinstance(generator, ItemNoise) and len(generator) != shape[0]:
+            raise ValueError(f"generator is an ItemNoise of {len(generator)} items for a batch of {shape[0]}")
+        if x_init is None and isinstance(generator, ItemNoise):
+            x = (generator.randn(shape, dtype) * sde.prior_std).to(device)     # prior_sample, item by item
+        elif x_init is None:
             x = sde.prior_sample(shape, generator=generator, dtype=dtype,
                                  device=generator.device if generator is not None else device).to(device)
         else:
@@ -239,7 +320,8 @@ def sample(score_fn: ScoreFn, sde: SDE, shape: Sequence[int], sampler: str = "pc
         shape: ``[B, ...]``, the shape of the returned samples.
         sampler: a name from :data:`SAMPLERS`; ``options`` are its keyword arguments.
         generator: the only source of randomness (prior draw and every noise); the same seed
-            gives the same samples.
+            gives the same samples.  An :class:`ItemNoise` gives each item its own stream from
+            (seed, index), so samples do not depend on the batching (see the module docstring).
         eps: the smallest time reached (Song et al.: 1e-3).
         progress: show a tqdm bar counting score evaluations.
         device: where the samples live (default: the generator's device, else CPU).

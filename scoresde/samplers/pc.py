@@ -150,6 +150,9 @@ def pc(score_fn, sde: SDE, x: Tensor, ctx, *, eps: float = 1e-3, t_start: Option
         raise ValueError(f"corrector_steps must be a non-negative integer, got {corrector_steps}")
     if langevin_norm not in LANGEVIN_NORMS:
         raise ValueError(f"unknown langevin_norm {langevin_norm!r}; valid: {list(LANGEVIN_NORMS)}")
+    if getattr(ctx, "per_item", False) and corrector == "langevin" and langevin_norm == "batch":
+        raise ValueError("per-item noise (ItemNoise) with the Langevin corrector needs langevin_norm='sample': "
+                         "the 'batch' step size is a batch mean, so each sample would depend on its batch")
     if not snr > 0:
         raise ValueError(f"snr must be positive, got {snr}")
     steps, n_corr = int(steps), (int(corrector_steps) if corrector != "none" else 0)

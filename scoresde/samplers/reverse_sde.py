@@ -199,7 +199,7 @@ def sde(score_fn, sde: SDE, x: Tensor, ctx, *, eps: float = 1e-3, t_start: Optio
     shape = x.shape
     y0 = x.reshape(shape[0], -1)
     n_steps = n if n is not None else math.ceil(span / step * (1 - 1e-9))
-    bm = _GridBrownian(tuple(y0.shape), step, lambda m: ctx.randn((m,) + tuple(y0.shape), y0.dtype, y0.device),
+    bm = _GridBrownian(tuple(y0.shape), step, lambda m: ctx.randn((m,) + tuple(y0.shape), y0.dtype, y0.device, batch_dim=1),
                        y0.dtype, y0.device, levy=method == "srk", steps=n_steps)
     n_out = 2
     if ctx.record_on:

@@ -378,7 +378,7 @@ class Trainer:
         x0, y = self.data.labelled_batch(self.cfg.batch_size, self.gen, device=self.device)
         return self.loss_fn(self.train_model, x0, self.gen, labels=y)
 
-    # -- hooks for distributed training (scoresde.distributed.DistributedTrainer) --------------
+    # -- hooks for distributed training (scoresde.training.distributed.DistributedTrainer) --------------
     is_main = True  # this process writes logs, checkpoints, metrics and samples
 
     def _loss_value(self, loss: Tensor) -> float:

@@ -1,4 +1,4 @@
-"""Sample-quality distances: to a Gaussian mixture mode by mode, and sliced W2 between sample sets.
+"""Distances for low-dimensional samples: to a Gaussian mixture mode by mode, and sliced W2 between sets.
 
 Mode-by-mode W2.  Each sample is assigned to the component with the largest posterior
 probability under p_0.  For component k with the n_k assigned samples, the empirical mean m_k
@@ -21,12 +21,11 @@ from typing import List, Optional
 
 import torch
 
-from .mixture import GaussianMixture
+from ..mixture import GaussianMixture
 
 Tensor = torch.Tensor
 
-__all__ = ["ModeStats", "mode_w2", "gaussian_w2", "sliced_w2", "exact_floor", "sqrtm_psd",
-           "ClassifierStats", "classifier_stats"]
+__all__ = ["ModeStats", "mode_w2", "gaussian_w2", "sliced_w2", "exact_floor", "sqrtm_psd"]
 
 
 def sqrtm_psd(a: Tensor) -> Tensor:
@@ -117,43 +116,3 @@ def sliced_w2(x: Tensor, y: Tensor, n_proj: int = 256, generator: Optional[torch
     px, _ = torch.sort(xf @ u, 0)
     py, _ = torch.sort(yf @ u, 0)
     return float(((px - py) ** 2).mean().sqrt())
-
-
-@dataclass
-class ClassifierStats:
-    """Result of :func:`classifier_stats`: how a classifier trained on real data labels samples."""
-
-    confidence: float              # mean over samples of max_y p(y | x)
-    class_freq: List[float]        # fraction of samples whose argmax label is each class
-    class_entropy: float           # entropy (nats) of class_freq; log K when the classes are even
-    max_entropy: float             # log K, for reference
-    inception_score: float         # exp(E_x KL(p(y|x) || p(y))), p(y) the mean of p(y|x)
-    n: int
-
-    def as_dict(self) -> dict:
-        return {"confidence": self.confidence, "class_freq": self.class_freq,
-                "class_entropy": self.class_entropy, "max_entropy": self.max_entropy,
-                "inception_score": self.inception_score, "n": self.n}
-
-
-def classifier_stats(probs: Tensor) -> ClassifierStats:
-    """Score samples by the class probabilities ``probs [N, K]`` a classifier gives them.
-
-    Samples of a good model are labelled with high confidence (``confidence``, the mean of
-    max_y p(y|x)) and spread over the classes like the data (``class_freq`` of the argmax labels,
-    summarised by its entropy; log K for even classes).  ``inception_score`` (Salimans et al.
-    2016) combines both: exp(mean_x sum_y p(y|x) log(p(y|x) / p(y))), between 1 and K.  Compare
-    every figure with the same classifier's on real held-out data.
-    """
-    p = torch.as_tensor(probs).detach().to(torch.float64).cpu()
-    if p.ndim != 2 or p.shape[0] == 0 or p.shape[1] < 2:
-        raise ValueError(f"probs must have shape [N, K] with N >= 1 and K >= 2, got {list(p.shape)}")
-    if not torch.isfinite(p).all() or (p < 0).any() or not torch.allclose(p.sum(1), torch.ones(1, dtype=p.dtype), atol=1e-4):
-        raise ValueError("probs must be finite, non-negative and sum to 1 over each row")
-    n, K = p.shape
-    freq = torch.bincount(p.argmax(1), minlength=K).to(torch.float64) / n
-    ent = float(-(freq[freq > 0] * freq[freq > 0].log()).sum())
-    py = p.mean(0)
-    kl = torch.where(p > 0, p * (p.clamp_min(1e-300).log() - py.clamp_min(1e-300).log()), torch.zeros_like(p)).sum(1)
-    return ClassifierStats(float(p.max(1).values.mean()), freq.tolist(), ent, math.log(K),
-                           float(kl.mean().exp()), n)
