@@ -177,6 +177,9 @@ class DistributedTrainer(Trainer):
                 torch.manual_seed(rank_seed(self.seed, self.rank))
         self.train_model = _DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
+    def _rank_world(self):
+        return self.rank, self.world
+
     # -- reductions at log steps and checkpoints only -------------------------------------------
     def _ctl(self, t: torch.Tensor) -> torch.Tensor:
         return t.to(self._ctl_device or self.device)

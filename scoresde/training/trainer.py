@@ -335,6 +335,10 @@ class Trainer:
         self._loss_n = 0
         self._bad_step = torch.full((), -1, dtype=torch.int64, device=self.device)
         self._bad_vals = torch.zeros(2, dtype=torch.float32, device=self.device)
+        # image sets built with stream=true: batches from a DataLoader (scoresde.data.stream)
+        self._stream = None
+        if getattr(self.data, "stream", None) is not None:
+            self._stream = self.data.stream.open(self.cfg.batch_size, self.seed, *self._rank_world(), self.device)
         if self.cfg.resume == "auto":
             # the same command continues a killed run (a preempted job) and starts a new one
             found = load_resumable(self.ckpt_path, self.cfg.keep)
@@ -350,6 +354,7 @@ class Trainer:
             "model": self.model.state_dict(), "ema": self.ema.state_dict(),
             "optimizer": self.opt.state_dict(), "grad_scaler": self.scaler.state_dict(),
             "rng": _rng_state(self.gen), "config": self.config, "spec": self.model.spec, "best": self.best,
+            "data_stream": self._stream.state_dict() if self._stream is not None else None,
             "data": {"name": self.data.name, "event_shape": list(self.data.event_shape),
                      "scaler": {"shift": self.data.scaler.shift, "scale": self.data.scaler.scale}},
         }
@@ -386,6 +391,8 @@ class Trainer:
         self.step = int(state["step"])
         self.last_good_step = self.step
         self.best = state.get("best")
+        if self._stream is not None and state.get("data_stream") is not None:
+            self._stream.load_state_dict(state["data_stream"])
         # the run's own last.pt may be renamed to step_*.pt on the next save; any other file is not ours
         self._ckpt_step = self.step if Path(path).resolve() == self.ckpt_path.resolve() else None
         return state
@@ -454,7 +461,13 @@ class Trainer:
         """The loss of one training batch.  An unconditional model reads ``data.batch`` (the
         stream of earlier versions, so old runs resume bit-exactly); a class-conditional one reads
         ``data.labelled_batch`` (the same draws) and passes the labels to the loss, which drops
-        them to the null label with probability ``loss.p_uncond``."""
+        them to the null label with probability ``loss.p_uncond``.  A streamed set (``stream=true``)
+        reads the next batch of its DataLoader instead (:mod:`scoresde.data.stream`)."""
+        if self._stream is not None:
+            x0, y = self._stream.next(self.gen)
+            if not self.conditional:
+                return self.loss_fn(self.train_model, x0, self.gen)
+            return self.loss_fn(self.train_model, x0, self.gen, labels=y)
         if not self.conditional:
             x0 = self.data.batch(self.cfg.batch_size, self.gen, device=self.device)
             return self.loss_fn(self.train_model, x0, self.gen)
@@ -463,6 +476,10 @@ class Trainer:
 
     # -- hooks for distributed training (scoresde.distributed.DistributedTrainer) --------------
     is_main = True  # this process writes logs, checkpoints, metrics and samples
+
+    def _rank_world(self) -> Tuple[int, int]:
+        """This process's rank and the number of ranks (the data stream's shard)."""
+        return 0, 1
 
     def _reduce_mean(self, value: Tensor) -> Tensor:
         """A logged value (the mean over ranks under DDP)."""
