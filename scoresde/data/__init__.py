@@ -138,6 +138,9 @@ class DataSet:
             raise ValueError(f"data set {self.name!r} has no labels; a class-conditional model or a "
                              f"classifier needs a labelled set (digits, image_folder, torchvision, the mixtures)")
         device = device if device is not None else (generator.device if generator is not None else "cpu")
+        if self.stream is not None:
+            raise ValueError(f"data set {self.name!r} streams from disk: read it with data.stream.open(...) "
+                             f"(the score-model Trainer does; the classifier trainer needs stream=false)")
         if self.sampler is not None:
             x, y = self.labelled_sampler(n, generator)
             return x.to(device), y.to(device)
