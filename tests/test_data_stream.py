@@ -136,3 +136,19 @@ def test_training_on_a_stream_resumes_bit_exactly_across_an_epoch_boundary(folde
     for (name, a), b in zip(straight.model.state_dict().items(), second.model.state_dict().values()):
         assert torch.equal(a, b), name
     assert second.state_dict()["data_stream"] == {"epoch": 1, "batch": 4, "world": 1}
+
+
+def test_a_streamed_torchvision_set_reads_its_train_split_item_by_item(tmp_path, monkeypatch):
+    from test_images import _FakeMNIST
+    import sys
+    import types
+    tv, tvd = types.ModuleType("torchvision"), types.ModuleType("torchvision.datasets")
+    tvd.MNIST, tv.datasets = _FakeMNIST, tvd
+    monkeypatch.setitem(sys.modules, "torchvision", tv)
+    monkeypatch.setitem(sys.modules, "torchvision.datasets", tvd)
+    mem = build_dataset("torchvision", dataset="MNIST", root=str(tmp_path), size=8, n_test=2)
+    data = build_dataset("torchvision", dataset="MNIST", root=str(tmp_path), size=8, n_test=2, stream=True,
+                         workers=0)
+    assert torch.equal(mem.test, data.test) and data.train is None
+    x, _ = data.stream.open(3, 0).next()
+    assert sorted(_levels(x).reshape(3, -1).tolist()) == sorted(_levels(mem.train).reshape(3, -1).tolist())

@@ -338,7 +338,8 @@ def _streamed(name: str, source, size, channels, labels, k_test: Tensor, y_test:
     from .stream import LevelsDataset, StreamSpec
 
     test = to_model_range(k_test, levels, dequantize=dequantize, generator=torch.Generator().manual_seed(seed + 1))
-    spec = StreamSpec(LevelsDataset(source, size, channels, labels), levels, dequantize, flip, workers)
+    spec = StreamSpec(LevelsDataset(source, size, channels, _pil_to_levels, labels), to_model_range, levels,
+                      dequantize, flip, workers)
     info = {"levels": levels, "dequantize": dequantize, "stream": True, "flip": flip, **info}
     lab = dict(num_classes=num_classes, test_labels=y_test, classes=classes) if num_classes else {}
     return DataSet(name, tuple(k_test.shape[1:]), test=test, stream=spec, scaler=Scaler.unit(0.0, 1.0),

@@ -25,7 +25,7 @@ the trainer's generator, as on the in-memory path.
 from __future__ import annotations
 
 import warnings
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -40,11 +40,14 @@ class LevelsDataset(Dataset):
     """Images decoded on demand: ``ds[(i, flip)] = (levels uint8 [C, H, W], label)``.
 
     ``source``: a list of image paths (an image folder) or a data set whose items are
-    ``(PIL image, target)`` (torchvision's); ``labels``: the paths' labels (ignored for a data set).
+    ``(PIL image, target)`` (torchvision's); ``labels``: the paths' labels (ignored for a data set);
+    ``to_levels(img, size, channels)``: a PIL image to uint8 levels (the image module's, passed
+    in so that this module does not import it).
     """
 
-    def __init__(self, source: Any, size: Any, channels: Optional[int], labels: Optional[Sequence[int]] = None):
-        self.source, self.size, self.channels = source, size, channels
+    def __init__(self, source: Any, size: Any, channels: Optional[int], to_levels: Callable,
+                 labels: Optional[Sequence[int]] = None):
+        self.source, self.size, self.channels, self.to_levels = source, size, channels, to_levels
         self.labels = list(labels) if labels is not None else None
 
     def __len__(self) -> int:
@@ -53,18 +56,16 @@ class LevelsDataset(Dataset):
     def __getitem__(self, key: Tuple[int, bool]) -> Tuple[Tensor, int]:
         from PIL import Image
 
-        from .images import _pil_to_levels
-
         i, flip = key
         item = self.source[i]
         if isinstance(item, tuple):            # torchvision: (PIL image, target)
             img, target = item
             channels = self.channels or (1 if img.mode in ("1", "L", "I", "I;16", "F") else 3)
-            k = _pil_to_levels(img, self.size, channels)
+            k = self.to_levels(img, self.size, channels)
             y = int(target)
         else:                                  # a path
             with Image.open(item) as img:
-                k = _pil_to_levels(img, self.size, self.channels or 3)
+                k = self.to_levels(img, self.size, self.channels or 3)
             y = self.labels[i] if self.labels is not None else 0
         return (k.flip(-1) if flip else k), y
 
@@ -122,8 +123,6 @@ class BatchStream:
 
     def next(self, generator: Optional[torch.Generator] = None) -> Tuple[Tensor, Tensor]:
         """``(x [B, C, H, W] in the model's range, y [B])`` on the device."""
-        from .images import to_model_range
-
         if self._it is None:
             self._it = self._open()
         k, y = next(self._it)
@@ -132,7 +131,7 @@ class BatchStream:
             self.epoch, self.batch = self.epoch + 1, 0
         nb = self.device.type == "cuda"
         k = k.to(self.device, non_blocking=nb)
-        x = to_model_range(k, self.spec.levels, dequantize=self.spec.dequantize, generator=generator)
+        x = self.spec.to_model(k, self.spec.levels, dequantize=self.spec.dequantize, generator=generator)
         return x, y.to(self.device, non_blocking=nb)
 
     def state_dict(self) -> Dict[str, int]:
@@ -153,11 +152,14 @@ class StreamSpec:
     """What a streamed :class:`~scoresde.data.DataSet` carries: the lazy training images and how
     to stream them; :meth:`open` starts one rank's :class:`BatchStream`."""
 
-    def __init__(self, dataset: LevelsDataset, levels: int, dequantize: bool = False, flip: bool = False,
-                 workers: int = 2):
+    def __init__(self, dataset: LevelsDataset, to_model: Callable, levels: int, dequantize: bool = False,
+                 flip: bool = False, workers: int = 2):
+        """``to_model(k, levels, dequantize=, generator=)``: levels to the model's range
+        (:func:`scoresde.data.images.to_model_range`)."""
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
             raise ValueError(f"workers must be an integer >= 0, got {workers!r}")
         self.dataset, self.levels, self.dequantize, self.flip, self.workers = dataset, levels, dequantize, flip, workers
+        self.to_model = to_model
 
     def open(self, batch_size: int, seed: int, rank: int = 0, world: int = 1, device="cpu") -> BatchStream:
         return BatchStream(self, batch_size, seed, rank, world, device)
