@@ -58,6 +58,9 @@ class TrainingPreempted(Exception):
             self.previous_handler(self.signum, None)
 
 
+_POSIX_ONLY = {"SIGUSR1", "SIGUSR2", "SIGHUP", "SIGQUIT", "SIGCONT", "SIGALRM"}
+
+
 def parse_signals(spec: str) -> Tuple[int, ...]:
     """``"SIGTERM,SIGUSR1"`` (or ``"TERM,USR1"``, or numbers) -> signal numbers; ``""``: none."""
     if not isinstance(spec, str):
@@ -71,6 +74,8 @@ def parse_signals(spec: str) -> Tuple[int, ...]:
             continue
         name = part.upper() if part.upper().startswith("SIG") else "SIG" + part.upper()
         sig = getattr(signal, name, None)
+        if sig is None and name in _POSIX_ONLY:   # e.g. SIGUSR1 on Windows: nothing sends it there
+            continue
         if not isinstance(sig, signal.Signals):
             raise ValueError(f"train.preempt_signals: unknown signal {part!r} (e.g. SIGTERM, SIGUSR1, SIGUSR2)")
         out.append(int(sig))

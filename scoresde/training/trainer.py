@@ -563,6 +563,10 @@ class Trainer:
                     if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
                         self.evaluate(final=False, tb=tb)
                         self._save_best()
+        except BaseException:   # pre-empted, diverged, interrupted: flush what TensorBoard has
+            if tb is not None:
+                tb.close()
+            raise
         finally:
             bar.close()
         train_time = time.perf_counter() - t_start
