@@ -90,3 +90,12 @@ def test_best_by_max_and_an_unknown_metric_writes_no_best(tmp_path):
 def test_bad_keeping_options_are_value_errors_naming_them(tmp_path, kw, needle):
     with pytest.raises(ValueError, match=needle):
         make_trainer(_cfg(4, **kw), tmp_path)
+
+
+def test_a_kill_between_the_rename_and_the_new_last_resumes_from_the_newest_step_file(tmp_path):
+    make_trainer(_cfg(8, keep=3), tmp_path).fit()
+    (tmp_path / "checkpoints" / "last.pt").unlink()         # as if killed right after the rename
+    t = make_trainer(_cfg(12, keep=3, resume="auto"), tmp_path)
+    assert t.step == 6
+    t.fit()
+    assert [s for s, _ in kept_steps(tmp_path / "checkpoints")] == [10, 8]
