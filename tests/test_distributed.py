@@ -105,3 +105,92 @@ def test_two_process_resume_continues_bit_exactly(tmp_path):
     for key in ("model", "ema"):
         for name, t in a[key].items():
             assert torch.equal(t, b[key][name]), (key, name)
+
+
+def test_process_group_timeout_is_thirty_minutes_unless_set(monkeypatch):
+    monkeypatch.delenv("SCORESDE_DIST_TIMEOUT_S", raising=False)
+    assert distributed.process_group_timeout().total_seconds() == 1800
+    monkeypatch.setenv("SCORESDE_DIST_TIMEOUT_S", "90")
+    assert distributed.process_group_timeout().total_seconds() == 90
+    monkeypatch.setenv("SCORESDE_DIST_TIMEOUT_S", "soon")
+    with pytest.raises(ValueError, match="SCORESDE_DIST_TIMEOUT_S"):
+        distributed.process_group_timeout()
+
+
+@pytest.mark.slow
+def test_rank_zero_evaluating_longer_than_the_timeout_does_not_fail_the_other_rank(tmp_path):
+    """Rank 0 evaluates for 8 s under a 2 s process-group timeout: rank 1 must wait outside any
+    collective (in one, gloo would raise after 2 s, as NCCL's watchdog would abort)."""
+    import multiprocessing as mp
+    from _ddp_workers import slow_eval_worker
+
+    cfg = _config(["train.eval_every=3", "train.steps=6", "train.batch_size=32"])
+    port = _free_port()
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=slow_eval_worker, args=(r, 2, port, str(tmp_path), cfg, 2.0, 8.0)) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(300)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert (tmp_path / "ok_0").exists() and (tmp_path / "ok_1").exists()
+
+
+_DROPOUT_UNET = ["model=unet", "data=digits", "model.nf=8", "model.ch_mult=[1]", "model.num_res_blocks=1",
+                 "model.attn_resolutions=[]", "model.dropout=0.3", "data.n_test=16", "train.batch_size=16",
+                 "eval.n_nll=0", "eval.n_samples=0", "eval.bound=false", "train.resume=auto",
+                 "train.stop_check_every=5", "train.log_every=5", "train.ckpt_every=1000"]
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_with_dropout_sigterm_then_resume_equal_the_uninterrupted_run(tmp_path):
+    """SIGTERM to every process of a 2-rank torchrun job (as SLURM signals a job step): both ranks
+    stop at the same step (a multiple of stop_check_every), rank 0 writes that step's checkpoint;
+    the same command again ends equal, in every tensor, to an uninterrupted run, dropout on (each
+    rank its own CPU generator state in the checkpoint)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from _tiny import ROOT, env
+
+    steps = 200
+    def command(run_dir):
+        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+                "-m", "scoresde.apps.train", "train.progress=false", "train.device=cpu", "train.tensorboard=false",
+                *_DROPOUT_UNET, f"train.steps={steps}", f"hydra.run.dir={run_dir}"]
+
+    r = subprocess.run(command(tmp_path / "straight"), cwd=tmp_path, env=env(), capture_output=True, text=True,
+                       timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+    run = tmp_path / "run"
+    proc = subprocess.Popen(command(run), cwd=tmp_path, env=env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600
+        while not (run / "train_log.csv").exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        os.killpg(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    marker = json.loads((run / "preempted.json").read_text())
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert state["step"] == marker["step"] and 0 < state["step"] < steps and state["step"] % 5 == 0, err[-3000:]
+    a_rng, b_rng = (x["torch"] for x in state["rank_rng"])
+    assert not torch.equal(a_rng, b_rng)                                  # per-rank dropout streams
+
+    r = subprocess.run(command(run), cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")
+    b = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert a["step"] == b["step"] == steps
+    for key in ("model", "ema"):
+        for name, t in a[key].items():
+            assert torch.equal(t, b[key][name]), (key, name)
+    for x, y in zip(a["rank_rng"], b["rank_rng"]):
+        assert torch.equal(x["torch"], y["torch"])

@@ -75,7 +75,7 @@ def _save_tensor_dict(path: Path, obj: Dict[str, Any]) -> None:
 def run_sharded(cfg: DictConfig, out_dir: Path) -> Dict[str, Any]:
     """The sharded body of the sample app (see the module docstring)."""
     from ..training import distributed
-    from .sample import _reference, sample_checkpoint
+    from ._sampling import _reference, sample_checkpoint
 
     noise = cfg.get("noise", "stream")
     if noise not in NOISE:

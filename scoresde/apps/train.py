@@ -8,6 +8,8 @@ without Hydra.
     scoresde-train -m sde=vp,subvp,ve                 # a sweep (hydra/launcher=joblib, submitit_local, slurm)
     torchrun --nproc_per_node=4 $(command -v scoresde-train) ...   # DDP (scoresde.training.distributed)
     scoresde-train train.resume=auto hydra.run.dir=runs/a   # the same command continues after a kill
+    # SIGTERM / SIGUSR1 / SIGUSR2: the step finishes, its checkpoint is written, exit status 124
+    # (scoresde.training.preemption; docs/cluster.md)
     scoresde-train task=classifier data=digits classifier=mlp   # a noisy classifier for guidance
 
 The config is found by :func:`scoresde.apps._common.config_path`.  The top-level schema
@@ -34,6 +36,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from ..training import Trainer, train
+from ..training.preemption import REQUEUE_EXIT_CODE, TrainingPreempted
 from . import schema as _schemas
 from ._common import check_overrides, config_path, exit_on_user_error
 
@@ -79,7 +82,14 @@ def run_train(cfg: DictConfig) -> Dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=config_path(), config_name="train")
 def _train_app(cfg: DictConfig) -> None:
-    exit_on_user_error(run_train)(cfg)
+    try:
+        exit_on_user_error(run_train)(cfg)
+    except TrainingPreempted as e:
+        # the checkpoint of the step it stopped at is written: hand over to the requeue
+        log.warning("%s", e)
+        print(f"preempted: {e}", file=sys.stderr)
+        e.chain()      # submitit's handler (hydra/launcher=slurm) requeues the job and exits
+        sys.exit(REQUEUE_EXIT_CODE)
 
 
 def train_main() -> None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 
@@ -94,11 +94,12 @@ class DataSet:
     test_labels: Optional[Tensor] = None
     labelled_sampler: Optional[Callable[[int, Optional[torch.Generator]], Tuple[Tensor, Tensor]]] = None
     classes: Optional[list] = None   # class names (index = label), where the source names them
+    stream: Optional[Any] = None     # a scoresde.data.stream.StreamSpec: training images read from disk
 
     def __post_init__(self):
         self.event_shape = tuple(int(d) for d in self.event_shape)
-        if self.train is None and self.sampler is None:
-            raise ValueError(f"data set {self.name!r} needs a train tensor or a sampler")
+        if self.train is None and self.sampler is None and self.stream is None:
+            raise ValueError(f"data set {self.name!r} needs a train tensor or a sampler (or a stream)")
         for nm, arr in (("train", self.train), ("test", self.test)):
             if arr is not None and tuple(arr.shape[1:]) != self.event_shape:
                 raise ValueError(f"{nm} set of {self.name!r} has shape {tuple(arr.shape)}, "
@@ -108,7 +109,7 @@ class DataSet:
                 raise ValueError(f"labelled data set {self.name!r} needs test_labels of shape [{self.test.shape[0]}]")
             if self.sampler is not None and self.labelled_sampler is None:
                 raise ValueError(f"labelled data set {self.name!r} has a sampler but no labelled_sampler")
-            if self.sampler is None and (self.train_labels is None
+            if self.sampler is None and self.stream is None and (self.train_labels is None
                                          or self.train_labels.shape != (self.train.shape[0],)):
                 raise ValueError(f"labelled data set {self.name!r} needs train_labels of shape [{self.train.shape[0]}]")
 
@@ -120,6 +121,9 @@ class DataSet:
     def batch(self, n: int, generator: Optional[torch.Generator] = None, device=None) -> Tensor:
         """A training batch ``[n, *event_shape]`` on ``device`` (default: the generator's)."""
         device = device if device is not None else (generator.device if generator is not None else "cpu")
+        if self.stream is not None:
+            raise ValueError(f"data set {self.name!r} streams from disk: read it with data.stream.open(...) "
+                             f"(the Trainer does), not batch()")
         if self.sampler is not None:
             return self.sampler(n, generator).to(device)
         idx = torch.randint(self.train.shape[0], (n,), generator=generator, device=generator.device
@@ -134,6 +138,9 @@ class DataSet:
             raise ValueError(f"data set {self.name!r} has no labels; a class-conditional model or a "
                              f"classifier needs a labelled set (digits, image_folder, torchvision, the mixtures)")
         device = device if device is not None else (generator.device if generator is not None else "cpu")
+        if self.stream is not None:
+            raise ValueError(f"data set {self.name!r} streams from disk: read it with data.stream.open(...) "
+                             f"(the score-model Trainer does; the classifier trainer needs stream=false)")
         if self.sampler is not None:
             x, y = self.labelled_sampler(n, generator)
             return x.to(device), y.to(device)

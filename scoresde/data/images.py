@@ -165,8 +165,13 @@ def load_image_folder(root: Union[str, os.PathLike], size: int, channels: int = 
 def _read_image_folder(root, size: int, channels: int, extensions: Sequence[str] = IMAGE_EXTENSIONS,
                        recursive: bool = True) -> Tuple[Tensor, Tensor, List[str]]:
     """:func:`load_image_folder` before scaling: uint8 levels ``[N, C, size, size]``, labels, classes."""
-    from PIL import Image, UnidentifiedImageError
+    files, labels, class_names = _list_image_folder(root, size, channels, extensions, recursive)
+    return _decode_files(files, size, channels), torch.tensor(labels, dtype=torch.int64), class_names
 
+
+def _list_image_folder(root, size: int, channels: int, extensions: Sequence[str] = IMAGE_EXTENSIONS,
+                       recursive: bool = True) -> Tuple[List[Path], List[int], List[str]]:
+    """The image files under ``root`` in sorted order, their labels and the class names."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {str(root)!r} does not exist or is not a directory")
@@ -180,16 +185,22 @@ def _read_image_folder(root, size: int, channels: int, extensions: Sequence[str]
         raise FileNotFoundError(f"no images with extensions {list(exts)} under {str(root)!r}")
     class_names = sorted({p.relative_to(root).parts[0] for p in files if len(p.relative_to(root).parts) > 1})
     index = {c: i for i, c in enumerate(class_names)}
-    levels, labels = [], []
+    labels = [index[p.relative_to(root).parts[0]] if len(p.relative_to(root).parts) > 1 else 0 for p in files]
+    return files, labels, class_names
+
+
+def _decode_files(files: Sequence[Path], size: int, channels: int) -> Tensor:
+    """uint8 levels ``[N, C, size, size]`` of ``files``."""
+    from PIL import Image, UnidentifiedImageError
+
+    levels = []
     for p in files:
         try:
             with Image.open(p) as img:
                 levels.append(_pil_to_levels(img, size, channels))
         except (UnidentifiedImageError, OSError) as e:
             raise ValueError(f"cannot read image {str(p)!r}: {e}") from e
-        parts = p.relative_to(root).parts
-        labels.append(index[parts[0]] if len(parts) > 1 else 0)
-    return torch.stack(levels), torch.tensor(labels, dtype=torch.int64), class_names
+    return torch.stack(levels)
 
 
 def load_torchvision(name: str, root: Union[str, os.PathLike], train: bool = True,
@@ -211,8 +222,25 @@ def load_torchvision(name: str, root: Union[str, os.PathLike], train: bool = Tru
 
 def _read_torchvision(name: str, root, train: bool = True, size: Optional[int] = None,
                       channels: Optional[int] = None, dataset_kwargs: Optional[dict] = None,
-                      ) -> Tuple[Tensor, Tensor]:
-    """:func:`load_torchvision` before scaling: uint8 levels ``[N, C, H, W]`` and labels."""
+                      limit: Optional[int] = None) -> Tuple[Tensor, Tensor]:
+    """:func:`load_torchvision` before scaling: uint8 levels ``[N, C, H, W]`` and labels (the
+    first ``limit`` items only, when given)."""
+    ds = _open_torchvision(name, root, train, dataset_kwargs)
+    levels, labels = [], []
+    for i in range(len(ds) if limit is None else min(limit, len(ds))):
+        img, target = ds[i]
+        if channels is None:
+            channels = 1 if img.mode in ("1", "L", "I", "I;16", "F") else 3
+        levels.append(_pil_to_levels(img, size, channels))
+        labels.append(int(target) if not isinstance(target, torch.Tensor) else int(target.item()))
+    shapes = {tuple(v.shape) for v in levels}
+    if len(shapes) > 1:
+        raise ValueError(f"torchvision data set {name} has images of several sizes {sorted(shapes)}; pass size=")
+    return torch.stack(levels), torch.tensor(labels, dtype=torch.int64)
+
+
+def _open_torchvision(name: str, root, train: bool = True, dataset_kwargs: Optional[dict] = None):
+    """``torchvision.datasets.<name>`` opened from disk (never downloaded), a clear error if absent."""
     try:
         import torchvision.datasets as tvd
     except ImportError as e:
@@ -237,17 +265,7 @@ def _read_torchvision(name: str, root, train: bool = True, size: Optional[int] =
                                 f"scoresde never downloads: fetch it first ({e})") from e
     if len(ds) == 0:
         raise ValueError(f"torchvision data set {name} under {str(root)!r} is empty")
-    levels, labels = [], []
-    for i in range(len(ds)):
-        img, target = ds[i]
-        if channels is None:
-            channels = 1 if img.mode in ("1", "L", "I", "I;16", "F") else 3
-        levels.append(_pil_to_levels(img, size, channels))
-        labels.append(int(target) if not isinstance(target, torch.Tensor) else int(target.item()))
-    shapes = {tuple(v.shape) for v in levels}
-    if len(shapes) > 1:
-        raise ValueError(f"torchvision data set {name} has images of several sizes {sorted(shapes)}; pass size=")
-    return torch.stack(levels), torch.tensor(labels, dtype=torch.int64)
+    return ds
 
 
 # ---------------------------------------------------------------------------------------------
@@ -306,13 +324,53 @@ def digits_dataset(n_test: int = 300, seed: int = 0, dequantize: bool = False) -
                           {"n_test": n_test, "seed": seed}, y_train, y_test, 10, [str(i) for i in range(10)])
 
 
+def _check_stream(stream: bool, flip: bool, workers: int) -> None:
+    if flip and not stream:
+        raise ValueError("flip=true needs stream=true (flips are drawn by the streaming pipeline, "
+                         "scoresde.data.stream)")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ValueError(f"workers must be an integer >= 0, got {workers!r}")
+
+
+def _streamed(name: str, source, size, channels, labels, k_test: Tensor, y_test: Optional[Tensor], levels: int,
+              dequantize: bool, seed: int, info: dict, num_classes: int, classes, flip: bool, workers: int) -> DataSet:
+    """A :class:`DataSet` whose training images stream from disk (:mod:`scoresde.data.stream`)."""
+    from .stream import LevelsDataset, StreamSpec
+
+    test = to_model_range(k_test, levels, dequantize=dequantize, generator=torch.Generator().manual_seed(seed + 1))
+    spec = StreamSpec(LevelsDataset(source, size, channels, _pil_to_levels, labels), to_model_range, levels,
+                      dequantize, flip, workers)
+    info = {"levels": levels, "dequantize": dequantize, "stream": True, "flip": flip, **info}
+    lab = dict(num_classes=num_classes, test_labels=y_test, classes=classes) if num_classes else {}
+    return DataSet(name, tuple(k_test.shape[1:]), test=test, stream=spec, scaler=Scaler.unit(0.0, 1.0),
+                   info=info, **lab)
+
+
 @register_dataset("image_folder")
 def image_folder_dataset(root: Optional[str] = None, size: int = 32, channels: int = 3, n_test: int = 256,
-                         seed: int = 0, dequantize: bool = False) -> DataSet:
+                         seed: int = 0, dequantize: bool = False, stream: bool = False, flip: bool = False,
+                         workers: int = 2) -> DataSet:
     """The images under ``root`` (:func:`load_image_folder`), ``n_test`` of them held out;
-    labelled by sub-directory when there are at least two (``classes``: their sorted names)."""
+    labelled by sub-directory when there are at least two (``classes``: their sorted names).
+
+    ``stream=True``: the training images are decoded by ``workers`` DataLoader processes as
+    training reads them (:mod:`scoresde.data.stream`; ``flip`` adds random horizontal flips);
+    the split is the same as in memory."""
     if root is None:
         raise ValueError("the image_folder data set needs root= (the folder to read)")
+    _check_stream(stream, flip, workers)
+    if stream:
+        files, labels, classes = _list_image_folder(root, size, channels)
+        if not 0 < n_test < len(files):
+            raise ValueError(f"n_test must lie in [1, {len(files) - 1}] for {len(files)} images, got {n_test}")
+        perm = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed)).tolist()
+        tr, te = perm[:-n_test], perm[-n_test:]
+        K = len(classes) if len(classes) >= 2 else 0
+        y = torch.tensor(labels, dtype=torch.int64)
+        return _streamed("image_folder", [files[i] for i in tr], size, channels, [labels[i] for i in tr],
+                         _decode_files([files[i] for i in te], size, channels), y[te] if K else None, 256,
+                         dequantize, seed, {"root": str(root), "classes": classes}, K, list(classes) or None,
+                         flip, workers)
     k, y, classes = _read_image_folder(root, size, channels)
     k_train, k_test, y_train, y_test = _split_levels(k, n_test, seed, y)
     K = len(classes) if len(classes) >= 2 else 0
@@ -323,9 +381,21 @@ def image_folder_dataset(root: Optional[str] = None, size: int = 32, channels: i
 @register_dataset("torchvision")
 def torchvision_dataset(dataset: str = "MNIST", root: str = ".", size: Optional[int] = None,
                         channels: Optional[int] = None, n_test: int = 2000, seed: int = 0,
-                        dequantize: bool = False) -> DataSet:
+                        dequantize: bool = False, stream: bool = False, flip: bool = False,
+                        workers: int = 2) -> DataSet:
     """``torchvision.datasets.<dataset>`` from disk (:func:`load_torchvision`): its train split for
-    training, the first ``n_test`` images of its test split held out."""
+    training, the first ``n_test`` images of its test split held out.  ``stream=True``: the train
+    split is read item by item by DataLoader workers (:mod:`scoresde.data.stream`, ``flip`` for
+    random horizontal flips); labels are then taken as ``num_classes`` from the held-out split."""
+    _check_stream(stream, flip, workers)
+    if stream:
+        k_test, y_test = _read_torchvision(dataset, root, False, size, channels, limit=n_test)
+        source = _open_torchvision(dataset, root, True)
+        K = int(y_test.max()) + 1 if y_test.numel() else 0
+        K = len(getattr(source, "classes", [])) or K
+        return _streamed(dataset, source, size, channels if channels is not None else int(k_test.shape[1]), None,
+                         k_test, y_test if K >= 2 else None, 256, dequantize, seed, {"root": str(root)},
+                         K if K >= 2 else 0, None, flip, workers)
     k_train, y_train = _read_torchvision(dataset, root, True, size, channels)
     k_test, y_test = _read_torchvision(dataset, root, False, size, channels)
     K = int(max(y_train.max(), y_test.max())) + 1 if y_train.numel() else 0

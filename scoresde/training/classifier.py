@@ -116,6 +116,7 @@ class ClassifierTrainer(Trainer):
                     if k != "step":
                         tb.add_scalar(f"eval/{k}", v, self.step)
         self.metrics.update(out)
+        self._note_best(out)      # train.best_metric (e.g. heldout_loss): best.pt
         return out
 
 

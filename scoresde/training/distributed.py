@@ -16,7 +16,21 @@ What changes under torchrun (detected from the ``RANK``/``WORLD_SIZE`` variables
   ranks start with Hydra's outputs switched off and receive rank 0's directory;
 * rank 0 alone writes logs, checkpoints, metrics and samples and evaluates; checkpoints hold the
   generator state of every rank, so ``train.resume`` continues bit-exactly with the same number of
-  ranks (with another number it reseeds each rank's generator and says so).
+  ranks (with another number it reseeds each rank's generator and says so);
+* dropout and other draws on torch's global generators: rank r > 0 seeds them with
+  ``rank_seed(seed, r)`` after the model is built (the same initial weights everywhere, different
+  masks per rank), and checkpoints hold each rank's own CPU and CUDA generator states
+  (``rank_rng``), restored on that rank;
+* evaluation runs on rank 0 while the other ranks wait *outside* any collective: they poll the
+  process group's key-value store for rank 0's "done" (:meth:`DistributedTrainer.evaluate`), so
+  a long evaluation does not trip NCCL's watchdog.  The process group's timeout (NCCL's watchdog
+  and gloo's) is set to ``SCORESDE_DIST_TIMEOUT_S`` seconds, default 1800 (30 minutes; torch's own
+  default is 10 minutes): it bounds the collectives that remain, a checkpoint write by rank 0
+  while the others wait in a barrier and a straggling rank;
+* pre-emption: every rank traps the signals; every ``train.stop_check_every`` steps the ranks
+  reduce the flag (the signal number, MAX), so all stop at the same step and write one checkpoint
+  (:mod:`scoresde.training.preemption`).  No collective is added to the other steps: the loss and
+  the non-finite check are reduced at log steps and before checkpoints only.
 """
 
 from __future__ import annotations
@@ -24,6 +38,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import time
+from datetime import timedelta
 from typing import Any, Dict, List, Optional
 
 import numpy as np
@@ -31,7 +47,6 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from ..checkpoints import load_checkpoint, save_checkpoint
 from ..device import resolve_device
 from .trainer import Trainer, TrainConfig, _as_config
 
@@ -58,8 +73,24 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
+DEFAULT_TIMEOUT_S = 1800.0
+
+
+def process_group_timeout() -> timedelta:
+    """The collectives' timeout: ``SCORESDE_DIST_TIMEOUT_S`` seconds, default 1800 (module docstring)."""
+    raw = os.environ.get("SCORESDE_DIST_TIMEOUT_S", str(DEFAULT_TIMEOUT_S))
+    try:
+        seconds = float(raw)
+    except ValueError:
+        raise ValueError(f"SCORESDE_DIST_TIMEOUT_S must be a number of seconds, got {raw!r}") from None
+    if not seconds > 0:
+        raise ValueError(f"SCORESDE_DIST_TIMEOUT_S must be > 0, got {raw!r}")
+    return timedelta(seconds=seconds)
+
+
 def init_process_group() -> None:
-    """Join torchrun's process group (once): NCCL for CUDA tensors, gloo for CPU tensors.
+    """Join torchrun's process group (once): NCCL for CUDA tensors, gloo for CPU tensors, with
+    the timeout of :func:`process_group_timeout`.
 
     ``SCORESDE_DIST_BACKEND`` overrides the choice (e.g. ``gloo`` on a GPU machine).
     """
@@ -70,7 +101,7 @@ def init_process_group() -> None:
         backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
-    dist.init_process_group(backend=backend)
+    dist.init_process_group(backend=backend, timeout=process_group_timeout())
 
 
 def torchrun_argv(argv: List[str]) -> List[str]:
@@ -134,42 +165,86 @@ class DistributedTrainer(Trainer):
             if data.train_labels is not None:   # the labels of those rows (class-conditional runs)
                 data.train_labels = data.train_labels[self.rank::self.world]
         self._resumed = False
+        self._eval_calls = 0
+        # small control tensors (stop flag, non-finite step) travel on gloo where the group has it
+        backend = str(dist.get_backend())
+        self._ctl_device = torch.device("cpu") if "gloo" in backend else None
         super().__init__(model, data, loss, optim, cfg, eval, sampler, out_dir, config, seed)
         if not self._resumed:
             self.gen.manual_seed(rank_seed(self.seed, self.rank))
+            if self.rank > 0:
+                # dropout masks differ by rank (the model was built, identically, before this)
+                torch.manual_seed(rank_seed(self.seed, self.rank))
         self.train_model = _DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
-    def _loss_value(self, loss: torch.Tensor) -> float:
-        # the mean over ranks, so that every rank takes the same decision on a non-finite loss
-        value = loss.detach().float().reshape(1).clone()
-        dist.all_reduce(value)
-        return float(value) / self.world
+    def _rank_world(self):
+        return self.rank, self.world
+
+    # -- reductions at log steps and checkpoints only -------------------------------------------
+    def _ctl(self, t: torch.Tensor) -> torch.Tensor:
+        return t.to(self._ctl_device or self.device)
+
+    def _reduce_mean(self, value: torch.Tensor) -> torch.Tensor:
+        v = self._ctl(value.detach().double().reshape(1)).clone()
+        dist.all_reduce(v)
+        return (v / self.world).reshape(()).to(value.device)
+
+    def _reduce_nonfinite(self, step: torch.Tensor, values: torch.Tensor):
+        big = torch.iinfo(torch.int64).max
+        s = self._ctl(torch.where(step < 0, big, step).reshape(1)).clone()
+        dist.all_reduce(s, op=dist.ReduceOp.MIN)
+        return torch.where(s == big, -1, s).reshape(()).to(step.device), values
+
+    def _stop_requested(self, guard) -> int:
+        # every stop_check_every steps (and at the last step) all ranks agree: the largest signal
+        # number any rank received, 0 for none
+        if self.step % self.cfg.stop_check_every and self.step != self.cfg.steps:
+            return 0
+        flag = torch.tensor([guard.signum or 0], dtype=torch.int64, device=self._ctl_device or self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag)
 
     def _gathered_generator_states(self) -> List[torch.Tensor]:
         states: List[Any] = [None] * self.world
         dist.all_gather_object(states, self.gen.get_state())
         return states
 
+    def _own_rng(self) -> Dict[str, torch.Tensor]:
+        """This rank's global generators: CPU, and its own CUDA device's."""
+        return {"torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else torch.empty(0)}
+
     def state_dict(self) -> Dict[str, Any]:
         state = super().state_dict()
         state["rank_generators"] = self._gathered_generator_states()
+        ranks: List[Any] = [None] * self.world
+        dist.all_gather_object(ranks, self._own_rng())
+        state["rank_rng"] = ranks
         state["world_size"] = self.world
         return state
 
     def save(self, path=None):
-        """Collective: every rank contributes its generator state, rank 0 writes."""
+        """Collective: every rank contributes its generator states, rank 0 writes."""
+        self.check_finite()
         state = self.state_dict()
         out = path or self.ckpt_path
         if self.is_main:
-            save_checkpoint(state, out)
+            out = self._write(state, path)
         dist.barrier()
         self.last_good_step = self.step
         return out
 
-    def load(self, path) -> None:
-        super().load(path)
+    def load(self, path, state=None) -> Dict[str, Any]:
+        state = super().load(path, state)
         self._resumed = True
-        states = load_checkpoint(path).get("rank_generators")
+        states = state.get("rank_generators")
+        rngs = state.get("rank_rng")
+        if rngs is not None and len(rngs) == self.world:
+            torch.set_rng_state(rngs[self.rank]["torch"])
+            if self.device.type == "cuda" and rngs[self.rank]["cuda"].numel():
+                torch.cuda.set_rng_state(rngs[self.rank]["cuda"], self.device)
+        elif self.rank > 0:
+            torch.manual_seed(rank_seed(self.seed, self.rank) + self.step)
         if states is not None and len(states) == self.world:
             self.gen.set_state(states[self.rank])
         else:
@@ -179,9 +254,33 @@ class DistributedTrainer(Trainer):
                 log.warning("resuming %s with %d processes: its generator states are for %s; reseeding each "
                             "rank (the run continues correctly but not bit-exactly)", path, self.world,
                             len(states) if states is not None else "1 process")
+        return state
 
     def evaluate(self, final: bool = True, tb=None) -> Dict[str, Any]:
-        return super().evaluate(final, tb) if self.is_main else {}
+        """Rank 0 evaluates; the others wait for it on the key-value store, in no collective (so
+        no watchdog runs while they wait), and learn whether best.pt is due."""
+        key = f"scoresde/eval/{self._eval_calls}"
+        self._eval_calls += 1
+        store = dist.distributed_c10d._get_default_store()
+        if self.is_main:
+            status = "failed"
+            try:
+                out = super().evaluate(final, tb)
+                status = "best" if self._best_pending else "done"
+                return out
+            finally:
+                store.set(key, status)
+        while True:
+            try:
+                store.wait([key], timedelta(seconds=60))
+                break
+            except RuntimeError:   # a minute without an answer: rank 0 is still evaluating
+                time.sleep(0.01)
+        status = store.get(key).decode()
+        if status == "failed":
+            raise RuntimeError(f"rank 0 failed in evaluation at step {self.step} (see its log)")
+        self._best_pending = status == "best"
+        return {}
 
 
 def trainer_class() -> Optional[type]:

@@ -10,8 +10,22 @@ The library entry points work without Hydra:
 Checkpoints are written atomically (a temporary file in the same directory, fsync, then
 ``os.replace``), so a crash leaves the previous checkpoint whole.  They hold the model, the EMA,
 the optimizer, the step, every RNG state the loop draws from (:func:`_rng_state`) and the config; ``resume`` continues
-bit-exactly (same weights as an uninterrupted run).  A non-finite loss or gradient stops the run
-with :class:`TrainingDiverged` before anything is written.
+bit-exactly (same weights as an uninterrupted run).  ``train.keep`` keeps the last k checkpoints
+and ``train.best_metric`` the best one (:mod:`scoresde.training.keeping`, which also says how
+``resume=auto`` falls back past an unreadable ``last.pt``).
+
+Pre-emption (:mod:`scoresde.training.preemption`): SIGTERM, SIGUSR1 and SIGUSR2 (``train.preempt_signals``)
+are trapped during the loop; the step in progress finishes, its checkpoint is written and
+:class:`~scoresde.training.preemption.TrainingPreempted` is raised (the app exits 124).
+
+No device-to-host transfer per step: :meth:`Trainer.train_step` returns the loss and gradient norm
+as device tensors; the loop sums the loss on the device and reads it every ``train.log_every``
+steps.  Non-finite values are recorded on the device too (the first step with a non-finite loss
+or gradient norm, and those values) and read by :meth:`Trainer.check_finite` at every log step and
+before every checkpoint: the steps between a NaN and its detection (at most ``log_every - 1``) run
+on, possibly with NaN weights, but nothing is written: the run stops with
+:class:`TrainingDiverged` naming the first bad step and the last good checkpoint stays as it was.
+(``train.amp=fp16``'s gradient scaler reads its inf check every step: one sync a step there.)
 
 Evaluation (EMA weights, fixed seeds) reports the held-out loss, the NLL of held-out points through
 the probability-flow ODE (``sd.log_likelihood``), and, for mixtures with an exact density,
@@ -58,6 +72,7 @@ import json
 import logging
 import math
 import os
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +86,8 @@ from ..device import resolve_device
 from ..losses import DSMLoss
 from ..plots import save_samples_png
 from ..score import ScoreModel
+from .keeping import load_resumable, rotate
+from .preemption import PreemptionGuard, TrainingPreempted, parse_signals
 
 Tensor = torch.Tensor
 PathLike = Union[str, os.PathLike]
@@ -78,6 +95,13 @@ PathLike = Union[str, os.PathLike]
 __all__ = ["OptimConfig", "TrainConfig", "EvalConfig", "Trainer", "TrainingDiverged", "EMA", "lr_factor"]
 
 _log = logging.getLogger("scoresde")
+
+
+def signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return str(signum)
 
 
 class TrainingDiverged(RuntimeError):
@@ -113,7 +137,12 @@ class TrainConfig:
     log_every: int = 100            # train_log.csv row; without a terminal also a progress line in the log
     eval_every: int = 0             # periodic evaluation; 0 = only at the end
     ckpt_every: int = 1000          # periodic checkpoint; 0 = only at the end
-    resume: Optional[str] = None    # a checkpoint to continue from; "auto": out_dir's last.pt if present
+    resume: Optional[str] = None    # a checkpoint to continue from; "auto": out_dir's newest readable one
+    keep: int = 1                   # checkpoints kept: last.pt and the keep - 1 before it (checkpoints/step_*.pt)
+    best_metric: Optional[str] = None   # an evaluation metric (e.g. heldout_loss): also keep checkpoints/best.pt
+    best_mode: str = "min"          # min | max: the better direction of best_metric
+    preempt_signals: str = "SIGTERM,SIGUSR1,SIGUSR2"   # finish the step, checkpoint, exit 124 ("" traps none)
+    stop_check_every: int = 10      # under DDP: steps between the ranks' agreement on a pre-emption signal
     progress: bool = True           # tqdm bar (hidden when the output is not a terminal)
     tensorboard: bool = True        # also log to TensorBoard when it is installed
 
@@ -264,6 +293,13 @@ class Trainer:
         if self.cfg.steps < 0 or self.cfg.batch_size <= 0:
             raise ValueError(f"need train.steps >= 0 and train.batch_size > 0, got "
                              f"{self.cfg.steps} and {self.cfg.batch_size}")
+        for k in ("keep", "stop_check_every"):
+            v = getattr(self.cfg, k)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"train.{k} must be an integer >= 1, got {v!r}")
+        if self.cfg.best_mode not in ("min", "max"):
+            raise ValueError(f"unknown train.best_mode {self.cfg.best_mode!r}; valid names: ['max', 'min']")
+        self._signals = parse_signals(self.cfg.preempt_signals)
         if self.cfg.threads:
             torch.set_num_threads(int(self.cfg.threads))
         self.device = resolve_device(self.cfg.device)
@@ -281,6 +317,10 @@ class Trainer:
         self.config = config or {}
         self.seed = int(seed)
         self.ckpt_path = self.out_dir / "checkpoints" / "last.pt"
+        self.best_path = self.out_dir / "checkpoints" / "best.pt"
+        self.best: Optional[Dict[str, Any]] = None     # {"metric", "value", "step"} of best.pt
+        self._best_pending = False
+        self._ckpt_step: Optional[int] = None          # the step of the last.pt this run wrote or read
         self.ema = EMA(self.model, self.cfg.ema_decay)
         o = self.optim_cfg
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
@@ -292,10 +332,21 @@ class Trainer:
         self._entropy: Optional[Tuple[float, float]] = None
         self._floors: Optional[Tuple[int, float, float]] = None
         self.metrics: Dict[str, Any] = {}
+        # on the device, read at log steps: the loss sum of the log window, the first step with a
+        # non-finite loss or gradient norm (-1: none) and those two values
+        self._loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        self._loss_n = 0
+        self._bad_step = torch.full((), -1, dtype=torch.int64, device=self.device)
+        self._bad_vals = torch.zeros(2, dtype=torch.float32, device=self.device)
+        # image sets built with stream=true: batches from a DataLoader (scoresde.data.stream)
+        self._stream = None
+        if getattr(self.data, "stream", None) is not None:
+            self._stream = self.data.stream.open(self.cfg.batch_size, self.seed, *self._rank_world(), self.device)
         if self.cfg.resume == "auto":
             # the same command continues a killed run (a preempted job) and starts a new one
-            if self.ckpt_path.is_file():
-                self.load(self.ckpt_path)
+            found = load_resumable(self.ckpt_path, self.cfg.keep)
+            if found is not None:
+                self.load(*found)
         elif self.cfg.resume:
             self.load(self.cfg.resume)
 
@@ -305,22 +356,34 @@ class Trainer:
             "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "step": self.step,
             "model": self.model.state_dict(), "ema": self.ema.state_dict(),
             "optimizer": self.opt.state_dict(), "grad_scaler": self.scaler.state_dict(),
-            "rng": _rng_state(self.gen), "config": self.config, "spec": self.model.spec,
+            "rng": _rng_state(self.gen), "config": self.config, "spec": self.model.spec, "best": self.best,
+            "data_stream": self._stream.state_dict() if self._stream is not None else None,
             "data": {"name": self.data.name, "event_shape": list(self.data.event_shape),
                      "scaler": {"shift": self.data.scaler.shift, "scale": self.data.scaler.scale}},
         }
 
     def save(self, path: Optional[PathLike] = None) -> Path:
+        """Write the checkpoint (default: the rolling ``last.pt``) after :meth:`check_finite`."""
         if self.model.spec is None:
             raise ValueError("model.spec is not set: build the model with build_score_model so that "
                              "the checkpoint can rebuild it")
-        out = save_checkpoint(self.state_dict(), path or self.ckpt_path)
+        self.check_finite()
+        out = self._write(self.state_dict(), path)
         self.last_good_step = self.step
         return out
 
-    def load(self, path: PathLike) -> None:
-        """Restore everything from a checkpoint (to continue bit-exactly)."""
-        state = load_checkpoint(path)
+    def _write(self, state: Dict[str, Any], path: Optional[PathLike]) -> Path:
+        if path is not None and Path(path) != self.ckpt_path:
+            return save_checkpoint(state, path)
+        # the rolling last.pt: keep the previous one as step_*.pt (train.keep > 1)
+        rotate(self.ckpt_path, self._ckpt_step if self._ckpt_step != self.step else None, self.cfg.keep)
+        out = save_checkpoint(state, self.ckpt_path)
+        self._ckpt_step = self.step
+        return out
+
+    def load(self, path: PathLike, state: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        """Restore everything from a checkpoint (to continue bit-exactly); returns its state."""
+        state = load_checkpoint(path) if state is None else state
         if state["spec"] != self.model.spec:
             raise ValueError(f"checkpoint {path} holds a different model: {state['spec']} vs {self.model.spec}")
         self.model.load_state_dict(state["model"])
@@ -330,37 +393,67 @@ class Trainer:
         _set_rng_state(state["rng"], self.gen)
         self.step = int(state["step"])
         self.last_good_step = self.step
+        self.best = state.get("best")
+        if self._stream is not None and state.get("data_stream") is not None:
+            self._stream.load_state_dict(state["data_stream"])
+        # the run's own last.pt may be renamed to step_*.pt on the next save; any other file is not ours
+        self._ckpt_step = self.step if Path(path).resolve() == self.ckpt_path.resolve() else None
+        return state
 
     # -- one step ------------------------------------------------------------------------------
-    def _diverged(self, what: str, value: float) -> TrainingDiverged:
+    def _diverged(self, what: str, value: float, step: int) -> TrainingDiverged:
         kept = (f"the last good checkpoint (step {self.last_good_step}) is kept at {self.ckpt_path}"
                 if self.last_good_step is not None else "no checkpoint was written")
-        return TrainingDiverged(f"{what} is {value} at step {self.step}; training stopped and {kept}. "
+        return TrainingDiverged(f"{what} is {value} at step {step} (noticed at step {self.step}: checked every "
+                                f"train.log_every steps and before each checkpoint); training stopped and {kept}. "
                                 f"Try a lower optim.lr or optim.grad_clip.")
 
-    def train_step(self) -> Dict[str, float]:
+    def train_step(self) -> Dict[str, Any]:
+        """One optimizer step, with no device-to-host transfer (the module docstring): returns the
+        loss and the gradient norm as device tensors and records a non-finite one on the device
+        for :meth:`check_finite`."""
         for group in self.opt.param_groups:
             group["lr"] = self.optim_cfg.lr * lr_factor(self.step, self.optim_cfg, self.cfg.steps)
         amp = self.cfg.amp != "none"
         dtype = torch.bfloat16 if self.cfg.amp == "bf16" else torch.float16
         with torch.autocast(self.device.type, dtype=dtype, enabled=amp):
             loss = self.batch_loss()
-        loss_val = self._loss_value(loss)
-        if not math.isfinite(loss_val):
-            raise self._diverged("the loss", loss_val)
         self.opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.opt)
         clip = self.optim_cfg.grad_clip
-        gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip else float("inf"))
-        gnorm_val = float(gnorm)
-        if not math.isfinite(gnorm_val) and not self.scaler.is_enabled():
-            raise self._diverged("the gradient norm", gnorm_val)
+        gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip else float("inf")).detach()
+        loss = loss.detach().float()
+        bad = ~torch.isfinite(loss)
+        if not self.scaler.is_enabled():   # with fp16's scaler an inf gradient only skips the step
+            bad = bad | ~torch.isfinite(gnorm)
+        first = bad & (self._bad_step < 0)
+        self._bad_step = torch.where(first, self.step, self._bad_step)
+        self._bad_vals = torch.where(first, torch.stack([loss, gnorm.float()]), self._bad_vals)
+        self._loss_sum += loss
+        self._loss_n += 1
         self.scaler.step(self.opt)
         self.scaler.update()
         self.ema.update(self.model, self.step)
         self.step += 1
-        return {"loss": loss_val, "grad_norm": gnorm_val, "lr": self.opt.param_groups[0]["lr"]}
+        return {"loss": loss, "grad_norm": gnorm, "lr": self.opt.param_groups[0]["lr"]}
+
+    def check_finite(self) -> None:
+        """Raise :class:`TrainingDiverged` if a step so far had a non-finite loss or gradient norm
+        (one device-to-host read; under DDP one reduction over the ranks)."""
+        step, vals = self._reduce_nonfinite(self._bad_step, self._bad_vals)
+        info = torch.cat([step.double().reshape(1), vals.double().cpu()]).tolist()
+        if info[0] >= 0:
+            what, value = ("the loss", info[1]) if not math.isfinite(info[1]) else ("the gradient norm", info[2])
+            raise self._diverged(what, value, int(info[0]))
+
+    def _take_window(self, grad_norm: Tensor) -> Tuple[float, float]:
+        """The mean loss since the last call (over ranks under DDP) and ``grad_norm``: one read."""
+        mean = self._reduce_mean(self._loss_sum / max(self._loss_n, 1))
+        loss, gn = torch.stack([mean, grad_norm.double()]).tolist()
+        self._loss_sum.zero_()
+        self._loss_n = 0
+        return loss, gn
 
     @property
     def conditional(self) -> bool:
@@ -371,7 +464,13 @@ class Trainer:
         """The loss of one training batch.  An unconditional model reads ``data.batch`` (the
         stream of earlier versions, so old runs resume bit-exactly); a class-conditional one reads
         ``data.labelled_batch`` (the same draws) and passes the labels to the loss, which drops
-        them to the null label with probability ``loss.p_uncond``."""
+        them to the null label with probability ``loss.p_uncond``.  A streamed set (``stream=true``)
+        reads the next batch of its DataLoader instead (:mod:`scoresde.data.stream`)."""
+        if self._stream is not None:
+            x0, y = self._stream.next(self.gen)
+            if not self.conditional:
+                return self.loss_fn(self.train_model, x0, self.gen)
+            return self.loss_fn(self.train_model, x0, self.gen, labels=y)
         if not self.conditional:
             x0 = self.data.batch(self.cfg.batch_size, self.gen, device=self.device)
             return self.loss_fn(self.train_model, x0, self.gen)
@@ -381,9 +480,51 @@ class Trainer:
     # -- hooks for distributed training (scoresde.training.distributed.DistributedTrainer) --------------
     is_main = True  # this process writes logs, checkpoints, metrics and samples
 
-    def _loss_value(self, loss: Tensor) -> float:
-        """The loss as a float for logging and the divergence check (the mean over ranks under DDP)."""
-        return float(loss.detach())
+    def _rank_world(self) -> Tuple[int, int]:
+        """This process's rank and the number of ranks (the data stream's shard)."""
+        return 0, 1
+
+    def _reduce_mean(self, value: Tensor) -> Tensor:
+        """A logged value (the mean over ranks under DDP)."""
+        return value
+
+    def _reduce_nonfinite(self, step: Tensor, values: Tensor) -> Tuple[Tensor, Tensor]:
+        """The first non-finite step (the earliest over ranks under DDP) and its values."""
+        return step, values
+
+    def _stop_requested(self, guard: PreemptionGuard) -> int:
+        """The pre-emption signal to stop at this step for (0: go on); under DDP agreed by all ranks."""
+        return guard.signum or 0
+
+    def _preempt(self, signum: int, guard: PreemptionGuard) -> TrainingPreempted:
+        """Checkpoint this step, leave the requeue marker; the exception to raise."""
+        path = self.save()
+        if self.is_main:
+            marker = {"step": self.step, "signal": signal_name(signum), "checkpoint": str(path)}
+            with open(self.out_dir / "preempted.json", "w") as f:
+                json.dump(marker, f)
+        return TrainingPreempted(self.step, signum, str(path), guard.previous.get(signum))
+
+    def _save_best(self) -> None:
+        if self._best_pending:
+            self._best_pending = False
+            self.save(self.best_path)
+
+    def _note_best(self, out: Dict[str, Any]) -> None:
+        """After an evaluation: is ``out[train.best_metric]`` the best so far? (then best.pt is due)"""
+        name = self.cfg.best_metric
+        if not name:
+            return
+        value = out.get(name)
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            _log.warning("train.best_metric=%r is not a finite number in this evaluation (%s): best.pt not "
+                        "updated", name, sorted(k for k, v in out.items() if isinstance(v, (int, float))))
+            return
+        better = (self.best is None or (value < self.best["value"] if self.cfg.best_mode == "min"
+                                        else value > self.best["value"]))
+        if better:
+            self.best = {"metric": name, "value": float(value), "step": self.step}
+            self._best_pending = True
 
     # -- the loop ------------------------------------------------------------------------------
     def fit(self) -> Dict[str, Any]:
@@ -395,7 +536,8 @@ class Trainer:
         log = _CSVLog(self.out_dir / "train_log.csv")
         tb = self._tensorboard()
         t_start = time.perf_counter()
-        window = []
+        self._loss_sum.zero_()
+        self._loss_n = 0
         bar = tqdm(total=cfg.steps, initial=self.step, disable=None if cfg.progress else True,
                    desc="train", dynamic_ncols=True)
         # no bar (output not a terminal: nohup, SLURM; or progress=false): a progress line through
@@ -403,38 +545,50 @@ class Trainer:
         progress_lines = bool(bar.disable) and self.is_main
         last_line = (time.perf_counter(), self.step)
         try:
-            while self.step < cfg.steps:
-                stats = self.train_step()
-                window.append(stats["loss"])
-                bar.update(1)
-                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                    row = {"step": self.step, "time_s": round(time.perf_counter() - t_start, 3),
-                           "loss": sum(window) / len(window), "lr": stats["lr"], "grad_norm": stats["grad_norm"]}
-                    self.metrics["train_loss"] = row["loss"]
-                    window = []
-                    if self.is_main:
-                        log.write(row)
-                    bar.set_postfix(loss=f"{row['loss']:.4f}")
-                    if progress_lines:
-                        last_line = _log_progress(self.step, cfg.steps, row, last_line)
-                    if tb is not None:
-                        for k in ("loss", "lr", "grad_norm"):
-                            tb.add_scalar(f"train/{k}", row[k], self.step)
-                if cfg.ckpt_every and self.step % cfg.ckpt_every == 0 and self.step < cfg.steps:
-                    self.save()
-                if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
-                    self.evaluate(final=False, tb=tb)
+            # the signals are trapped for the loop only: afterwards the final checkpoint is written
+            with PreemptionGuard(self._signals) as guard:
+                while self.step < cfg.steps:
+                    stats = self.train_step()
+                    bar.update(1)
+                    if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                        self.check_finite()
+                        loss, gnorm = self._take_window(stats["grad_norm"])
+                        row = {"step": self.step, "time_s": round(time.perf_counter() - t_start, 3),
+                               "loss": loss, "lr": stats["lr"], "grad_norm": gnorm}
+                        self.metrics["train_loss"] = row["loss"]
+                        if self.is_main:
+                            log.write(row)
+                        bar.set_postfix(loss=f"{row['loss']:.4f}")
+                        if progress_lines:
+                            last_line = _log_progress(self.step, cfg.steps, row, last_line)
+                        if tb is not None:
+                            for k in ("loss", "lr", "grad_norm"):
+                                tb.add_scalar(f"train/{k}", row[k], self.step)
+                    signum = self._stop_requested(guard)
+                    if signum:
+                        raise self._preempt(signum, guard)
+                    if cfg.ckpt_every and self.step % cfg.ckpt_every == 0 and self.step < cfg.steps:
+                        self.save()
+                    if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
+                        self.evaluate(final=False, tb=tb)
+                        self._save_best()
+        except BaseException:   # pre-empted, diverged, interrupted: flush what TensorBoard has
+            if tb is not None:
+                tb.close()
+            raise
         finally:
             bar.close()
         train_time = time.perf_counter() - t_start
         self.save()
         t_eval = time.perf_counter()
         self.evaluate(final=True, tb=tb)
+        self._save_best()
         self.metrics.update(step=self.step, train_time_s=round(train_time, 3),
                             eval_time_s=round(time.perf_counter() - t_eval, 3))
         if self.is_main:
             with open(self.out_dir / "metrics.json", "w") as f:
                 json.dump(self.metrics, f, indent=2)
+            (self.out_dir / "preempted.json").unlink(missing_ok=True)   # the run is complete
         if tb is not None:
             tb.close()
         return self.metrics
@@ -569,6 +723,7 @@ class Trainer:
             name = "samples.png" if final else f"samples/step_{self.step:07d}.png"
             save_samples_png(xd, self.out_dir / name, reference=ref, title=f"{self.data.name}, step {self.step}")
         _CSVLog(self.out_dir / "eval_log.csv").write(out)
+        self._note_best(out)
         if tb is not None:
             for k, v in out.items():
                 if k != "step" and isinstance(v, (int, float)):
