@@ -134,7 +134,8 @@ FAMILIES = {
                                      progressive_input="residual"), {}),
 }
 FULL_SIZE = ("vp.cifar10_ddpmpp_continuous", "vp.cifar10_ddpmpp_deep_continuous", "vp.cifar10_ncsnpp_continuous",
-             "ve.cifar10_ncsnpp_continuous", "ve.cifar10_ncsnpp_deep_continuous", "vp.ddpm.cifar10_continuous")
+             "vp.cifar10_ncsnpp_deep_continuous", "ve.cifar10_ncsnpp_continuous", "ve.cifar10_ncsnpp_deep_continuous",
+             "ve.celebahq_256_ncsnpp_continuous", "ve.celebahq_ncsnpp_continuous", "vp.ddpm.cifar10_continuous")
 
 
 def build_sde(sde_lib, config):
