@@ -6,7 +6,8 @@
 - :func:`load_model` / :func:`load_classifier`: the trained score model or noisy classifier of one
   of our checkpoints, strict (every key accounted for), EMA weights by default;
 - :func:`load_score`: a score function from a checkpoint string, whatever its format: a path to one
-  of ours, or ``diffusers:FOLDER`` (a local diffusers model folder).  The library and every app
+  of ours, ``diffusers:FOLDER`` (a local diffusers model folder) or ``score_sde:FILE`` (a
+  score_sde_pytorch checkpoint, with its config).  The library and every app
   load through it, so a new format is added here once.
 """
 
@@ -27,7 +28,7 @@ from .sde import SDE
 PathLike = Union[str, os.PathLike]
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "load_model", "load_classifier",
-           "load_score", "LoadedScore", "loaded_model", "checkpoint_path", "DIFFUSERS_PREFIX",
+           "load_score", "LoadedScore", "loaded_model", "checkpoint_path", "DIFFUSERS_PREFIX", "SCORE_SDE_PREFIX",
            "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION"]
 
 
@@ -127,6 +128,7 @@ def checkpoint_path(path: str) -> Path:
 
 
 DIFFUSERS_PREFIX = "diffusers:"
+SCORE_SDE_PREFIX = "score_sde:"
 
 
 class LoadedScore(NamedTuple):
@@ -188,15 +190,35 @@ def _load_diffusers_folder(path: str, device) -> LoadedScore:
     return LoadedScore(score_fn, score_fn.sde, (int(channels),) + hw, meta)
 
 
-def load_score(checkpoint: str, device: str = "auto", ema: bool = True) -> LoadedScore:
+def _load_score_sde_file(path: str, config, device, ema: bool) -> LoadedScore:
+    from .interop.score_sde import from_score_sde
+
+    if not path:
+        raise ValueError("checkpoint=score_sde: needs a file, e.g. checkpoint=score_sde:/models/checkpoint_26.pth")
+    if config is None:
+        raise ValueError(f"checkpoint=score_sde:{path} needs its score_sde_pytorch config: a name such as "
+                         f"'vp/cifar10_ddpmpp_continuous' (scoresde.interop.score_sde_configs()) or a JSON / "
+                         f"YAML file of the config dict")
+    model = from_score_sde(path, config, ema=ema, device=device)
+    model.requires_grad_(False)
+    meta = {"source": "score_sde", "path": path, "step": model.step, "data": None, "data_name": None,
+            "scaler": dict(model.scaler), "config": model.config, "sde": repr(model.sde)}
+    return LoadedScore(model, model.sde, model.event_shape, meta)
+
+
+def load_score(checkpoint: str, device: str = "auto", ema: bool = True, score_sde_config=None) -> LoadedScore:
     """The score function of ``checkpoint``: a file written by scoresde-train, or
     ``diffusers:PATH``, a local diffusers model folder (a pipeline with ``model_index.json``, or
     ``unet/`` and ``scheduler/``), loaded by :func:`scoresde.interop.load_diffusers` (its SDE
-    is the one the scheduler discretises; nothing is downloaded).  ``ema`` applies to our
-    checkpoints only.  A missing or foreign file or folder raises a user error naming it.
+    is the one the scheduler discretises; nothing is downloaded), or ``score_sde:PATH``, a
+    score_sde_pytorch checkpoint with its config ``score_sde_config`` (a name, a dict or a
+    JSON / YAML file; :func:`scoresde.interop.from_score_sde`).  ``ema`` applies to ours and
+    score_sde's.  A missing or foreign file or folder raises a user error naming it.
     """
     checkpoint = str(checkpoint)
     dev = resolve_device(device)
     if checkpoint.startswith(DIFFUSERS_PREFIX):
         return _load_diffusers_folder(checkpoint[len(DIFFUSERS_PREFIX):], dev)
+    if checkpoint.startswith(SCORE_SDE_PREFIX):
+        return _load_score_sde_file(checkpoint[len(SCORE_SDE_PREFIX):], score_sde_config, dev, ema)
     return loaded_model(load_model(checkpoint_path(checkpoint), device=dev, ema=ema), checkpoint)

@@ -261,3 +261,27 @@ with open(os.path.join(DATA, "reference_parameter_counts.json")) as _f:
 def test_shipped_configs_build_networks_with_the_reference_parameter_counts(name):
     assert sum(p.numel() for p in score_sde_network(name).parameters()) == RECORDED[name]
     assert isinstance(score_sde_sde(name), (sd.VPSDE, sd.SubVPSDE, sd.VESDE))
+
+
+def test_load_score_reads_score_sde_checkpoints_with_their_config():
+    from scoresde.checkpoints import load_score
+
+    ckpt, config = _paths("ncsnpp_fourier_ve")
+    loaded = load_score("score_sde:" + ckpt, device="cpu", score_sde_config=config)
+    assert loaded.event_shape == (3, 16, 16) and isinstance(loaded.sde, sd.VESDE)
+    assert loaded.meta["source"] == "score_sde" and loaded.meta["step"] == 1004
+    assert loaded.meta["scaler"] == {"shift": 0.0, "scale": 1.0}
+    with pytest.raises(ValueError, match="needs its score_sde_pytorch config"):
+        load_score("score_sde:" + ckpt, device="cpu")
+
+
+def test_loaded_model_rebuilds_from_its_spec_as_our_checkpoints_do(gen):
+    from scoresde.score import build_score_model
+
+    model = from_score_sde(*_paths("ddpmpp_deep_subvp"))
+    again = build_score_model(model.spec)
+    again.load_state_dict(model.state_dict(), strict=True)
+    x = torch.randn(2, 3, 16, 16, generator=gen)
+    t = torch.tensor([0.2, 0.6])
+    with torch.no_grad():
+        assert torch.equal(again.eval()(x, t), model(x, t))

@@ -225,9 +225,10 @@ def score_sde_sde(config) -> SDE:
 class ScoreSdeModel(ScoreModel):
     """A :class:`~scoresde.score.ScoreModel` over a score_sde_pytorch network, in the reference's model space.
 
-    ``.sde``, ``.config`` (the reference config dict), ``.data_range`` ((-1, 1) centered, (0, 1)
-    not), ``.scaler`` (``{"shift", "scale"}``: [0, 1] pixel intensity to model space, ``(x - shift)
-    * scale``), ``.event_shape`` ``(C, H, W)``.  It saves and trains like any ScoreModel.
+    ``.sde``, ``.config`` (the reference config dict), ``.step`` (the checkpoint's, when loaded),
+    ``.data_range`` ((-1, 1) centered, (0, 1) not), ``.scaler`` (``{"shift", "scale"}``: [0, 1]
+    pixel intensity to model space, ``(x - shift) * scale``), ``.event_shape`` ``(C, H, W)``.  It
+    saves and trains like any ScoreModel.
     """
 
     def __init__(self, net: nn.Module, config: Mapping):
@@ -236,6 +237,7 @@ class ScoreSdeModel(ScoreModel):
         ve = isinstance(sde, VESDE)
         super().__init__(net, sde, parameterization="score" if ve else "noise", time_input="sigma" if ve else "t")
         self.config = cfg
+        self.step: Optional[int] = None
         d = cfg["data"]
         self.centered = bool(d["centered"])
         self.data_range: Tuple[float, float] = (-1.0, 1.0) if self.centered else (0.0, 1.0)
@@ -344,6 +346,8 @@ def from_score_sde(path: PathLike, config, ema: bool = True, device=None) -> Sco
             for (_, p), s in zip(params, shadow):
                 p.copy_(s)
     model = ScoreSdeModel(net, cfg)
+    step = state.get("step")
+    model.step = int(step) if isinstance(step, (int, float)) or torch.is_tensor(step) else None
     if device is not None:
         model.to(device)
     return model.eval()

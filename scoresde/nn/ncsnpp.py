@@ -44,10 +44,10 @@ without FIR and the residual output pyramid; here that upsampler is what it evid
 The buffer ``sigmas`` (the reference's discrete VE noise levels, float64) is kept only so the
 state_dict matches the reference's; the continuous-time forward never reads it.
 
-Sizes (parameters, counting the frozen Fourier ``W``; ``tests/test_nn_ncsnpp.py``): DDPM++ CIFAR-10 (nf 128, ch_mult 1,2,2,2, 4 blocks,
-attention at 16, BigGAN blocks, positional) 61,804,419; its deep variant (8 blocks) 106,632,579;
-NCSN++ VE CIFAR-10 (FIR, residual input pyramid, Fourier) 62,758,915; deep 107,587,075 -- all
-equal to the reference's.
+Sizes (parameters, counting the frozen Fourier ``W``; ``tests/test_nn_ncsnpp.py``): DDPM++ CIFAR-10
+(nf 128, ch_mult 1,2,2,2, 4 blocks, attention at 16, BigGAN blocks, positional) 61,804,419; its
+deep variant (8 blocks) 106,632,579; NCSN++ VE CIFAR-10 (FIR, residual input pyramid, Fourier)
+62,758,915; deep 107,587,075 -- all equal to the reference's.
 """
 
 from __future__ import annotations
