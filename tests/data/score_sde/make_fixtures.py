@@ -34,6 +34,9 @@ Written:
   reference's all-float32 ``get_score_fn(sde, model, continuous=True)`` is that too, except that
   its float32 ``1 - exp(.)`` loses 0.6% (VP) and 1.2% (sub-VP) at t = 1e-5; that deviation is
   stored per t as ``f32_relative_deviation`` (zero for VE).
+  For ``ddpmpp_vp``, ``ddpmpp_deep_subvp`` and ``ncsnpp_fourier_ve`` (EMA weights) also ``flow``:
+  the reference likelihood's probability-flow drift and its Hutchinson divergence of that drift
+  with one Rademacher ``probe``, at t = 0.25 and 0.75.
 * ``<family>.json``: the tiny config (``config.to_dict()``).
 * ``reference_parameter_counts.json``: the parameter counts of the full-size reference networks.
 * with ``--check-export TMPDIR``: nothing; it checks that the reference's ``restore_checkpoint``
@@ -187,6 +190,32 @@ def outputs(mutils, sde_lib, sde, model, config, x):
     return {"score": score.float(), "f32_relative_deviation": dev}
 
 
+FLOW_FAMILIES = ("ddpmpp_vp", "ddpmpp_deep_subvp", "ncsnpp_fourier_ve")
+FLOW_TIMES = (0.25, 0.75)
+
+
+def flow_terms(sde, model, x, gen):
+    """The reference likelihood's probability-flow drift and Hutchinson divergence (its
+    ``likelihood.get_likelihood_fn``'s inner ``drift_fn`` and ``div_fn``, composed the same way
+    from its public pieces) at FLOW_TIMES, with one Rademacher probe."""
+    import likelihood
+    model.eval()
+    score_fn = likelihood.mutils.get_score_fn(sde, model, train=False, continuous=True)
+    rsde = sde.reverse(score_fn, probability_flow=True)
+
+    def drift_fn(xx, tt):
+        return rsde.sde(xx, tt)[0]
+
+    probe = torch.randint(0, 2, x.shape, generator=gen).float() * 2 - 1
+    drift, div = [], []
+    for t in FLOW_TIMES:
+        tt = torch.full((x.shape[0],), t)
+        with torch.no_grad():
+            drift.append(drift_fn(x, tt))
+        div.append(likelihood.get_div_fn(drift_fn)(x.clone(), tt, probe).detach())
+    return {"t": torch.tensor(FLOW_TIMES), "probe": probe, "drift": torch.stack(drift), "div": torch.stack(div)}
+
+
 def make_family(name, spec, args, refmods):
     mutils, sde_lib, losses, ema_mod, utils = refmods
     module, model_over, data_over = spec
@@ -234,6 +263,8 @@ def make_family(name, spec, args, refmods):
     ema.store(model.parameters())
     ema.copy_to(model.parameters())
     ema_out = outputs(mutils, sde_lib, sde, model.module, config, x)
+    if name in FLOW_FAMILIES:
+        ema_out["flow"] = flow_terms(sde, model.module, x, gen)
     ema.restore(model.parameters())
     n_params = sum(p.numel() for p in model.module.parameters())
     torch.save({"x": x, "t": torch.tensor(TIMES, dtype=torch.float64), "raw": raw, "ema": ema_out,
