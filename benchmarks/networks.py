@@ -120,6 +120,23 @@ def main():
               f"(x{row['speedup_median']:.2f}), outputs agree to {err:.1e}", flush=True)
         del ref, ours
 
+    # the FIR resampling alone, at the sizes of NCSN++'s largest up / down BigGAN blocks
+    from models import up_or_down_sampling as uds
+
+    from scoresde.nn.layers_pp import downsample_fir, upsample_fir
+    parts = []
+    for what, shape, ours_fn, ref_fn in (
+            ("FIR upsample x2", (args.batch, 256, 16, 16), upsample_fir,
+             lambda y: uds.upsample_2d(y, (1, 3, 3, 1), factor=2)),
+            ("FIR downsample x2", (args.batch, 128, 32, 32), downsample_fir,
+             lambda y: uds.downsample_2d(y, (1, 3, 3, 1), factor=2))):
+        y = torch.randn(shape, generator=torch.Generator().manual_seed(2), requires_grad=True)
+        assert torch.allclose(ours_fn(y), ref_fn(y), atol=1e-5)
+        t_ref = _time(lambda: ref_fn(y).sum().backward(), args.repeats + 2)
+        t_ours = _time(lambda: ours_fn(y).sum().backward(), args.repeats + 2)
+        parts.append((what, shape, min(t_ref), min(t_ours)))
+        print(f"{what} {list(shape)}: reference {min(t_ref) * 1e3:.1f} ms, ours {min(t_ours) * 1e3:.1f} ms", flush=True)
+
     load_after = os.getloadavg()[0]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -143,12 +160,18 @@ def main():
         lines.append(f"| {r['network']} | `{r['config']}` | {r['params']:,} | {r['ref_median_s']:.2f} | "
                      f"{r['ours_median_s']:.2f} | {r['speedup_median']:.2f}x | "
                      f"{r['ref_min_s']:.2f} / {r['ours_min_s']:.2f} |")
+    lines += ["", "FIR resampling alone, forward + backward (min of "
+              f"{args.repeats + 2}):", "", "| op | input | reference (ms) | scoresde (ms) | speed-up |",
+              "|---|---|---:|---:|---:|"]
+    for what, shape, tr, to in parts:
+        lines.append(f"| {what} | {list(shape)} | {tr * 1e3:.1f} | {to * 1e3:.1f} | {tr / to:.0f}x |")
     lines += ["", "Same weights in both (the reference's state_dict loaded strictly into ours); outputs agree to "
               + ", ".join(f"{r['output_rel_diff']:.0e}" for r in rows) + " (max relative).  Both run the same "
-              "3x3 convolutions, which dominate the cost on a CPU; FIR resampling (one depthwise (transposed) "
-              "convolution here, upfirdn2d_native's pad / reshape / single-channel convolution chain there) "
-              "is a small share of it, so compare the minima and read differences of a few percent as noise "
-              "on a loaded machine.", ""]
+              "3x3 convolutions, which dominate the cost on one CPU thread.  FIR resampling is one depthwise "
+              "(transposed) convolution here and upfirdn2d_native's pad / reshape / single-channel "
+              "convolution chain there: many times faster alone (table above), but only a few percent of "
+              "NCSN++'s time at one thread.  The minima swing with the machine's load (a core freed for one "
+              "iteration); read the medians, and differences of a few percent as noise.", ""]
     out.with_suffix(".md").write_text("\n".join(lines))
     print("\n".join(lines))
 
