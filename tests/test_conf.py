@@ -177,6 +177,10 @@ def test_wheel_ships_every_config_and_the_packaged_config_composes(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     for f in CONF.rglob("*.yaml"):
         assert f"scoresde/conf/{f.relative_to(CONF).as_posix()}" in names, f
+    shipped = list((ROOT / "scoresde" / "interop" / "score_sde_configs").rglob("*.json"))   # package data too
+    assert len(shipped) == 18
+    for f in shipped:
+        assert f"scoresde/{f.relative_to(ROOT / 'scoresde').as_posix()}" in names, f
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     # the train app registers its top-level schema (train_schema) as it is imported, as a run does
