@@ -14,12 +14,12 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, NamedTuple, Optional, Tuple, Union
 
 import torch
 
+from .atomic import atomic_write
 from .classifier import CLASSIFIER_KIND, NoisyClassifier, build_classifier
 from .device import resolve_device
 from .score import ScoreModel, build_score_model
@@ -44,21 +44,8 @@ CHECKPOINT_VERSION = 1
 # checkpoints
 # ---------------------------------------------------------------------------------------------
 def save_checkpoint(state: Dict[str, Any], path: PathLike) -> Path:
-    """Write ``state`` to ``path`` atomically: a temp file in the same directory, then os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    """Write ``state`` to ``path`` atomically (:func:`scoresde.atomic.atomic_write`)."""
+    return atomic_write(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: PathLike, map_location="cpu") -> Dict[str, Any]:
