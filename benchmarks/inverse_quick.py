@@ -18,6 +18,6 @@ for name,mix,op,y1 in problems():
     for k in (100,400):
         for method,kw in runs(k):
             t0=time.time()
-            o=sd.sample_posterior(sf,sde,op,Y,method=method,generator=torch.Generator().manual_seed(0),**kw)
+            o=sd.sample_posterior(sf,sde,op,Y,nonfinite="count", method=method,generator=torch.Generator().manual_seed(0),**kw)
             st=sd.metrics.mode_w2(o.x,post)
             print(f"{method:12s} {str(kw):45s} nfe {o.nfe:5d} back {o.backward_passes:4d} weight_err {st.weight_error:.3f} W2/floor {st.w2/floor:7.2f} {time.time()-t0:5.1f}s",flush=True)

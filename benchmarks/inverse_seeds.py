@@ -48,7 +48,7 @@ def main() -> None:
         for steps in args.steps:
             for seed in range(args.seeds):
                 t0 = time.perf_counter()
-                o = sd.sample_posterior(mix.score_fn(sde), sde, op, Y, method="smc", steps=steps,
+                o = sd.sample_posterior(mix.score_fn(sde), sde, op, Y, nonfinite="count", method="smc", steps=steps,
                                         generator=torch.Generator().manual_seed(seed), **POOLED)
                 st = sd.metrics.mode_w2(o.x.double(), post)
                 rows.append(dict(problem=name, steps=steps, nfe=o.nfe, seed=seed,

@@ -75,7 +75,7 @@ def main(n: int = 2000) -> None:
         kw = dict(kw)
         seed = kw.pop("seed", 0)
         Y = y1.float().expand(n, -1).clone()
-        o = sd.sample_posterior(mix.score_fn(sde), sde, op, Y, method="smc",
+        o = sd.sample_posterior(mix.score_fn(sde), sde, op, Y, nonfinite="count", method="smc",
                                 generator=torch.Generator().manual_seed(seed), **kw)
         xf = o.x.double()
         st = sd.metrics.mode_w2(xf, post)
