@@ -258,6 +258,17 @@ class CountingScore:
         return k + 1, float(self._times[k][0])
 
 
+def reraise_nonfinite(method: str, counter: Optional["CountingScore"], err: BaseException) -> None:
+    """Called on a solver's exception (an adaptive solver's step-size underflow, say): if the
+    counter saw a NaN/Inf, raise :class:`NonFiniteError` naming it (from ``err``); else return."""
+    first = counter.first_nonfinite() if counter is not None else None
+    if first is None:
+        return
+    k, t = first
+    raise NonFiniteError(f"{method}: non-finite value (NaN/Inf) in the state or the score at score evaluation {k} "
+                         f"of {counter.calls} (t = {t:.6g}); the solver stopped ({type(err).__name__}: {err})") from err
+
+
 def nonfinite_rows(x: Tensor) -> Tensor:
     """A ``[B]`` bool tensor: which rows of ``x`` hold a NaN or Inf."""
     if x.shape[0] == 0:

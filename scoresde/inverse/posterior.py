@@ -9,7 +9,7 @@ import torch
 
 from ..device import device_of, sde_of
 from ..samplers import CountingScore, SamplerContext, sample
-from ..score import RowChunkedScore, check_max_rows, check_nonfinite_mode, finish_nonfinite
+from ..score import NonFiniteError, RowChunkedScore, check_max_rows, check_nonfinite_mode, finish_nonfinite
 from ..sde import SDE, ScoreFn
 from .operators import as_operator
 from .base import PosteriorResult
@@ -94,8 +94,11 @@ def sample_posterior(score_fn: ScoreFn, sde: Optional[SDE], op, y: Tensor, metho
         names = _WRAPPER_OPTIONS[method]
         m_opts = {k: options.pop(k) for k in names if k in options}
         wrapped = WRAPPERS[method](score_fn, sde, op, y, **m_opts)
-        out = sample(wrapped, sde, shape, sampler=sampler or "pc", generator=generator, eps=eps,
-                     progress=progress, device=device, dtype=dtype, nonfinite=nonfinite, **options)
+        try:
+            out = sample(wrapped, sde, shape, sampler=sampler or "pc", generator=generator, eps=eps,
+                         progress=progress, device=device, dtype=dtype, nonfinite=nonfinite, **options)
+        except NonFiniteError as err:
+            raise NonFiniteError(f"sample_posterior method {method!r}: {err}") from None
         x, nfe, seconds, back = out.x, out.nfe, out.seconds, getattr(wrapped, "backward_passes", 0)
         n_bad = out.nonfinite
         used = dict(out.options, **m_opts)

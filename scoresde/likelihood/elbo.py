@@ -87,7 +87,7 @@ import torch
 from ..device import sde_of
 from ..losses import importance_norm, importance_time
 from ..score import CountingScore, check_max_rows, check_nonfinite_mode, finish_nonfinite
-from ..sde import SDE, ScoreFn, expand_to
+from ..sde import SDE, ScoreFn, expand_to, time_dtype
 from .divergence import _exact_trace, _quadratic_forms
 from .ode import check_data, resolve_divergence
 
@@ -235,6 +235,7 @@ def elbo(score_fn: ScoreFn, sde: Optional[SDE] = None, x: Optional[Tensor] = Non
     if not torch.is_tensor(x):
         raise TypeError(f"x must be a tensor [B, ...], got {type(x).__name__}")
     check_data(sde, x)
+    x = x.to(time_dtype(x.dtype))       # half-precision data: the estimate in float32
     nonfinite = check_nonfinite_mode(nonfinite)
     max_rows = check_max_rows(max_rows)
     n_t = _positive_int(n_t, "n_t", 2)

@@ -84,8 +84,8 @@ from torchdiffeq import odeint
 
 from .. import flow
 from ..device import sde_of
-from ..score import CountingScore, check_max_rows, check_nonfinite_mode, finish_nonfinite
-from ..sde import SDE, ScoreFn, check_prior
+from ..score import CountingScore, check_max_rows, check_nonfinite_mode, finish_nonfinite, reraise_nonfinite
+from ..sde import SDE, ScoreFn, check_prior, time_dtype
 from .adams import adams_pec
 from .divergence import _basis_chunks, _exact_jacobian, _exact_trace, _quadratic_forms, _vjps
 
@@ -681,6 +681,9 @@ def log_likelihood(score_fn: ScoreFn, sde: Optional[SDE] = None, x: Optional[Ten
     max_rows = check_max_rows(max_rows)
     divergence, noise, time_variable = _check_inputs(
         sde, x, divergence, probes, noise, rtol, atol, method, eps, batch_size, time_variable)
+    # the solver's state, times and the log-determinant: float32 or wider (half-precision data
+    # is solved in float32; the network's precision is its own, see ScoreModel)
+    x = x.to(time_dtype(x.dtype))
     B = x.shape[0]
     D = x[0].numel()
     probe_all = None
@@ -711,42 +714,47 @@ def log_likelihood(score_fn: ScoreFn, sde: Optional[SDE] = None, x: Optional[Ten
                 opts.setdefault(key, v)
 
     logps, zs, priors, errs = [], [], [], []
-    with torch.no_grad():
-        for i in range(0, B, bs):
-            xc = x[i:i + bs]
-            pc = None if probe_all is None else probe_all[:, i:i + bs]
-            func = _AugmentedODE(score, tv, pc)
-            P = 1 if pc is None else pc.shape[0]
-            y0 = xc / a_lo.to(x.dtype)
-            d0 = torch.zeros(P, xc.shape[0], dtype=x.dtype, device=x.device)
-            if method == ADAMS:
-                u0, u1 = float(tv.u_lo), float(tv.u_hi)
-                if frame:
-                    fr = _GaussianFrame(tv, func, y0)
-                    rhs = (lambda u, st: fr(u, st, jacobian=True)) if implicit else fr
-                    (z1, d1), _ = adams_pec(rhs, (fr.z_of_w(u0, y0), d0), u0, u1, rtol=rtol, atol=atol,
-                                            implicit=implicit, **opts)
-                    y1, d1 = fr.w_of_z(u1, z1), d1 + fr.log_det_cv(u0, u1)
+    try:
+        with torch.no_grad():
+            for i in range(0, B, bs):
+                xc = x[i:i + bs]
+                pc = None if probe_all is None else probe_all[:, i:i + bs]
+                func = _AugmentedODE(score, tv, pc)
+                P = 1 if pc is None else pc.shape[0]
+                y0 = xc / a_lo.to(x.dtype)
+                d0 = torch.zeros(P, xc.shape[0], dtype=x.dtype, device=x.device)
+                if method == ADAMS:
+                    u0, u1 = float(tv.u_lo), float(tv.u_hi)
+                    if frame:
+                        fr = _GaussianFrame(tv, func, y0)
+                        rhs = (lambda u, st: fr(u, st, jacobian=True)) if implicit else fr
+                        (z1, d1), _ = adams_pec(rhs, (fr.z_of_w(u0, y0), d0), u0, u1, rtol=rtol, atol=atol,
+                                                implicit=implicit, **opts)
+                        y1, d1 = fr.w_of_z(u1, z1), d1 + fr.log_det_cv(u0, u1)
+                    else:
+                        rhs = {True: func.with_jacobian, RAYLEIGH: func.with_rayleigh}.get(implicit, func.at_float)
+                        (y1, d1), _ = adams_pec(rhs, (y0, d0), u0, u1, rtol=rtol, atol=atol, implicit=bool(implicit),
+                                                **opts)
                 else:
-                    rhs = {True: func.with_jacobian, RAYLEIGH: func.with_rayleigh}.get(implicit, func.at_float)
-                    (y1, d1), _ = adams_pec(rhs, (y0, d0), u0, u1, rtol=rtol, atol=atol, implicit=bool(implicit),
-                                            **opts)
-            else:
-                ys, ds = odeint(func, (y0, d0), u_span, rtol=rtol, atol=atol, method=method, options=options)
-                y1, d1 = ys[-1], ds[-1]
-            z = y1 * a_hi.to(x.dtype)
-            if prior == "centred":
-                with torch.no_grad():
-                    lp_T = sde.prior_logp(z, mean=sde.prior_mean(score, z))
-            else:
-                lp_T = prior_fn(z)
-            per_probe = lp_T[None] + D * d1 + log_det_ends.to(x.dtype)   # [P, B]
-            logps.append(per_probe.mean(0))
-            errs.append(per_probe.std(0) / math.sqrt(P) if P > 1 else None)
-            zs.append(z)
-            priors.append(lp_T)
-            if bar is not None:
-                bar.update(xc.shape[0])
+                    ys, ds = odeint(func, (y0, d0), u_span, rtol=rtol, atol=atol, method=method, options=options)
+                    y1, d1 = ys[-1], ds[-1]
+                z = y1 * a_hi.to(x.dtype)
+                if prior == "centred":
+                    with torch.no_grad():
+                        lp_T = sde.prior_logp(z, mean=sde.prior_mean(score, z))
+                else:
+                    lp_T = prior_fn(z)
+                per_probe = lp_T[None] + D * d1 + log_det_ends.to(x.dtype)   # [P, B]
+                logps.append(per_probe.mean(0))
+                errs.append(per_probe.std(0) / math.sqrt(P) if P > 1 else None)
+                zs.append(z)
+                priors.append(lp_T)
+                if bar is not None:
+                    bar.update(xc.shape[0])
+    except (AssertionError, RuntimeError) as err:
+        # an adaptive solver fed NaN stops on its own (torchdiffeq: "underflow in dt")
+        reraise_nonfinite("log_likelihood", score, err)
+        raise
     if bar is not None:
         bar.close()
     logp = torch.cat(logps)

@@ -34,7 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..device import batch_shape, device_of, sde_of
-from ..score import CountingScore, NONFINITE, NonFiniteError, check_nonfinite_mode, finish_nonfinite
+from ..score import CountingScore, NONFINITE, NonFiniteError, check_nonfinite_mode, finish_nonfinite, reraise_nonfinite
 from ..sde import PRIORS, SDE, ScoreFn, check_prior, time_dtype
 
 Tensor = torch.Tensor
@@ -210,7 +210,12 @@ class Sampler:
             with torch.no_grad():
                 if prior == "centred":
                     x = x + sde.prior_mean(counter, x)
-                out = self.fn(counter, sde, x, ctx, eps=float(eps), **self.options)
+                try:
+                    out = self.fn(counter, sde, x, ctx, eps=float(eps), **self.options)
+                except (AssertionError, RuntimeError, ValueError) as err:
+                    # an adaptive solver fed NaN stops on its own (torchdiffeq: "underflow in dt")
+                    reraise_nonfinite(f"sampler {self.name!r}", counter, err)
+                    raise
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
         finally:
@@ -277,7 +282,8 @@ def sample(score_fn: ScoreFn, sde: Optional[SDE] = None, shape=None, sampler: st
             :class:`~scoresde.score.NonFiniteError` naming the sampler, the score evaluation and
             its t; ``"count"``: keep going and report the number of non-finite samples in
             ``.nonfinite``.  The check costs two reductions an evaluation and one host sync at the
-            end, none per step.
+            end, none per step.  An adaptive solver (``"ode"`` with dopri5) cannot step on a NaN
+            error norm: it raises NonFiniteError under either option.
 
     Returns:
         :class:`SampleResult` with ``.x``, ``.nfe``, ``.seconds``, ``.nonfinite`` and optionally
