@@ -81,6 +81,8 @@ def sample_posterior(score_fn: ScoreFn, sde: Optional[SDE], op, y: Tensor, metho
     op = as_operator(op)
     if not torch.is_tensor(y) or y.dim() < 2:
         raise ValueError("y must be a tensor [B, *obs_shape] (one observation a sample)")
+    if y.shape[0] == 0:
+        raise ValueError(f"y must hold at least one observation (B >= 1), got shape {tuple(y.shape)}")
     if not torch.isfinite(y).all():
         raise ValueError("y must be finite")
     if not 0 < eps < sde.T:
