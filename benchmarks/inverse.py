@@ -90,7 +90,8 @@ def main() -> None:
                 if k > args.smc_only_above and method != "smc":
                     continue
                 t0 = time.perf_counter()
-                o = sd.sample_posterior(sf, sde, op, Y, nonfinite="count", method=method, generator=torch.Generator().manual_seed(0), **kw)
+                o = sd.sample_posterior(sf, sde, op, Y, nonfinite="count", method=method,
+                                        generator=torch.Generator().manual_seed(0), **kw)
                 sec = time.perf_counter() - t0
                 st = sd.metrics.mode_w2(o.x.double(), post)
                 row = dict(problem=name, method=method, options=" ".join(f"{a}={b}" for a, b in kw.items()),
