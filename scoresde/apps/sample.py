@@ -254,7 +254,7 @@ def sample_checkpoint(checkpoint, sampler: Dict[str, Any], n: int, batch_size: O
             "sampler": name, "options": opts, "n": n, "nfe": sum(nfes), "nfe_per_batch": nfes,
             "seconds": round(seconds, 4), "wall_seconds": round(time.perf_counter() - t0, 4),
             "seed": seed, "ema": ema, "device": str(dev),
-            # samples holding a NaN/Inf: 0 unless sampler.nonfinite=count (the default raises)
+            # samples holding a NaN/Inf: 0 unless +sampler.nonfinite=count (the default raises)
             "nonfinite": n_bad}
     if y is not None:
         info.update(labels=y.tolist(), guidance=guide, network_calls=calls, forward_passes=passes)
