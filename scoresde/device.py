@@ -64,7 +64,13 @@ def sde_of(score_fn, sde=None, where: str = "sample"):
     than the one given warns naming both (the run uses the given one)."""
     import warnings
 
+    from .sde import SDE
+
     carried = getattr(score_fn, "sde", None)
+    if sde is not None and not isinstance(sde, SDE):
+        raise TypeError(f"{where}: sde must be a scoresde SDE or None, got {type(sde).__name__}"
+                        + (" (to give only the shape, pass it by keyword: shape=...)"
+                           if isinstance(sde, (tuple, list, int)) else ""))
     if sde is None:
         if carried is None:
             raise ValueError(f"{where}: sde is required for a score function that carries no .sde")

@@ -238,6 +238,8 @@ def test_sde_defaults_to_the_scores_and_a_mismatch_warns_naming_both():
         sd.sample(model, sd.VPSDE(), (3, 2), sampler="dpm_solver", steps=5)   # equal SDE: no warning
     with pytest.raises(ValueError, match="sde is required"):
         sd.sample(_neg, shape=(2, 2))
+    with pytest.raises(TypeError, match="shape=..."):
+        sd.sample(model, (3, 2))
 
 
 def test_shape_may_be_a_batch_size_for_a_model_with_data_shape_and_is_checked():
