@@ -93,7 +93,7 @@ def test_sample_and_likelihood_configs_compose_with_their_defaults():
     s = _compose("sample", ["checkpoint=ck.pt"])
     assert (s.checkpoint, s.n, s.sampler.name) == ("ck.pt", 1000, "ode")
     lk = _compose("likelihood", ["checkpoint=ck.pt"])
-    assert (lk.split, lk.divergence, lk.eps) == ("test", "exact", 1e-5)
+    assert (lk.split, lk.divergence, lk.eps) == ("test", "auto", 1e-5)
 
 
 @pytest.mark.parametrize("name, override, key", [

@@ -73,7 +73,8 @@ __all__ = ["LikelihoodAppSchema", "checkpoint_likelihood", "run_likelihood", "ta
            "DIVERGENCES", "METHODS", "ESTIMATORS"]
 
 SPLITS = ("test", "train")
-DIVERGENCES = ("exact", "hutchinson")
+DIVERGENCES = ("auto", "exact", "hutchinson")
+NONFINITE = ("raise", "count")
 METHODS = ("ode", "elbo", "both")
 ESTIMATORS = ("dsm", "ism")
 
@@ -84,7 +85,7 @@ class LikelihoodAppSchema:
     split: str = "test"
     n: Optional[int] = 2000
     batch_size: int = 1000
-    divergence: str = "exact"
+    divergence: str = "auto"
     rtol: float = 1e-5
     atol: float = 1e-5
     eps: float = 1e-5
@@ -96,6 +97,7 @@ class LikelihoodAppSchema:
     n_t: int = 1000
     estimator: str = "dsm"
     importance_sampling: bool = False
+    nonfinite: str = "raise"
 
 
 ConfigStore.instance().store(name="likelihood_schema", node=LikelihoodAppSchema)
@@ -126,17 +128,22 @@ def _methods(method: Union[str, Sequence[str]]) -> List[str]:
 
 
 def checkpoint_likelihood(checkpoint, split: str = "test", n: Optional[int] = 2000, batch_size: int = 1000,
-                          divergence: str = "exact", rtol: float = 1e-5, atol: float = 1e-5, eps: float = 1e-5,
+                          divergence: str = "auto", rtol: float = 1e-5, atol: float = 1e-5, eps: float = 1e-5,
                           seed: int = 0, device: str = "auto", ema: bool = True,
                           method: Union[str, Sequence[str]] = "ode", n_t: int = 1000, estimator: str = "dsm",
                           importance_sampling: bool = False,
-                          data: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+                          data: Optional[Dict[str, Any]] = None, nonfinite: str = "raise") -> Dict[str, Any]:
     """The NLL of ``n`` points of ``split`` under a checkpoint's model, by the probability-flow
     ODE and/or the reverse SDE's variational bound (see the module docstring).
 
     ``checkpoint``: a path, ``diffusers:PATH``, a model from :func:`scoresde.load_model` or a
     :class:`LoadedScore`.  ``data``: a data set config (``name`` and its arguments) in place of
-    the checkpoint's own; required for a diffusers model.
+    the checkpoint's own; required for a diffusers model.  ``batch_size`` bounds the points a
+    solve takes and the rows of every score call (``max_rows``: an ELBO's n_t draws and Stein
+    pairs are split into calls of at most ``batch_size`` rows).  ``divergence="auto"``: exact up
+    to D = 64, Hutchinson above (``divergence_used`` in the output says which ran).
+    ``nonfinite``: ``"raise"`` (stop on a NaN/Inf) or ``"count"`` (keep going; ``nonfinite`` and
+    ``elbo_nonfinite`` in the output count the points).
     """
     import scoresde as sd
 
@@ -144,6 +151,8 @@ def checkpoint_likelihood(checkpoint, split: str = "test", n: Optional[int] = 20
         raise ValueError(f"unknown split {split!r}; valid splits: {list(SPLITS)}")
     if divergence not in DIVERGENCES:
         raise ValueError(f"unknown divergence {divergence!r}; valid estimators: {list(DIVERGENCES)}")
+    if nonfinite not in NONFINITE:
+        raise ValueError(f"unknown nonfinite {nonfinite!r}; valid: {list(NONFINITE)}")
     methods = _methods(method)
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown estimator {estimator!r}; valid estimators: {list(ESTIMATORS)}")
@@ -189,13 +198,14 @@ def checkpoint_likelihood(checkpoint, split: str = "test", n: Optional[int] = 20
     for m in methods:
         g.set_state(state)
         if m == "ode":
-            kwargs: Dict[str, Any] = dict(divergence=divergence, rtol=rtol, atol=atol, eps=eps, generator=g)
+            kwargs: Dict[str, Any] = dict(divergence=divergence, rtol=rtol, atol=atol, eps=eps, generator=g,
+                                          max_rows=batch_size, nonfinite=nonfinite)
         else:
             kwargs = dict(n_t=n_t, estimator=estimator, importance_sampling=bool(importance_sampling), eps=eps,
-                          generator=g)
+                          generator=g, max_rows=batch_size, nonfinite=nonfinite)
             if estimator == "ism":
                 kwargs["divergence"] = divergence
-        logps, ses, nfes = [], [], []
+        logps, ses, nfes, n_bad, used = [], [], [], 0, None
         t0 = time.perf_counter()
         for start in range(0, x.shape[0], batch_size):
             if levels is None:
@@ -214,6 +224,8 @@ def checkpoint_likelihood(checkpoint, split: str = "test", n: Optional[int] = 20
                 if m == "elbo":
                     ses.append(ll.stderr.detach().double().cpu() * (dims * math.log(2.0)))
             nfes.append(int(ll.nfe))
+            n_bad += int(getattr(ll, "nonfinite", 0))
+            used = getattr(ll, "divergence", used)
         seconds = time.perf_counter() - t0
         logp = torch.cat(logps)
         nll = -(logp + log_det)
@@ -233,6 +245,9 @@ def checkpoint_likelihood(checkpoint, split: str = "test", n: Optional[int] = 20
         out[p + "nfe"] = sum(nfes)
         out[p + "nfe_per_batch"] = nfes
         out[p + "seconds"] = round(seconds, 4)
+        out[p + "nonfinite"] = n_bad
+        if m == "ode" and used:
+            out["divergence_used"] = used
         if m == "elbo":
             se = torch.cat(ses)                 # the Monte Carlo error of the mean over the points
             out["elbo_mc_se"] = float(se.pow(2).mean().div(se.numel()).sqrt())
@@ -271,7 +286,8 @@ def run_likelihood(cfg: DictConfig, out_dir: Path) -> Dict[str, Any]:
     data = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") is not None else None
     out = checkpoint_likelihood(cfg.checkpoint, cfg.split, cfg.n, cfg.batch_size, cfg.divergence, cfg.rtol,
                                 cfg.atol, cfg.eps, cfg.seed, cfg.device, cfg.ema, method=method, n_t=cfg.n_t,
-                                estimator=cfg.estimator, importance_sampling=cfg.importance_sampling, data=data)
+                                estimator=cfg.estimator, importance_sampling=cfg.importance_sampling, data=data,
+                                nonfinite=cfg.get("nonfinite", "raise"))
     out = {"checkpoint": str(cfg.checkpoint), **out}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "likelihood.json").write_text(json.dumps(out, indent=2))

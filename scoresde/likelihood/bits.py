@@ -31,6 +31,8 @@ class BitsPerDimResult:
         logp: ``[R, B]`` log-density (nats) of each dequantized copy in the model's data space.
         log_det: the scaling term D log((hi - lo) / levels) in nats per sample.
         nfe: score_fn evaluations; seconds: wall time.
+        divergence: the divergence that ran (the ODE's; ``"stein"`` etc. for the ELBO's ism).
+        nonfinite: points with a NaN/Inf log p (``nonfinite="count"`` in ``kwargs``).
     """
 
     bpd: Tensor
@@ -39,6 +41,8 @@ class BitsPerDimResult:
     log_det: float
     nfe: int
     seconds: float
+    divergence: str = ""
+    nonfinite: int = 0
 
 
 def bits_per_dim(score_fn: ScoreFn, sde: SDE, x: Tensor, *, levels: int = 256,
@@ -88,7 +92,8 @@ def bits_per_dim(score_fn: ScoreFn, sde: SDE, x: Tensor, *, levels: int = 256,
             dequantized bound: at eps = 1e-5 on VP (sigma_eps ~ 1e-3) with 256 levels on (-1, 1),
             about 0.9 bits/dim; on VE (sigma_min = 0.01 > bin / 2) the decoder itself is lossy.
         **kwargs: passed to ``log_likelihood`` or ``elbo`` (divergence, probes, rtol, atol, eps,
-            n_t, ...).
+            n_t, ``max_rows`` (the bound on the rows of one score call; repeats x points are
+            chunked by it), ``nonfinite``, ...).
     """
     start = time.perf_counter()
     if isinstance(levels, bool) or not isinstance(levels, int) or levels < 2:
@@ -145,4 +150,6 @@ def bits_per_dim(score_fn: ScoreFn, sde: SDE, x: Tensor, *, levels: int = 256,
         log_det=log_det,
         nfe=res.nfe,
         seconds=time.perf_counter() - start,
+        divergence=getattr(res, "divergence", ""),
+        nonfinite=int(getattr(res, "nonfinite", 0)),
     )

@@ -150,7 +150,7 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     n_nll: int = 2000               # held-out points for the NLL (0 skips it)
-    divergence: str = "exact"
+    divergence: str = "auto"
     rtol: float = 1e-5
     atol: float = 1e-5
     eps: float = 1e-5
