@@ -73,16 +73,10 @@ def load_model(path: PathLike, device=None, ema: bool = True) -> ScoreModel:
     ``model.checkpoint`` holds the step, the config and the data set's scaler and event shape.
     """
     state = load_checkpoint(path)
-    if state["spec"].get("kind") == "classifier":
+    if state["spec"].get("kind") == CLASSIFIER_KIND:
         raise ValueError(f"{path} is a noisy-classifier checkpoint (task=classifier), not a score model; "
                          f"load it with sd.load_classifier")
-    model = build_score_model(state["spec"])
-    model.load_state_dict(state["ema"] if ema else state["model"])
-    model.requires_grad_(False).eval()
-    model.checkpoint = {"step": state["step"], "config": state["config"], "data": state.get("data", {})}
-    if device is not None:
-        model.to(resolve_device(device))
-    return model
+    return _restore(build_score_model(state["spec"]), state, ema, device)
 
 
 def load_classifier(path: PathLike, device=None, ema: bool = True) -> NoisyClassifier:
@@ -92,13 +86,18 @@ def load_classifier(path: PathLike, device=None, ema: bool = True) -> NoisyClass
     if state["spec"].get("kind") != CLASSIFIER_KIND:
         raise ValueError(f"{path} is a score-model checkpoint, not a noisy classifier (train one with "
                          f"scoresde-train task=classifier; load score models with sd.load_model)")
-    clf = build_classifier(state["spec"])
-    clf.load_state_dict(state["ema"] if ema else state["model"])
-    clf.requires_grad_(False).eval()
-    clf.checkpoint = {"step": state["step"], "config": state["config"], "data": state.get("data", {})}
+    return _restore(build_classifier(state["spec"]), state, ema, device)
+
+
+def _restore(net: torch.nn.Module, state: Dict[str, Any], ema: bool, device) -> torch.nn.Module:
+    """``net`` with the checkpoint's EMA (or raw) weights, strictly, frozen in eval mode, with
+    ``.checkpoint`` (step, config, data) and on ``device`` if given."""
+    net.load_state_dict(state["ema"] if ema else state["model"])
+    net.requires_grad_(False).eval()
+    net.checkpoint = {"step": state["step"], "config": state["config"], "data": state.get("data", {})}
     if device is not None:
-        clf.to(resolve_device(device))
-    return clf
+        net.to(resolve_device(device))
+    return net
 
 
 # ---------------------------------------------------------------------------------------------
