@@ -202,7 +202,8 @@ class RowChunkedScore:
 
 NONFINITE = ("raise", "count")
 """What the samplers, ``sample_posterior``, ``log_likelihood`` and ``elbo`` do on NaN/Inf
-(``nonfinite=``): raise :class:`NonFiniteError` naming the method, the evaluation and t, or keep
+(``nonfinite=``): raise :class:`NonFiniteError` naming the method, the step (where the method
+takes fixed steps), the score evaluation and t, or keep
 going and report the number of non-finite samples in the result (``.nonfinite``)."""
 
 
@@ -233,6 +234,10 @@ class CountingScore:
         self.check_finite = check_finite
         self._flags: list = []
         self._times: list = []
+        self._steps: list = []
+        # the sampler's current step (1-based; a host int the sampler's loop sets through
+        # SamplerContext.at_step, so naming it costs no sync); None where no loop says it
+        self.step: Optional[int] = None
 
     def __call__(self, x: Tensor, t) -> Tensor:
         self.calls += 1
@@ -247,18 +252,26 @@ class CountingScore:
         if self.check_finite:
             self._flags.append(torch.isfinite(x.detach()).all() & torch.isfinite(s.detach()).all())
             self._times.append(t.detach()[:1])
+            self._steps.append(self.step)
         return s
 
     def first_nonfinite(self) -> Optional[tuple]:
-        """``(k, t)``: the first evaluation (1-based) whose input or output held a NaN/Inf and its
-        time, or None; one host sync."""
+        """``(k, t, step)``: the first evaluation (1-based) whose input or output held a NaN/Inf,
+        its time and the sampler's step at that evaluation (None where the sampler names no
+        steps: an adaptive solver), or None; one host sync."""
         if not self._flags:
             return None
         ok = torch.stack(self._flags)
         k = int(torch.where(ok.all(), -1, torch.argmin(ok.to(torch.uint8))))
         if k < 0:
             return None
-        return k + 1, float(self._times[k][0])
+        return k + 1, float(self._times[k][0]), self._steps[k]
+
+    def where(self, k: int, t: float, step: Optional[int]) -> str:
+        """``step s at t = ... (score evaluation k of N)``: where a non-finite value first showed."""
+        if step is None:
+            return f"score evaluation {k} of {self.calls} (t = {t:.6g})"
+        return f"step {step} at t = {t:.6g} (score evaluation {k} of {self.calls})"
 
 
 def reraise_nonfinite(method: str, counter: Optional["CountingScore"], err: BaseException) -> None:
@@ -267,9 +280,8 @@ def reraise_nonfinite(method: str, counter: Optional["CountingScore"], err: Base
     first = counter.first_nonfinite() if counter is not None else None
     if first is None:
         return
-    k, t = first
-    raise NonFiniteError(f"{method}: non-finite value (NaN/Inf) in the state or the score at score evaluation {k} "
-                         f"of {counter.calls} (t = {t:.6g}); the solver stopped ({type(err).__name__}: {err})") from err
+    raise NonFiniteError(f"{method}: non-finite value (NaN/Inf) in the state or the score at "
+                         f"{counter.where(*first)}; the solver stopped ({type(err).__name__}: {err})") from err
 
 
 def nonfinite_rows(x: Tensor) -> Tensor:
@@ -289,10 +301,8 @@ def finish_nonfinite(method: str, counter: Optional["CountingScore"], out: Tenso
         return bad
     first = counter.first_nonfinite() if counter is not None else None
     if first is not None:
-        k, t = first
         raise NonFiniteError(
-            f"{method}: non-finite value (NaN/Inf) in the state or the score at score evaluation {k} of "
-            f"{counter.calls} (t = {t:.6g}); {bad} of {out.shape[0]} {what} are non-finite. "
+            f"{method}: non-finite value (NaN/Inf) in the state or the score at {counter.where(*first)}; {bad} of {out.shape[0]} {what} are non-finite. "
             "Pass nonfinite='count' to keep going and count them.")
     if bad:
         raise NonFiniteError(f"{method}: {bad} of {out.shape[0]} {what} are non-finite (NaN/Inf) at the end "

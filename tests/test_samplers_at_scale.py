@@ -1,5 +1,5 @@
 """The samplers at scale (issues 28.3, 29.2, 29.3, 29.6): no per-step host syncs in the
-fixed-step loops, NaN/Inf reported by method, evaluation and t, half precision kept to the
+fixed-step loops, NaN/Inf reported by method, step (fixed-step loops), evaluation and t, half precision kept to the
 network, and one rule for devices, SDEs and shapes."""
 
 import warnings
@@ -237,3 +237,93 @@ def test_device_follows_the_score_module_then_the_data_then_the_generator():
     assert device_of(_neg, torch.zeros(1, device="meta")) == torch.device("meta")
     assert device_of(_neg, None, generator=torch.Generator()) == torch.device("cpu")
     assert device_of(_neg) == torch.device("cpu")
+
+
+# -- the step a non-finite value is reported at -----------------------------------------------
+def _nan_at(t_bad):
+    """The exact N(0, I) score -x, NaN at exactly the time t_bad (a fault at one time)."""
+    calls = []
+
+    def score(x, t):
+        calls.append(float(t[0]))
+        return torch.full_like(x, float("nan")) if float(t[0]) == t_bad else -x
+
+    return score, calls
+
+
+def _clean_times(run):
+    calls = []
+
+    def score(x, t):
+        calls.append(float(t[0]))
+        return -x
+
+    run(score)
+    return calls
+
+
+# evaluation e (1-based) -> its step, from each loop's known evaluations a step (steps=10)
+_PER_STEP = [
+    ("pc", dict(steps=10), lambda e: e),
+    ("pc", dict(steps=10, corrector="langevin"), lambda e: (e - 1) // 2 + 1),       # corrector, predictor
+    ("pc", dict(steps=10, predictor="none", corrector="annealed_langevin"), lambda e: e),
+    ("sde", dict(steps=10), lambda e: e),
+    ("sde", dict(steps=10, method="heun"), lambda e: (e - 1) // 2 + 1),             # two stages a step
+    ("dpm_solver", dict(steps=10), lambda e: e),
+    ("dpm_solver", dict(steps=10, denoise=True), lambda e: e),                      # the last step: D itself
+    ("unipc", dict(steps=10), lambda e: max(e - 1, 1)),         # D at the start, then one at each step's end
+    ("heun", dict(steps=10), lambda e: (e - 1) // 2 + 1),
+    ("heun", dict(steps=10, denoise=True), lambda e: (e - 1) // 2 + 1),
+    ("ipndm", dict(steps=10, denoise=True), lambda e: e),
+]
+
+
+@pytest.mark.parametrize("sampler,opts,step_of", _PER_STEP,
+                         ids=[f"{s}-{'-'.join(map(str, o.values()))}" for s, o, _ in _PER_STEP])
+@pytest.mark.parametrize("target", [1, 7, -1])
+def test_a_nan_at_one_time_raises_naming_the_sampler_its_step_and_t(sampler, opts, step_of, target):
+    """The error names the step whose evaluation first saw the NaN (from the evaluation index
+    and the loop's evaluations a step) and that evaluation's time."""
+    def run(score):
+        return sd.sample(score, sd.VPSDE(), (4, 2), sampler=sampler, generator=torch.Generator().manual_seed(0),
+                         **opts)
+
+    clean = _clean_times(run)
+    t_bad = clean[target if target < 0 else target - 1]
+    k = clean.index(t_bad) + 1                    # the first evaluation at that time
+    score, _ = _nan_at(t_bad)
+    with pytest.raises(sd.NonFiniteError) as err:
+        run(score)
+    assert f"sampler {sampler!r}: " in str(err.value)
+    assert f"at step {step_of(k)} at t = {t_bad:.6g} (score evaluation {k} of " in str(err.value), str(err.value)
+
+
+_POSTERIOR = [("pigdm", dict(sampler="pc", steps=10), lambda e: e), ("smc", dict(steps=10, particles=2), lambda e: e),
+              ("replacement", dict(steps=10), lambda e: (e - 1) // 2 + 1), ("repaint", dict(steps=10), lambda e: e)]
+
+
+@pytest.mark.parametrize("method,kw,step_of", _POSTERIOR, ids=[m for m, _, _ in _POSTERIOR])
+def test_sample_posterior_names_the_method_the_step_and_t_of_a_nan(method, kw, step_of):
+    op = sd.ops.Mask(torch.tensor([True, False]))
+
+    def run(score):
+        return sd.sample_posterior(score, sd.VPSDE(), op, torch.zeros(4, 1), method=method,
+                                   generator=torch.Generator().manual_seed(0), **kw)
+
+    clean = _clean_times(run)
+    t_bad = clean[5]
+    k = clean.index(t_bad) + 1
+    score, _ = _nan_at(t_bad)
+    with pytest.raises(sd.NonFiniteError) as err:
+        run(score)
+    msg = str(err.value)
+    assert f"sample_posterior method {method!r}: " in msg
+    assert f"at step {step_of(k)} at t = {t_bad:.6g} (score evaluation {k} of " in msg, msg
+
+
+def test_an_adaptive_solver_names_the_evaluation_and_t_without_a_step():
+    """dopri5 takes steps it decides on the fly: the error names the evaluation, not a step."""
+    score, calls = _nan_below(0.5)
+    with pytest.raises(sd.NonFiniteError) as err:
+        sd.sample(score, sd.VPSDE(), (4, 2), sampler="ode", generator=torch.Generator().manual_seed(0))
+    assert "step" not in str(err.value).split(";")[0] and "score evaluation" in str(err.value)

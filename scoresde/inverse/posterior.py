@@ -63,7 +63,7 @@ def sample_posterior(score_fn: ScoreFn, sde: Optional[SDE], op, y: Tensor, metho
             :data:`scoresde.score.MAX_ROWS`): larger batches (particles x observations) are split
             into calls of at most this many rows.
         nonfinite: ``"raise"`` (default: :class:`~scoresde.score.NonFiniteError` naming the
-            method, the evaluation and t) or ``"count"`` (``.nonfinite``: samples holding a
+            method, the step, the evaluation and t) or ``"count"`` (``.nonfinite``: samples holding a
             NaN/Inf; what the benchmarks that measure a method's failures use).
         options: the method's options (``scale`` for dps / pigdm; replacement: predictor, corrector,
             steps, snr, corrector_steps, denoise, langevin_norm; repaint: steps, jump_length, jumps,
@@ -119,7 +119,7 @@ def sample_posterior(score_fn: ScoreFn, sde: Optional[SDE], op, y: Tensor, metho
         from tqdm.auto import tqdm
         bar = tqdm(total=None, desc=method, unit="nfe", leave=False) if progress else None
         counter = CountingScore(score_fn, bar, check_finite=True)
-        ctx = SamplerContext(generator, False, bar)
+        ctx = SamplerContext(generator, False, bar, counter)
         x0 = sde.prior_sample(shape, generator=generator, dtype=dtype,
                               device=generator.device if generator is not None else device).to(device)
         if device.type == "cuda":

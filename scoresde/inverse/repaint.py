@@ -69,7 +69,8 @@ def repaint(score_fn, sde: SDE, op: LinearOperator, y: Tensor, x: Tensor, ctx: S
 
     x = replace(x, grid[-1], True)
     mean = x
-    for k, j in zip(sched, sched[1:]):
+    for step, (k, j) in enumerate(zip(sched, sched[1:]), 1):
+        ctx.at_step(step)
         ct, cs = sde.scalars(grid[k]), sde.scalars(grid[j])
         if j < k:
             score = score_fn(x, torch.full((B,), grid[k], dtype=x.dtype, device=x.device))

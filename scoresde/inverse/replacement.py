@@ -78,6 +78,7 @@ def replacement(score_fn, sde: SDE, op: LinearOperator, y: Tensor, x: Tensor, ct
     x = replace(x, grid[0], True)
     mean = x
     for i in range(len(grid) - 1):
+        ctx.at_step(i + 1)
         t_vec = torch.full((B,), grid[i], dtype=x.dtype, device=x.device)
         for _ in range(n_corr):
             x, mean = corrector_step(corrector, score_fn, sde, x, t_vec, grid[i], snr, ctx, langevin_norm)

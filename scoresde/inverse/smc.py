@@ -247,6 +247,7 @@ def smc(score_fn, sde: SDE, op: LinearOperator, y: Tensor, x: Tensor, ctx: Sampl
     cached: Optional[Tensor] = None
     x = constrain(x, n - 1)
     for i in range(n - 1):
+        ctx.at_step(i + 1)
         t, s = desc[i], desc[i + 1]
         j = n - 2 - i                                                          # ascending index of s
         ct, cs = sde.scalars(t), sde.scalars(s)

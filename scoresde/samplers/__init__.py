@@ -139,8 +139,9 @@ class SampleResult:
 class SamplerContext:
     """What every sampler gets besides its options: randomness, trajectory recording, the bar."""
 
-    def __init__(self, generator, record: bool, bar=None):
+    def __init__(self, generator, record: bool, bar=None, counter: Optional[CountingScore] = None):
         self.generator = generator          # a torch.Generator, an ItemNoise or None
+        self.counter = counter              # the run's CountingScore: at_step tells it the step
         self.per_item = isinstance(generator, ItemNoise)
         self.record_on = record
         self.bar = bar
@@ -174,6 +175,12 @@ class SamplerContext:
         if self.generator is None:
             return torch.rand(tuple(shape), dtype=dtype, device=device)
         return torch.rand(tuple(shape), generator=self.generator, dtype=dtype, device=self.generator.device).to(device)
+
+    def at_step(self, step: int) -> None:
+        """The loop enters step ``step`` (1-based): a non-finite value found at the end of the run
+        is reported at the step of the evaluation that first saw it.  A host int: no sync."""
+        if self.counter is not None:
+            self.counter.step = step
 
     def record(self, t, x: Tensor) -> None:
         if self.record_on:
@@ -293,7 +300,7 @@ class Sampler:
             x = x_init.to(device=device, dtype=state_dtype)
         bar = tqdm(total=None, desc=self.name, unit="nfe", leave=False) if progress else None
         counter = CountingScore(score_fn, bar, check_finite=True)
-        ctx = SamplerContext(generator, return_trajectory, bar)
+        ctx = SamplerContext(generator, return_trajectory, bar, counter)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         start = time.perf_counter()
@@ -375,8 +382,8 @@ def sample(score_fn: ScoreFn, sde: Optional[SDE] = None, shape=None, sampler: st
             sampler's time grid then spans [eps, t_start]: ``steps`` counts the steps from
             t_start down to eps, and a named grid spaces its rule over that interval.
         nonfinite: ``"raise"`` (default): a NaN/Inf in the state or the score raises
-            :class:`~scoresde.score.NonFiniteError` naming the sampler, the score evaluation and
-            its t; ``"count"``: keep going and report the number of non-finite samples in
+            :class:`~scoresde.score.NonFiniteError` naming the sampler, the step (the fixed-step
+            samplers), the score evaluation and its t; ``"count"``: keep going and report the number of non-finite samples in
             ``.nonfinite``.  The check costs two reductions an evaluation and one host sync at the
             end, none per step.  An adaptive solver (``"ode"`` with dopri5) cannot step on a NaN
             error norm: it raises NonFiniteError under either option.

@@ -39,6 +39,7 @@ def record_scaled(ctx, t: float, xt: Tensor, al: float) -> None:
 def finish(xt: Tensor, den: Denoiser, denoise: bool, ctx) -> Tensor:
     """The returned sample: the denoiser's D(x~, t_end) (one more evaluation) or alpha x~ at t_end."""
     if denoise:
+        ctx.at_step(len(den))      # the last step is the denoiser's evaluation itself
         out = den(xt, len(den) - 1)
         ctx.record(0.0, out)
         return out

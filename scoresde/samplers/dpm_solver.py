@@ -85,6 +85,7 @@ def dpm_solver(score_fn, sde: SDE, x: Tensor, ctx, *, eps: float = 1e-3, t_start
     ctx.record(tt[0], x)
     Ds, hs = [], []
     for i in range(n_grid):
+        ctx.at_step(i + 1)
         Ds.append(den(xt, i))
         Ds = Ds[-3:]
         h = lam[i + 1] - lam[i]

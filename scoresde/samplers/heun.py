@@ -55,6 +55,7 @@ def heun(score_fn, sde: SDE, x: Tensor, ctx, *, eps: float = 1e-3, t_start: Opti
     xt = den.scale(x, 0)
     ctx.record(tt[0], x)
     for i in range(n_grid):
+        ctx.at_step(i + 1)
         s0, s1 = sig[i], sig[i + 1]
         d = torch.sub(xt, den(xt, i)).mul_(1.0 / s0)
         xp = torch.add(xt, d, alpha=s1 - s0)

@@ -67,6 +67,7 @@ def ipndm(score_fn, sde: SDE, x: Tensor, ctx, *, eps: float = 1e-3, t_start: Opt
     ctx.record(tt[0], x)
     ds: list = []
     for i in range(n_grid):
+        ctx.at_step(i + 1)
         ds.append(torch.sub(xt, den(xt, i)).mul_(1.0 / sig[i]))
         ds = ds[-4:]
         b = _AB[min(max_order, len(ds))]

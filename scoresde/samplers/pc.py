@@ -176,6 +176,7 @@ def pc(score_fn, sde: SDE, x: Tensor, ctx, *, eps: float = 1e-3, t_start: Option
     ctx.record(grid[0], x)
     mean = x
     for i in range(steps):
+        ctx.at_step(i + 1)
         t_vec = t_in[i].expand(B)
         for _ in range(n_corr):
             x, mean = corrector_step(corrector, score_fn, sde, x, t_vec, grid[i], snr, ctx, langevin_norm)

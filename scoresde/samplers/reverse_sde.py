@@ -29,7 +29,7 @@ step (torchsde 0.2.x); this module adds none per step.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torchsde
@@ -123,10 +123,11 @@ class _GridBrownian(torchsde.BaseBrownian):
     """
 
     __slots__ = ("_size", "_h", "_draw", "_dtype", "_device", "_levy", "_k", "_W", "_U", "_per_chunk", "_chunk",
-                 "_used", "_ta", "_dts")
+                 "_used", "_ta", "_dts", "_on_step")
 
     def __init__(self, size, h: float, draw, dtype, device, levy: bool, steps: int,
-                 chunk_elements: int = 1 << 20, span: Optional[float] = None):
+                 chunk_elements: int = 1 << 20, span: Optional[float] = None,
+                 on_step: Optional[Callable[[int], None]] = None):
         self._size, self._h, self._draw, self._dtype, self._device = tuple(size), float(h), draw, dtype, device
         span = float(h) * int(steps) if span is None else float(span)
         # the steps [k h, min((k + 1) h, span)] of torchsde's fixed-step loop, as host floats
@@ -137,6 +138,9 @@ class _GridBrownian(torchsde.BaseBrownian):
         per_step = 2 if self._levy else 1
         self._per_chunk = per_step * max(1, min(int(steps), int(chunk_elements) // (per_step * math.prod(self._size))))
         self._chunk, self._used = None, 0
+        # told each new step's number (1-based): the solver asks for a step's increment before
+        # its evaluations, so a non-finite score is reported at its step (SamplerContext.at_step)
+        self._on_step = on_step
 
     def _normal(self) -> Tensor:
         if self._chunk is None or self._used == self._chunk.shape[0]:
@@ -161,6 +165,8 @@ class _GridBrownian(torchsde.BaseBrownian):
                 raise RuntimeError(f"step [{ta}, {tb}] is not the next step of the grid of {self._h}")
         if new_step:
             self._ta, self._k = ta, self._k + 1
+            if self._on_step is not None:
+                self._on_step(self._k + 1)
             if self._k >= len(self._dts):
                 raise RuntimeError(f"step {self._k + 1} is not the next step of the grid of {self._h}: "
                                    f"it has {len(self._dts)} steps")
@@ -223,7 +229,8 @@ def sde(score_fn, sde: SDE, x: Tensor, ctx, *, eps: float = 1e-3, t_start: Optio
     y0 = x.reshape(shape[0], -1)
     n_steps = n if n is not None else math.ceil(span / step * (1 - 1e-9))
     bm = _GridBrownian(tuple(y0.shape), step, lambda m: ctx.randn((m,) + tuple(y0.shape), y0.dtype, y0.device, batch_dim=1),
-                       y0.dtype, y0.device, levy=method == "srk", steps=n_steps, span=span)
+                       y0.dtype, y0.device, levy=method == "srk", steps=n_steps, span=span, on_step=ctx.at_step)
+    ctx.at_step(1)      # torchsde's contract check evaluates f at the start before the first step
     n_out = 2
     if ctx.record_on:
         n_out = (n if n is not None else max(int(round(span / step)), 1)) + 1

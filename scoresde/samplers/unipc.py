@@ -67,8 +67,10 @@ def unipc(score_fn, sde: SDE, x: Tensor, ctx, *, eps: float = 1e-3, t_start: Opt
     lam, tt = den.log_snr, den.times
     xt = den.scale(x, 0)
     ctx.record(tt[0], x)
+    ctx.at_step(1)
     Ds, lams = [den(xt, 0)], [lam[0]]
     for i in range(steps):
+        ctx.at_step(i + 1)
         p = min(order, len(Ds))
         if lower_order_final:
             p = min(p, steps - i)
