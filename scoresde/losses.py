@@ -169,6 +169,9 @@ class DSMLoss:
     p_uncond: float = 0.1
 
     def __post_init__(self):
+        # the floor of the training times t ~ U(eps, T): above 0 (sigma(0) = 0 divides) and below T = 1
+        if isinstance(self.eps, bool) or not (isinstance(self.eps, (int, float)) and 0.0 < self.eps < 1.0):
+            raise ValueError(f"eps must lie in (0, 1), got {self.eps!r}")
         if not (isinstance(self.p_uncond, (int, float)) and 0.0 <= self.p_uncond <= 1.0):
             raise ValueError(f"p_uncond must lie in [0, 1], got {self.p_uncond!r}")
         if self.weighting not in WEIGHTINGS:

@@ -186,10 +186,98 @@ def unknown_key_error(config_name: str, argv: Sequence[str]) -> Optional[str]:
     return None
 
 
+# ---------------------------------------------------------------------------------------------
+# values of the wrong type: refused before Hydra runs, one line
+# ---------------------------------------------------------------------------------------------
+def composition_error_line(err: BaseException) -> str:
+    """One line for an error Hydra or OmegaConf raised composing a config: the override it was
+    merging, the first line of OmegaConf's reason and the key (``train.steps=abc: Value 'abc'
+    of type 'str' could not be converted to Integer (key 'train.steps')``).  Hydra prints the
+    reason over five lines and a hint about HYDRA_FULL_ERROR."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    prefix = "Error merging override "
+    head = str(err).splitlines()[0] if str(err) else type(err).__name__
+    override = head[len(prefix):] if head.startswith(prefix) else None
+    cause = err if isinstance(err, OmegaConfBaseException) else err.__cause__
+    if isinstance(cause, OmegaConfBaseException):
+        reason = (getattr(cause, "msg", None) or str(cause)).splitlines()[0]
+        key = getattr(cause, "full_key", None)
+        where = f"{override}: " if override else ""
+        return f"{where}{reason}" + (f" (key '{key}')" if key and f"'{key}'" not in reason else "")
+    if cause is not None and str(cause):
+        return f"{head}: {str(cause).splitlines()[0]}"
+    return " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+
+
+def _merge_override(cfg: DictConfig, override: Any) -> None:
+    """Merge one parsed key override into a copy of ``cfg`` as Hydra's config loader merges it
+    (raising its ConfigCompositionException); ``cfg`` is left as it is."""
+    import copy
+
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+
+    ConfigLoaderImpl._apply_overrides_to_config([override], copy.deepcopy(cfg))
+
+
+def override_value_error(config_name: str, argv: Sequence[str]) -> Optional[str]:
+    """The one-line error (:func:`composition_error_line`) for an override of ``argv`` whose
+    value the app's schema refuses (a string for an int, a list for a float, null for a
+    mandatory field), else None.  Composed in-process with the command's overrides (a sweep's
+    first value), as Hydra will compose them; what Hydra cannot parse, and an unknown group
+    option, are left to Hydra (its own message names them)."""
+    from hydra import compose
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import ConfigCompositionException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        args, _ = get_args_parser().parse_known_args(list(argv))
+        if args.shell_completion or args.config_dir or args.config_path or args.experimental_rerun:
+            return None
+        parsed = OverridesParser.create().parse_overrides(args.overrides)
+    except (Exception, SystemExit):
+        return None
+    ours, later = [], []    # the first value of each sweep; the other values of key sweeps
+    for o in parsed:
+        if o.is_hydra_override():
+            continue
+        if o.is_sweep_override():
+            values = list(o.sweep_string_iterator())
+            ours.append(f"{o.get_key_element()}={values[0]}")
+            later += [f"{o.get_key_element()}={v}" for v in values[1:]]
+        else:
+            ours.append(o.input_line)
+    if not ours:
+        return None
+    try:
+        with _compose_context(config_path()):
+            from hydra.core.global_hydra import GlobalHydra
+
+            cfg = compose(config_name=args.config_name or config_name, overrides=ours)
+            repo = GlobalHydra.instance().config_loader().repository
+            # a sweep's other values: each merged into the composed config as Hydra merges a
+            # value (a group sweep's other options are composed by Hydra's own run)
+            for line in later:
+                o = OverridesParser.create().parse_overrides([line])[0]
+                if "." in o.key_or_group or not repo.group_exists(o.key_or_group):
+                    _merge_override(cfg, o)
+    except (ConfigCompositionException, OmegaConfBaseException) as e:
+        return composition_error_line(e)
+    except Exception:   # a missing group option and the like: Hydra says which, listing the valid ones
+        return None
+    return None
+
+
 def check_overrides(config_name: str, argv: Optional[Sequence[str]] = None) -> None:
-    """Exit 1 with one ``error: unknown key ...`` line if an override of ``argv`` (default
-    ``sys.argv[1:]``) names a key the app's config lacks (:func:`unknown_key_error`)."""
-    msg = unknown_key_error(config_name, sys.argv[1:] if argv is None else argv)
+    """Exit 1 with one ``error: ...`` line if an override of ``argv`` (default ``sys.argv[1:]``)
+    names a key the app's config lacks (:func:`unknown_key_error`) or gives a value its schema
+    refuses (:func:`override_value_error`)."""
+    argv = sys.argv[1:] if argv is None else argv
+    msg = unknown_key_error(config_name, argv)
+    if msg is None:
+        msg = override_value_error(config_name, argv)
     if msg is not None:
         print(f"error: {msg}", file=sys.stderr)
         sys.exit(1)

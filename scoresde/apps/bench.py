@@ -13,11 +13,13 @@ from __future__ import annotations
 import logging
 import platform
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, List, Optional
 
 import hydra
 import torch
+from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from . import schema as _schemas  # noqa: F401  (stores schema/<group>/<name>, which conf/model/ uses)
@@ -25,7 +27,53 @@ from ._common import check_overrides, config_path, exit_on_user_error
 
 log = logging.getLogger("scoresde")
 
-__all__ = ["run_bench", "main"]
+__all__ = ["run_bench", "main", "BenchAppSchema"]
+
+
+@dataclass
+class BenchAppSchema:
+    """The bench app's top level, typed (a wrong type fails at composition, naming the key);
+    the values themselves are stated once, in ``conf/bench.yaml``.  ``samplers`` and ``only``
+    (null or lists) and the ``overhead``, ``likelihood`` and ``quick_settings`` nodes stay
+    free-form: :func:`scoresde.bench.run_grid` and its peers check them."""
+
+    quick: bool = False
+    problems: List[str] = field(default_factory=list)
+    sdes: List[str] = field(default_factory=list)
+    budgets: List[int] = field(default_factory=list)
+    seeds: List[int] = field(default_factory=list)
+    n: int = 3000
+    eps: float = 1e-3
+    ref_tol: float = 1e-9
+    floor_repeats: int = 5
+    device: str = "cpu"
+    threads: int = 1
+    samplers: Any = None
+    only: Any = None
+    progress: bool = True
+    out_dir: Optional[str] = None
+    overhead: Dict[str, Any] = field(default_factory=dict)
+    likelihood: Dict[str, Any] = field(default_factory=dict)
+    quick_settings: Dict[str, Any] = field(default_factory=dict)
+
+
+ConfigStore.instance().store(name="bench_schema", node=BenchAppSchema)
+
+
+def _check_ranges(cfg: Dict[str, Any]) -> None:
+    """ValueError naming the first top-level setting outside its range."""
+    for key, ok, what in (("n", lambda v: v >= 1, "an integer >= 1"),
+                          ("floor_repeats", lambda v: v >= 1, "an integer >= 1"),
+                          ("threads", lambda v: v >= 1, "an integer >= 1"),
+                          ("eps", lambda v: 0 < v < 1, "a number in (0, 1)"),
+                          ("ref_tol", lambda v: v > 0, "a number > 0")):
+        v = cfg.get(key)
+        if v is not None and not ok(v):
+            raise ValueError(f"{key} must be {what}, got {v!r}")
+    for key in ("budgets", "seeds"):
+        bad = [v for v in cfg.get(key) or () if v < (1 if key == "budgets" else 0)]
+        if bad:
+            raise ValueError(f"{key} must be integers >= {1 if key == 'budgets' else 0}, got {bad}")
 
 _KEYS = ("quick", "problems", "sdes", "budgets", "seeds", "n", "eps", "ref_tol", "floor_repeats", "device",
          "threads", "samplers", "only", "progress", "out_dir", "quick_settings", "likelihood", "overhead")
@@ -46,8 +94,10 @@ def run_bench(cfg: Dict[str, Any], out_dir: Path):
     unknown = sorted(set(cfg) - set(_KEYS))
     if unknown:
         raise ValueError(f"unknown bench setting(s) {unknown}; valid: {sorted(_KEYS)}")
+    _check_ranges(cfg)              # as given, and as the quick settings leave it
     if cfg.get("quick"):
         cfg.update(cfg.get("quick_settings") or {})
+        _check_ranges(cfg)
     threads = int(cfg.get("threads") or 1)
     torch.set_num_threads(threads)
     out = Path(cfg["out_dir"]) if cfg.get("out_dir") else out_dir

@@ -124,6 +124,8 @@ def resolve_grid(sde: SDE, grid: GridLike, n_steps: int, eps: float, rho: float 
     t0) begins; a named grid spaces its rule over [eps, t_start], explicit times must start there.
     """
     t0 = float(sde.T) if t_start is None else float(t_start)
+    if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not rho > 0:
+        raise ValueError(f"rho must be a number > 0, got {rho!r}")
     if isinstance(grid, str) and grid in GRIDS:
         return time_grid(sde, n_steps, eps, grid, rho, device=device, t_start=t0)
     if isinstance(grid, (str, os.PathLike)):

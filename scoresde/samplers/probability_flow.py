@@ -203,6 +203,11 @@ def ode(score_fn, sde: SDE, x: Tensor, ctx, *, eps: float = 1e-3, t_start: Optio
     ``time_variable`` (interpolated by the solver: no extra evaluations).
     """
     t_start = float(sde.T) if t_start is None else float(t_start)
+    for name, tol in (("rtol", rtol), ("atol", atol)):
+        if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol > 0:
+            raise ValueError(f"{name} must be a number > 0, got {tol!r}")
+    if isinstance(trajectory_points, bool) or not isinstance(trajectory_points, int) or trajectory_points < 2:
+        raise ValueError(f"trajectory_points must be an integer >= 2, got {trajectory_points!r}")
     times = None
     if ctx.record_on:
         tv = TimeVariable(sde, time_variable)

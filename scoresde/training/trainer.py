@@ -111,6 +111,35 @@ class TrainingDiverged(RuntimeError):
 # ---------------------------------------------------------------------------------------------
 # configuration
 # ---------------------------------------------------------------------------------------------
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_real(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# range rules of the config fields: name -> (test, what it must be)
+_INT_GE0 = (lambda v: _is_int(v) and v >= 0, "an integer >= 0")
+_INT_GE1 = (lambda v: _is_int(v) and v >= 1, "an integer >= 1")
+_POS = (lambda v: _is_real(v) and v > 0, "a finite number > 0")
+_NONNEG = (lambda v: _is_real(v) and v >= 0, "a finite number >= 0")
+_UNIT_OPEN = (lambda v: _is_real(v) and 0 <= v < 1, "a number in [0, 1)")
+_UNIT = (lambda v: _is_real(v) and 0 <= v <= 1, "a number in [0, 1]")
+
+
+def _check_fields(obj, where: str, rules: Dict[str, tuple], optional: Tuple[str, ...] = ()) -> None:
+    """ValueError naming ``where.field`` for the first field outside its range (None allowed
+    for the ``optional`` ones)."""
+    for name, (ok, what) in rules.items():
+        v = getattr(obj, name)
+        if v is None and name in optional:
+            continue
+        if not ok(v):
+            raise ValueError(f"{where}.{name} must be {what}" + (" or null" if name in optional else "")
+                             + f", got {v!r}")
+
+
 @dataclass
 class OptimConfig:
     """AdamW with linear warm-up, then a constant, cosine or linear decay of the learning rate."""
@@ -124,6 +153,11 @@ class OptimConfig:
     schedule: str = "cosine"        # constant | cosine | linear (decay to min_lr_ratio * lr at the end)
     min_lr_ratio: float = 0.0
     grad_clip: Optional[float] = 1.0   # max global gradient norm; null disables clipping
+
+    def __post_init__(self):
+        _check_fields(self, "optim", {"lr": _POS, "weight_decay": _NONNEG, "beta1": _UNIT_OPEN, "beta2": _UNIT_OPEN,
+                                      "eps": _POS, "warmup": _INT_GE0, "min_lr_ratio": _UNIT, "grad_clip": _POS},
+                      optional=("grad_clip",))
 
 
 @dataclass
@@ -146,6 +180,12 @@ class TrainConfig:
     progress: bool = True           # tqdm bar (hidden when the output is not a terminal)
     tensorboard: bool = True        # also log to TensorBoard when it is installed
 
+    def __post_init__(self):
+        _check_fields(self, "train", {"steps": _INT_GE0, "batch_size": _INT_GE1, "ema_decay": _UNIT_OPEN,
+                                      "threads": _INT_GE1, "log_every": _INT_GE1, "eval_every": _INT_GE0,
+                                      "ckpt_every": _INT_GE0, "keep": _INT_GE1, "stop_check_every": _INT_GE1},
+                      optional=("threads",))
+
 
 @dataclass
 class EvalConfig:
@@ -159,6 +199,11 @@ class EvalConfig:
     seed: int = 0                   # evaluation randomness (fixed: evaluations compare across steps)
     bound: bool = True              # the DSM training bound on held-out data (heldout_nll_bound, ...)
     bound_repeats: int = 1          # (t, noise) draws per held-out point for the bound
+
+    def __post_init__(self):
+        _check_fields(self, "eval", {"n_nll": _INT_GE0, "rtol": _POS, "atol": _POS,
+                                     "eps": (lambda v: _is_real(v) and 0 < v < 1, "a number in (0, 1)"),
+                                     "batch_size": _INT_GE1, "n_samples": _INT_GE0, "bound_repeats": _INT_GE1})
 
 
 _SCHEDULES = ("constant", "cosine", "linear")
