@@ -249,3 +249,27 @@ def test_each_app_reports_a_bad_value_as_one_error_line_and_exit_1(tmp_path, app
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert r.returncode == 1, (r.returncode, r.stderr[-2000:])
     assert len(lines) == 1 and lines[0].startswith("error: ") and key in lines[0], r.stderr[-2000:]
+
+
+APP_RANGES = [*[("eval_app", k, [0, -1]) for k in ("floor_repeats", "kid_subsets", "kid_subset_size", "is_splits",
+                                                    "pr_k", "feature_batch_size")],
+              *[("bench", k, v) for k, v in [("n", [0]), ("floor_repeats", [0]), ("threads", [0]), ("eps", [0.0, 1.5]),
+                                             ("ref_tol", [0.0]), ("budgets", [[10, 0]]), ("seeds", [[-1]])]]]
+
+
+@pytest.mark.parametrize("base,key,values", APP_RANGES, ids=[f"{b}-{k}" for b, k, _ in APP_RANGES])
+def test_an_app_setting_outside_its_range_is_one_error_line_before_any_work(composed, capsys, tmp_path, base, key,
+                                                                            values):
+    """The eval and bench apps check their counts before sampling, loading a network or a grid."""
+    cfg, _ = composed[base]
+    for value in values:
+        bad = cfg.copy()
+        if base == "eval_app":
+            bad[key] = value
+            code, lines = _call_app_path(_eval_app.run_eval, capsys, bad, tmp_path)
+        else:
+            plain = OmegaConf.to_container(bad, resolve=True)
+            plain[key] = value
+            code, lines = _call_app_path(_bench_app.run_bench, capsys, plain, tmp_path)
+        assert code == 1 and len(lines) == 1 and lines[0].startswith("error: ") and key in lines[0], lines
+        assert not list(tmp_path.iterdir())

@@ -177,8 +177,15 @@ def _checkpoint_data(record: Dict[str, Any]) -> Optional[Dict[str, Any]]:
     return load_score(ck, "cpu").meta["data"]
 
 
+# the metric settings that count something: checked before any sampling or network loading
+_AT_LEAST_ONE = ("floor_repeats", "kid_subsets", "kid_subset_size", "is_splits", "pr_k", "feature_batch_size")
+
+
 def run_eval(cfg: DictConfig, out_dir: Path) -> Dict[str, Any]:
     """The body of the app: eval.json and eval.md in ``out_dir``."""
+    for key in _AT_LEAST_ONE:
+        if cfg[key] < 1:
+            raise ValueError(f"{key} must be an integer >= 1, got {cfg[key]}")
     if (cfg.samples is None) == (cfg.checkpoint is None):
         raise ValueError("give exactly one of samples=PATH (a sample run or file) and checkpoint=PATH (sample here)")
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") is not None else None
