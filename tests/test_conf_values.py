@@ -176,6 +176,13 @@ RANGES = [
     ("sampler=dpm_solver", "sampler", "order", [0, 4], _sample),
     ("sampler=unipc", "sampler", "order", [0, 4], _sample),
     ("sampler=ipndm", "sampler", "max_order", [0, 5], _sample),
+    # the sample app's inverse and edit nodes: the options functions the app hands them to
+    *[("sample", "inverse", f, v, lambda n: _sample_app._inverse.inverse_options(**{**n, "op": "mask"}))
+      for f, v in [("n", [0]), ("samples", [0]), ("steps", [0]), ("index", [-1]), ("factor", [0]),
+                   ("particles", [0]), ("noise_std", [-0.1]), ("fraction", [0.0, 1.5])]],
+    *[("sample", "edit", f, v, lambda n: _sample_app._edit.edit_options(**{**n, "mode": "sdedit"}))
+      for f, v in [("n", [0]), ("index", [-1]), ("factor", [0]), ("steps", [0]), ("points", [1]), ("other", [-1]),
+                   ("rtol", [0.0, 1.0])]],
 ]
 
 
