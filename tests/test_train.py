@@ -343,7 +343,7 @@ def test_without_a_terminal_fit_logs_a_progress_line_every_log_every_steps(tmp_p
         train(_quiet_config(8), tmp_path)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
     assert [int(re.match(r"step (\d+)/8 ", m).group(1)) for m in lines] == [4, 8], lines
-    pattern = r"step 4/8 \(50%\)  loss \d+\.\d{4}  lr [0-9.e-]+  \d+\.\d steps/s  ETA \d+m\d\ds"
+    pattern = r"step 4/8 \(50%\)  loss \d+\.\d{4}  lr [0-9.e-]+  \d+\.\d steps/s  ETA (\d+m\d\ds|\d+h\d\dm)"
     assert re.fullmatch(pattern, lines[0]), lines[0]
     assert sys.stderr.text == ""
 
