@@ -96,6 +96,7 @@ class LikelihoodAppSchema:
     n_t: int = 1000
     estimator: str = "dsm"
     importance_sampling: bool = False
+    noise: str = "stream"           # stream (one generator) | per_item (from (seed, i); torchrun: _shard_likelihood.py)
 
 
 ConfigStore.instance().store(name="likelihood_schema", node=LikelihoodAppSchema)
@@ -266,7 +267,12 @@ def table(out: Dict[str, Any]) -> str:
 
 
 def run_likelihood(cfg: DictConfig, out_dir: Path) -> Dict[str, Any]:
-    """The body of the app: likelihood.json and likelihood.md in ``out_dir``."""
+    """The body of the app: likelihood.json and likelihood.md in ``out_dir`` (with ``noise=per_item``
+    or under torchrun: sharded over the ranks, :mod:`scoresde.apps._shard_likelihood`)."""
+    from ..training import distributed
+    if cfg.get("noise", "stream") != "stream" or distributed.world_size() > 1:
+        from ._shard_likelihood import run_sharded_likelihood
+        return run_sharded_likelihood(cfg, out_dir)
     method = cfg.method if isinstance(cfg.method, str) else list(cfg.method)
     data = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") is not None else None
     out = checkpoint_likelihood(cfg.checkpoint, cfg.split, cfg.n, cfg.batch_size, cfg.divergence, cfg.rtol,
@@ -290,9 +296,20 @@ def _app(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    """Console script ``scoresde-likelihood``."""
+    """Console script ``scoresde-likelihood``; under torchrun, one rank of a sharded run
+    (``_shard_likelihood.py``)."""
+    import sys
+    from ..training import distributed
+
     check_overrides("likelihood")
-    _app()
+    if not distributed.under_torchrun():
+        _app()
+        return
+    sys.argv = exit_on_user_error(distributed.torchrun_argv)(sys.argv)
+    try:
+        _app()
+    finally:
+        distributed.finish()
 
 
 if __name__ == "__main__":
