@@ -34,7 +34,6 @@ import argparse
 import csv
 import math
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -99,7 +98,8 @@ def run(args):
                 plan += [("dpm_solver", f"seed {sd}", args.spread_nfe, {"name": "dpm_solver", "steps": args.spread_nfe})
                          for sd in args.spread_seeds]
             for label, setting, budget, opts in plan:
-                key = (model, "" if scale is None else str(scale), label, setting, "" if budget is None else str(budget))
+                key = (model, "" if scale is None else str(scale), label, setting,
+                       "" if budget is None else str(budget))
                 if key in done:
                     continue
                 if time.perf_counter() - t_start > args.max_minutes * 60:
@@ -133,7 +133,6 @@ def write(args, load_before, minutes):
     if base is not None and spread:
         spread = [base] + spread
     fl = digits_floor(args.n, repeats=10, seed=0)
-    load_after = os.getloadavg()
     shown = " ".join(a for a in sys.argv[1:] if a not in ("--write-only", "--resume"))
     trained = []
     for d in (args.run_dir, args.cond_run):
@@ -176,7 +175,8 @@ def write(args, load_before, minutes):
                 cellv = []
                 for b in budgets:
                     r = next((r for r in rs if r["sampler"] == lab and r["budget"] == str(b)), None)
-                    cellv.append("" if r is None else _f(r["fd_digits"]) + ("" if int(r["nfe"]) == b else f" ({r['nfe']})"))
+                    cellv.append("" if r is None else
+                                 _f(r["fd_digits"]) + ("" if int(r["nfe"]) == b else f" ({r['nfe']})"))
                 md.append(f"| {lab} | " + " | ".join(cellv) + " |")
             odes = [r for r in rs if not r["budget"]]
             if odes:

@@ -37,7 +37,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict
 
 import torch
 from omegaconf import DictConfig, OmegaConf
