@@ -22,3 +22,22 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+@pytest.fixture(autouse=True)
+def _logging_as_found():
+    """Each test leaves logging as it found it: a Hydra app run in-process configures the root and
+    "scoresde" loggers with handlers bound to that test's captured streams and run directory,
+    which later tests would otherwise write to after they were closed ("--- Logging error ---"
+    on stderr, where the apps' one-line errors are checked)."""
+    import logging
+    loggers = [logging.getLogger(), logging.getLogger("scoresde")]
+    saved = [(lg, lg.handlers[:], lg.level, lg.propagate) for lg in loggers]
+    yield
+    for lg, handlers, level, propagate in saved:
+        for h in lg.handlers:
+            if h not in handlers:
+                h.close()
+        lg.handlers[:] = handlers
+        lg.setLevel(level)
+        lg.propagate = propagate

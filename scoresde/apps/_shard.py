@@ -33,7 +33,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -45,7 +45,7 @@ from ..checkpoints import load_score
 
 log = logging.getLogger("scoresde")
 
-__all__ = ["NOISE", "plan", "run_sharded"]
+__all__ = ["NOISE", "plan", "run_sharded", "fingerprint", "run_shards", "load_shards"]
 
 NOISE = ("stream", "per_item")
 
@@ -66,8 +66,11 @@ def plan(n: int, batch_size: Optional[int], world_size: int) -> List[Tuple[int, 
     return batches
 
 
-def _fingerprint(cfg: DictConfig) -> str:
-    keys = ("checkpoint", "sampler", "seed", "n", "batch_size", "labels", "guidance", "ema", "noise")
+SAMPLE_KEYS = ("checkpoint", "sampler", "seed", "n", "batch_size", "labels", "guidance", "ema", "noise")
+
+
+def fingerprint(cfg: DictConfig, keys: Sequence[str] = SAMPLE_KEYS) -> str:
+    """A short hash of the config entries ``keys``: what determines a shard's contents."""
     blob = json.dumps({k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg.get(k))
                        else cfg.get(k) for k in keys}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -98,6 +101,41 @@ def _wait_for_shards(shard_dir: Path, batches: List[Tuple[int, int]], stall_s: f
         time.sleep(poll_s)
 
 
+def run_shards(shard_dir: Path, mine: Sequence[Tuple[int, int]], key: str,
+               compute: Callable[[int, int], Dict[str, Any]], rank: int = 0) -> int:
+    """Compute this rank's shards ``mine`` that are not on disk yet, each written atomically to
+    ``shard_dir/START-STOP.pt`` with ``start``, ``stop``, ``rank`` and the run's ``key`` beside
+    what ``compute(start, stop)`` returns.  A shard found with another key is refused (a
+    ValueError), never mixed in.  Returns how many shards were already done (resumed)."""
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    done = 0
+    for start, stop in mine:
+        path = shard_dir / f"{start:08d}-{stop:08d}.pt"
+        if path.is_file():
+            old = torch.load(path, map_location="cpu", weights_only=True)
+            if old.get("key") != key:
+                raise ValueError(f"{path} belongs to another run (another checkpoint, seed, n, batch size or "
+                                 f"options); use another hydra.run.dir")
+            done += 1
+            continue
+        _save_tensor_dict(path, {**compute(start, stop), "start": start, "stop": stop, "rank": rank, "key": key})
+    if done:
+        log.info("rank %d: %d of its %d shards were already done (resumed)", rank, done, len(mine))
+    return done
+
+
+def load_shards(shard_dir: Path, batches: Sequence[Tuple[int, int]],
+                key: Optional[str] = None) -> List[Dict[str, Any]]:
+    """Every shard of ``batches``, in index order (rank 0, after the barrier or the wait); with
+    ``key``, a shard of another run (another task's stale file) is refused, never mixed in."""
+    parts = [torch.load(shard_dir / f"{s:08d}-{e:08d}.pt", map_location="cpu", weights_only=True)
+             for s, e in batches]
+    foreign = [f"{p['start']}-{p['stop']}" for p in parts if key is not None and p.get("key") != key]
+    if foreign:
+        raise ValueError(f"shards {foreign} in {shard_dir} belong to another run; use another run directory")
+    return parts
+
+
 def run_sharded(cfg: DictConfig, out_dir: Path) -> Dict[str, Any]:
     """The sharded body of the sample app (see the module docstring)."""
     from ..training import distributed
@@ -125,39 +163,26 @@ def run_sharded(cfg: DictConfig, out_dir: Path) -> Dict[str, Any]:
         n_total = int(y.numel())   # as the one-process app: a list gives one sample per entry
     batches = plan(n_total, cfg.batch_size, world)
     mine = batches[rank::world]
-    key = _fingerprint(cfg)
+    key = fingerprint(cfg)
     shard_dir = out_dir / "shards"
-    shard_dir.mkdir(parents=True, exist_ok=True)
     sampler = OmegaConf.to_container(cfg.sampler, resolve=True)
     guidance = OmegaConf.to_container(cfg.guidance, resolve=True) if cfg.get("guidance") is not None else None
     loaded = load_score(cfg.checkpoint, cfg.device, cfg.ema)
-    done = 0
-    for start, stop in mine:
-        path = shard_dir / f"{start:08d}-{stop:08d}.pt"
-        if path.is_file():
-            old = torch.load(path, map_location="cpu", weights_only=True)
-            if old.get("key") != key:
-                raise ValueError(f"{path} belongs to another run (other checkpoint, sampler, seed, n or batch size); "
-                                 f"use another hydra.run.dir")
-            done += 1
-            continue
+
+    def compute(start: int, stop: int) -> Dict[str, Any]:
         x, info = sample_checkpoint(loaded, sampler, stop - start, stop - start, cfg.seed, cfg.device, cfg.ema,
                                     cfg.progress, labels=None if y is None else y[start:stop].tolist(),
                                     guidance=guidance, item_offset=start)
-        _save_tensor_dict(path, {"x": x, "nfe": int(info["nfe"]), "seconds": float(info["seconds"]),
-                                 "start": start, "stop": stop, "rank": rank, "key": key})
-    if done:
-        log.info("rank %d: %d of its %d shards were already done (resumed)", rank, done, len(mine))
+        return {"x": x, "nfe": int(info["nfe"]), "seconds": float(info["seconds"])}
+
+    run_shards(shard_dir, mine, key, compute, rank)
     if world > 1 and torch.distributed.is_initialized():
         torch.distributed.barrier()
     elif world > 1 and rank == 0:     # submitit tasks: no process group, the shard files are the signal
         _wait_for_shards(shard_dir, batches, distributed.process_group_timeout().total_seconds())
     if rank != 0:
         return {}
-    parts = [torch.load(shard_dir / f"{s:08d}-{e:08d}.pt", map_location="cpu", weights_only=True) for s, e in batches]
-    foreign = [f"{p['start']}-{p['stop']}" for p in parts if p.get("key") != key]
-    if foreign:
-        raise ValueError(f"shards {foreign} in {shard_dir} belong to another run; use another run directory")
+    parts = load_shards(shard_dir, batches, key)
     x = torch.cat([p["x"] for p in parts])
     torch.save(x, out_dir / "samples.pt")
     files = ["samples.pt", "samples.png"]

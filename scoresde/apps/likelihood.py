@@ -54,7 +54,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, Optional, Sequence, Union
 
 import hydra
 import torch
@@ -65,6 +65,8 @@ from ..data import build_dataset
 from ..data.images import from_model_range
 from . import schema  # noqa: F401  (registers the group schemas)
 from ..checkpoints import LoadedScore, load_score, loaded_model
+from ._likelihood_parts import (DIVERGENCES, ESTIMATORS, METHODS, NONFINITE, SPLITS, _methods,  # noqa: F401
+                                _points, table)
 from ._common import check_overrides, config_path, cpu_generator, exit_on_user_error, run_dir
 
 log = logging.getLogger("scoresde")
@@ -72,11 +74,6 @@ log = logging.getLogger("scoresde")
 __all__ = ["LikelihoodAppSchema", "checkpoint_likelihood", "run_likelihood", "table", "main", "SPLITS",
            "DIVERGENCES", "METHODS", "ESTIMATORS"]
 
-SPLITS = ("test", "train")
-DIVERGENCES = ("auto", "exact", "hutchinson")
-NONFINITE = ("raise", "count")
-METHODS = ("ode", "elbo", "both")
-ESTIMATORS = ("dsm", "ism")
 
 
 @dataclass
@@ -98,33 +95,10 @@ class LikelihoodAppSchema:
     estimator: str = "dsm"
     importance_sampling: bool = False
     nonfinite: str = "raise"
+    noise: str = "stream"           # stream (one generator) | per_item (from (seed, i); torchrun: _shard_likelihood.py)
 
 
 ConfigStore.instance().store(name="likelihood_schema", node=LikelihoodAppSchema)
-
-
-def _points(data, split: str, n: Optional[int], generator: torch.Generator) -> torch.Tensor:
-    if split == "test":
-        x = data.test
-    elif data.train is not None:
-        x = data.train
-    else:  # a generated (toy) set has no stored training set: fresh draws from its distribution
-        x = data.sampler(n or data.test.shape[0], generator)
-    return x[:n] if n is not None else x
-
-
-def _methods(method: Union[str, Sequence[str]]) -> List[str]:
-    """``"ode"``, ``"elbo"``, ``"both"`` or a list of those -> the methods to run, ODE first."""
-    names = [method] if isinstance(method, str) else list(method)
-    run = set()
-    for m in names:
-        key = str(m).lower()
-        if key not in METHODS:
-            raise ValueError(f"unknown method {m!r}; valid methods: {list(METHODS)} or a list of them")
-        run.update(("ode", "elbo") if key == "both" else (key,))
-    if not run:
-        raise ValueError(f"method is empty; valid methods: {list(METHODS)} or a list of them")
-    return [m for m in ("ode", "elbo") if m in run]
 
 
 def checkpoint_likelihood(checkpoint, split: str = "test", n: Optional[int] = 2000, batch_size: int = 1000,
@@ -262,26 +236,13 @@ def checkpoint_likelihood(checkpoint, split: str = "test", n: Optional[int] = 20
     return out
 
 
-def table(out: Dict[str, Any]) -> str:
-    """The methods side by side: one row per method (nats, its standard errors, bits/dim, NFE,
-    seconds) as a Markdown table, then the paired difference."""
-    rows = ["| method | NLL nats | se (points) | MC se | bits/dim | NFE | seconds |",
-            "|---|---|---|---|---|---|---|"]
-    if "nll" in out:
-        bpd = f"{out['bits_per_dim']:.4f}" if out["bits_per_dim"] is not None else "-"
-        rows.append(f"| ode    | {out['nll']:.4f} | {out['nll_se']:.4f} | - | {bpd} | {out['nfe']} | "
-                    f"{out['seconds']:.2f} |")
-    if "elbo_nll" in out:
-        bpd = f"{out['elbo_bits_per_dim']:.4f}" if out["elbo_bits_per_dim"] is not None else "-"
-        rows.append(f"| elbo   | {out['elbo_nll']:.4f} | {out['elbo_nll_se']:.4f} | {out['elbo_mc_se']:.4f} | {bpd} "
-                    f"| {out['elbo_nfe']} | {out['elbo_seconds']:.2f} |")
-    if "elbo_minus_ode" in out:
-        rows.append(f"\nelbo - ode: {out['elbo_minus_ode']:+.4f} +- {out['elbo_minus_ode_se']:.4f} nats (paired)")
-    return "\n".join(rows)
-
-
 def run_likelihood(cfg: DictConfig, out_dir: Path) -> Dict[str, Any]:
-    """The body of the app: likelihood.json and likelihood.md in ``out_dir``."""
+    """The body of the app: likelihood.json and likelihood.md in ``out_dir`` (with ``noise=per_item``
+    or under torchrun: sharded over the ranks, :mod:`scoresde.apps._shard_likelihood`)."""
+    from ..training import distributed
+    if cfg.get("noise", "stream") != "stream" or distributed.world_size() > 1:
+        from ._shard_likelihood import run_sharded_likelihood
+        return run_sharded_likelihood(cfg, out_dir)
     method = cfg.method if isinstance(cfg.method, str) else list(cfg.method)
     data = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") is not None else None
     out = checkpoint_likelihood(cfg.checkpoint, cfg.split, cfg.n, cfg.batch_size, cfg.divergence, cfg.rtol,
@@ -306,9 +267,20 @@ def _app(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    """Console script ``scoresde-likelihood``."""
+    """Console script ``scoresde-likelihood``; under torchrun, one rank of a sharded run
+    (``_shard_likelihood.py``)."""
+    import sys
+    from ..training import distributed
+
     check_overrides("likelihood")
-    _app()
+    if not distributed.under_torchrun():
+        _app()
+        return
+    sys.argv = exit_on_user_error(distributed.torchrun_argv)(sys.argv)
+    try:
+        _app()
+    finally:
+        distributed.finish()
 
 
 if __name__ == "__main__":
