@@ -34,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..metrics.stats import atomic_write_bytes
 from ..plots import save_samples_png
-from ..checkpoints import load_score
+from ._common import load_app_score
 
 log = logging.getLogger("scoresde")
 
@@ -104,7 +104,7 @@ def run_sharded(cfg: DictConfig, out_dir: Path) -> Dict[str, Any]:
     shard_dir.mkdir(parents=True, exist_ok=True)
     sampler = OmegaConf.to_container(cfg.sampler, resolve=True)
     guidance = OmegaConf.to_container(cfg.guidance, resolve=True) if cfg.get("guidance") is not None else None
-    loaded = load_score(cfg.checkpoint, cfg.device, cfg.ema)
+    loaded = load_app_score(cfg)
     done = 0
     for start, stop in mine:
         path = shard_dir / f"{start:08d}-{stop:08d}.pt"

@@ -69,8 +69,7 @@ from . import _inverse  # noqa: F401  (stores the inverse group's schema)
 from . import _edit  # noqa: F401  (stores the edit group's schema)
 from ._guidance import guidance_options  # noqa: F401  (re-exported; stores the guidance schema)
 from ._sampling import _reference, sample_checkpoint
-from ..checkpoints import load_score
-from ._common import check_overrides, config_path, exit_on_user_error, run_dir
+from ._common import ScoreSdeOptions, check_overrides, config_path, exit_on_user_error, load_app_score, run_dir
 
 log = logging.getLogger("scoresde")
 
@@ -79,6 +78,7 @@ __all__ = ["SampleAppSchema", "guidance_options", "sample_checkpoint", "run_samp
 @dataclass
 class SampleAppSchema:
     checkpoint: str = MISSING
+    score_sde: ScoreSdeOptions = field(default_factory=ScoreSdeOptions)   # checkpoint=score_sde:PATH
     n: int = 1000
     batch_size: Optional[int] = None
     seed: int = 0
@@ -109,7 +109,7 @@ def run_sample(cfg: DictConfig, out_dir: Path) -> Dict[str, Any]:
         from ._shard import run_sharded
         return run_sharded(cfg, out_dir)
     sampler = OmegaConf.to_container(cfg.sampler, resolve=True)
-    loaded = load_score(cfg.checkpoint, cfg.device, cfg.ema)
+    loaded = load_app_score(cfg)
     labels = OmegaConf.to_container(cfg.labels) if OmegaConf.is_config(cfg.labels) else cfg.labels
     guidance = OmegaConf.to_container(cfg.guidance, resolve=True)
     x, info = sample_checkpoint(loaded, sampler, cfg.n, cfg.batch_size, cfg.seed, cfg.device, cfg.ema,
