@@ -1,6 +1,6 @@
 """The CIFAR-10 recipes of Song et al. as experiment presets (conf/experiment/cifar10_*.yaml): each
 composes to the reference config's optimiser, warm-up, clipping, EMA, batch, SDE, loss reduction,
-data options and network size, and its tiny variant (experiment=[RECIPE,cifar10_tiny]) trains a few
+data options and network size, and its tiny variant (experiment=RECIPE_tiny) trains a few
 steps on a tiny CIFAR-format set the test writes, through the streaming loader with flips."""
 import json
 
@@ -53,7 +53,7 @@ def test_recipe_composes_to_the_reference_config(recipe):
 
 @pytest.mark.parametrize("recipe", sorted(RECIPES))
 def test_tiny_variant_of_each_recipe_trains_a_few_steps_on_a_cifar_format_set(recipe, cifar_root, tmp_path):
-    cfg = OmegaConf.to_container(compose_conf("train", [f"experiment=[{recipe},cifar10_tiny]",
+    cfg = OmegaConf.to_container(compose_conf("train", [f"experiment={recipe}_tiny",
                                                         f"data.root={cifar_root}"]), resolve=True)
     assert cfg["model"]["nf"] == 8 and cfg["data"]["stream"] and cfg["data"]["flip"]
     metrics = train(cfg, tmp_path)

@@ -58,7 +58,8 @@ def report_user_error(e: BaseException) -> int:
 # what to say about a mandatory value (``???`` in conf/) left unset, by its key
 REQUIRED_HINTS = {
     "checkpoint": "give the path of a checkpoint written by scoresde-train (e.g. "
-                  "checkpoint=outputs/train/<date>/<time>/checkpoints/last.pt) or checkpoint=diffusers:FOLDER",
+                  "checkpoint=outputs/train/<date>/<time>/checkpoints/last.pt), checkpoint=diffusers:FOLDER or "
+                  "checkpoint=score_sde:FILE score_sde.config=NAME",
     "data.root": "give the folder the data set lies in (data.root=/path/to/data)",
 }
 

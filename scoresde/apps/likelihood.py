@@ -4,12 +4,19 @@
     scoresde-likelihood checkpoint=... split=train n=500 divergence=hutchinson seed=1
     python -m scoresde.apps.likelihood checkpoint=... rtol=1e-6 atol=1e-6
     scoresde-likelihood checkpoint=diffusers:/models/ddpm data=image_folder data.root=/my/images data.size=32
+    scoresde-likelihood checkpoint=score_sde:checkpoint_26.pth score_sde.config=vp/cifar10_ddpmpp_continuous \
+        data=cifar10 data.root=/data protocol=score_sde repeats=5 n=null     # the paper's bits/dim
 
 The data set is rebuilt from the checkpoint's config (same seed: the same held-out points the
 trainer evaluated); ``data=NAME data.KEY=...`` scores another data set instead (it must live in
 the model's space).  ``checkpoint=diffusers:PATH`` is a local diffusers model folder
 (:func:`scoresde.checkpoints.load_score`): it carries no data set, so ``data=`` is required (an
-image data set: 8-bit levels on the grid x = 2 k / 255 - 1, the DDPM convention).
+image data set: 8-bit levels on the grid x = 2 k / 255 - 1, the DDPM convention); so does
+``checkpoint=score_sde:PATH`` with ``score_sde.config=NAME_OR_FILE`` (a score_sde_pytorch checkpoint).
+``protocol=score_sde`` is the paper's bits/dim (cells [k/256, (k+1)/256) of pixel intensity in the
+model's data range, one Rademacher probe per image per pass, ``repeats`` passes; ``log_det_bits``
+is the reference's 7 / 8 bits "offset"); ``protocol=ours`` centres the cells on the training grid
+(docs/likelihood.md says how the two relate).
 ``sd.log_likelihood`` gives log p in the model's space; the density of the
 data as given is
 
@@ -88,7 +95,7 @@ class LikelihoodAppSchema:
     batch_size: int = 1000
     divergence: Optional[str] = None   # exact | hutchinson (null: exact; hutchinson under protocol=score_sde)
     protocol: str = "ours"             # images: ours | score_sde (the paper's bits/dim, docs/likelihood.md)
-    repeats: int = 1                   # images: dequantization passes per image
+    repeats: int = 1                   # images: dequantization passes per image (a solve holds batch x repeats)
     solver: str = "dopri5"             # the ODE's torchdiffeq method, or adams (ours)
     rtol: float = 1e-5
     atol: float = 1e-5

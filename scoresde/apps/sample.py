@@ -4,6 +4,7 @@
     scoresde-sample checkpoint=... sampler=dpm_solver sampler.steps=10 n=5000 seed=1
     python -m scoresde.apps.sample checkpoint=... sampler=pc sampler.corrector=langevin
     scoresde-sample checkpoint=diffusers:/models/ddpm sampler=sde n=16     # a diffusers model folder
+    scoresde-sample checkpoint=score_sde:checkpoint_26.pth score_sde.config=vp/cifar10_ddpmpp_continuous n=16
 
 Writes to the run directory: ``samples.pt`` (a tensor ``[n, ...]`` in data space: the inverse
 of the data set's scaler, so pixels in [0, 1] for images), ``samples.png`` (a scatter plot over
