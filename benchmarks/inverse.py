@@ -105,7 +105,8 @@ def main() -> None:
                 if k > args.smc_only_above and method != "smc":
                     continue
                 t0 = time.perf_counter()
-                o = sd.sample_posterior(sf, sde, op, Y, method=method, generator=torch.Generator().manual_seed(0), **kw)
+                o = sd.sample_posterior(sf, sde, op, Y, nonfinite="count", method=method,
+                                        generator=torch.Generator().manual_seed(0), **kw)
                 sec = time.perf_counter() - t0
                 st = sd.metrics.mode_w2(o.x.double(), post)
                 row = dict(problem=name, method=method, options=" ".join(f"{a}={b}" for a, b in kw.items()),
@@ -171,7 +172,7 @@ def seed_spread(args) -> None:
         for steps in args.steps:
             for seed in range(args.seeds):
                 t0 = time.perf_counter()
-                o = sd.sample_posterior(mix.score_fn(sde), sde, op, Y, method="smc", steps=steps,
+                o = sd.sample_posterior(mix.score_fn(sde), sde, op, Y, nonfinite="count", method="smc", steps=steps,
                                         generator=torch.Generator().manual_seed(seed), **POOLED)
                 st = sd.metrics.mode_w2(o.x.double(), post)
                 rows.append(dict(problem=name, steps=steps, nfe=o.nfe, seed=seed,

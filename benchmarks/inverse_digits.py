@@ -69,12 +69,15 @@ def complete(model, op, y: torch.Tensor, method: str, steps: int, particles: int
     g = torch.Generator().manual_seed(seed)
     if method == "smc":
         res = sd.sample_posterior(model, model.sde, op, y.repeat_interleave(particles, 0), method="smc",
+                                  nonfinite="count",
                                   generator=g, steps=steps, particles=particles)
         return res.x.reshape(len(y), particles, *res.x.shape[1:])[:, 0], res
     if method == "replacement":
-        res = sd.sample_posterior(model, model.sde, op, y, method="replacement", generator=g, steps=steps)
+        res = sd.sample_posterior(model, model.sde, op, y, method="replacement", generator=g, steps=steps,
+                                  nonfinite="count")
     else:
         res = sd.sample_posterior(model, model.sde, op, y, method=method, sampler="pc", generator=g, steps=steps,
+                                  nonfinite="count",
                                   predictor="reverse_diffusion")
     return res.x, res
 

@@ -13,7 +13,7 @@ from .mixture import GaussianMixture, ring8, anisotropic, build_mixture
 from . import metrics
 from . import samplers
 from .samplers import sample, build_sampler, SampleResult, optimize_grid, save_grid, load_grid
-from .score import ScoreModel, build_score_model
+from .score import ScoreModel, build_score_model, NonFiniteError
 from .losses import DSMLoss, dsm_loss
 from . import nn, data
 from . import guidance, classifier
@@ -33,7 +33,7 @@ __all__ = [
     "GaussianMixture", "ring8", "anisotropic", "build_mixture",
     "metrics",
     "samplers", "sample", "build_sampler", "SampleResult", "optimize_grid", "save_grid", "load_grid",
-    "ScoreModel", "build_score_model", "DSMLoss", "dsm_loss", "nn", "data",
+    "ScoreModel", "build_score_model", "NonFiniteError", "DSMLoss", "dsm_loss", "nn", "data",
     "training", "Trainer", "load_model", "load_classifier", "load_score",
     "log_likelihood", "bits_per_dim", "LikelihoodResult", "BitsPerDimResult", "elbo", "ELBOResult",
     "interop",

@@ -14,12 +14,12 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, NamedTuple, Optional, Tuple, Union
 
 import torch
 
+from .atomic import atomic_write
 from .classifier import CLASSIFIER_KIND, NoisyClassifier, build_classifier
 from .device import resolve_device
 from .score import ScoreModel, build_score_model
@@ -44,21 +44,8 @@ CHECKPOINT_VERSION = 1
 # checkpoints
 # ---------------------------------------------------------------------------------------------
 def save_checkpoint(state: Dict[str, Any], path: PathLike) -> Path:
-    """Write ``state`` to ``path`` atomically: a temp file in the same directory, then os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    """Write ``state`` to ``path`` atomically (:func:`scoresde.atomic.atomic_write`)."""
+    return atomic_write(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: PathLike, map_location="cpu") -> Dict[str, Any]:
@@ -86,16 +73,10 @@ def load_model(path: PathLike, device=None, ema: bool = True) -> ScoreModel:
     ``model.checkpoint`` holds the step, the config and the data set's scaler and event shape.
     """
     state = load_checkpoint(path)
-    if state["spec"].get("kind") == "classifier":
+    if state["spec"].get("kind") == CLASSIFIER_KIND:
         raise ValueError(f"{path} is a noisy-classifier checkpoint (task=classifier), not a score model; "
                          f"load it with sd.load_classifier")
-    model = build_score_model(state["spec"])
-    model.load_state_dict(state["ema"] if ema else state["model"])
-    model.requires_grad_(False).eval()
-    model.checkpoint = {"step": state["step"], "config": state["config"], "data": state.get("data", {})}
-    if device is not None:
-        model.to(resolve_device(device))
-    return model
+    return _restore(build_score_model(state["spec"]), state, ema, device)
 
 
 def load_classifier(path: PathLike, device=None, ema: bool = True) -> NoisyClassifier:
@@ -105,13 +86,18 @@ def load_classifier(path: PathLike, device=None, ema: bool = True) -> NoisyClass
     if state["spec"].get("kind") != CLASSIFIER_KIND:
         raise ValueError(f"{path} is a score-model checkpoint, not a noisy classifier (train one with "
                          f"scoresde-train task=classifier; load score models with sd.load_model)")
-    clf = build_classifier(state["spec"])
-    clf.load_state_dict(state["ema"] if ema else state["model"])
-    clf.requires_grad_(False).eval()
-    clf.checkpoint = {"step": state["step"], "config": state["config"], "data": state.get("data", {})}
+    return _restore(build_classifier(state["spec"]), state, ema, device)
+
+
+def _restore(net: torch.nn.Module, state: Dict[str, Any], ema: bool, device) -> torch.nn.Module:
+    """``net`` with the checkpoint's EMA (or raw) weights, strictly, frozen in eval mode, with
+    ``.checkpoint`` (step, config, data) and on ``device`` if given."""
+    net.load_state_dict(state["ema"] if ema else state["model"])
+    net.requires_grad_(False).eval()
+    net.checkpoint = {"step": state["step"], "config": state["config"], "data": state.get("data", {})}
     if device is not None:
-        clf.to(resolve_device(device))
-    return clf
+        net.to(resolve_device(device))
+    return net
 
 
 # ---------------------------------------------------------------------------------------------

@@ -118,15 +118,27 @@ def expand_to(coef: Tensor, x: Tensor) -> Tensor:
     return coef.reshape(coef.shape + (1,) * (x.dim() - coef.dim()))
 
 
+def time_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of times and coefficients for data of ``dtype``: float32 or wider.
+
+    Half-precision data (float16, bfloat16) keeps its times in float32: bfloat16 holds only 8
+    significant bits, so a 1,000-step grid would reach the network as about 500 distinct times.
+    """
+    if not dtype.is_floating_point or dtype.is_complex:
+        return torch.get_default_dtype()
+    return torch.promote_types(dtype, torch.float32)
+
+
 def as_time(t: TimeLike, x: Optional[Tensor] = None, *, batch: Optional[int] = None,
             dtype: Optional[torch.dtype] = None, device=None) -> Tensor:
-    """Turn a float or tensor time into a ``[B]`` tensor on ``x``'s device and dtype.
+    """Turn a float or tensor time into a ``[B]`` tensor on ``x``'s device, in :func:`time_dtype`
+    of x's dtype (x's own dtype unless x is half precision: then float32).
 
     A scalar is broadcast to the batch size of ``x`` (or ``batch``); a ``[B]`` tensor must match it.
     """
     if x is not None:
         batch = x.shape[0] if batch is None else batch
-        dtype = x.dtype if dtype is None else dtype
+        dtype = time_dtype(x.dtype) if dtype is None else dtype
         device = x.device if device is None else device
     if not torch.is_tensor(t):
         t = torch.tensor(float(t), dtype=dtype or torch.get_default_dtype(), device=device)

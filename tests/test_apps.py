@@ -74,6 +74,11 @@ def test_sample_app_takes_the_centred_prior_and_rejects_an_unknown_one(trained, 
     assert torch.equal(torch.load(tmp_path / "a" / "samples.pt"), ref.x)
     info = json.loads((tmp_path / "a" / "sample.json").read_text())
     assert info["options"]["prior"] == "centred" and info["nfe"] == 6 + 1
+    assert info["nonfinite"] == 0               # samples holding NaN/Inf (the default raises on any)
+    _app(monkeypatch, sample_app.main, [f"checkpoint={ckpt}", f"hydra.run.dir={tmp_path / 'c'}", "n=30",
+                                        "sampler=heun", "sampler.steps=3", "sampler.nonfinite=count", "seed=1"])
+    info = json.loads((tmp_path / "c" / "sample.json").read_text())
+    assert info["options"]["nonfinite"] == "count" and info["nonfinite"] == 0
     with pytest.raises(SystemExit) as exc:
         _app(monkeypatch, sample_app.main, [f"checkpoint={ckpt}", f"hydra.run.dir={tmp_path / 'b'}",
                                             "sampler.prior=middle"])

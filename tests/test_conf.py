@@ -96,8 +96,8 @@ def test_sample_and_likelihood_configs_compose_with_their_defaults():
     s = _compose("sample", ["checkpoint=ck.pt"])
     assert (s.checkpoint, s.n, s.sampler.name) == ("ck.pt", 1000, "ode")
     lk = _compose("likelihood", ["checkpoint=ck.pt"])
-    # divergence null: exact under protocol=ours, hutchinson under protocol=score_sde
-    assert (lk.split, lk.divergence, lk.protocol, lk.eps) == ("test", None, "ours", 1e-5)
+    # divergence auto: exact up to D = 64, hutchinson above and under protocol=score_sde
+    assert (lk.split, lk.divergence, lk.protocol, lk.eps) == ("test", "auto", "ours", 1e-5)
 
 
 @pytest.mark.parametrize("name, override, key", [

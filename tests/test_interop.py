@@ -46,6 +46,67 @@ def test_missing_diffusers_names_the_extra(monkeypatch):
 
 # -- the discrete schedule as an SDE -----------------------------------------------------------
 
+@pytest.mark.parametrize("table", [
+    DDPMScheduler(beta_schedule="linear").alphas_cumprod.double(),
+    DDPMScheduler(beta_schedule="scaled_linear").alphas_cumprod.double(),
+    DDPMScheduler(beta_schedule="squaredcos_cap_v2").alphas_cumprod.double(),
+    torch.cumprod(1 - torch.linspace(1e-4, 0.02, 10, dtype=F64), 0),          # few knots: PCHIP's end slope 0
+], ids=["linear", "scaled_linear", "cosine", "ten_knots"])
+def test_t_from_log_snr_by_inverse_table_and_newton_matches_the_bisection_to_1e_10(table):
+    """The precomputed inverse table + Newton steps (no per-call bisection) against the 60-step
+    bisection it replaced, on a fine grid of t, the tiny times near 0 and past T."""
+    sde = DiscreteVPSDE(table)
+    t = torch.cat([torch.linspace(0.0, 1.0, 20001, dtype=F64), torch.logspace(-14, -2, 300, dtype=F64),
+                   torch.tensor([1.0001, 1.2], dtype=F64)])
+    lam = sde.log_snr(t)
+    fast, ref = sde.t_from_log_snr(lam), sde._t_from_log_snr_bisect(lam)
+    torch.testing.assert_close(fast, ref, rtol=0, atol=1e-10)
+
+
+def test_t_from_log_snr_costs_a_few_dozen_ops_not_a_bisection():
+    """Counted aten ops of one call on a [1000] batch: the bisection took thousands."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.n += 1
+            return func(*args, **(kwargs or {}))
+
+    sde = DiscreteVPSDE(DDPMScheduler(beta_schedule="linear").alphas_cumprod.double())
+    lam = sde.log_snr(torch.linspace(0.01, 0.99, 1000, dtype=F64))
+    sde.t_from_log_snr(lam)                     # builds the inverse table once
+    with Count():
+        sde.t_from_log_snr(lam)
+    fast = Count.n
+    Count.n = 0
+    with Count():
+        sde._t_from_log_snr_bisect(lam)
+    assert fast < 400 and Count.n > 10 * fast, (fast, Count.n)
+
+
+def test_diffusers_score_keeps_the_timestep_float32_for_a_bf16_model():
+    """A bf16 UNet gets the fractional timestep in float32 (993.76, not bf16's 992)."""
+    seen = []
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones((), dtype=torch.bfloat16))
+
+        def forward(self, x, k):
+            seen.append(k)
+            return x * self.w
+
+    table = DiscreteVPSDE(DDPMScheduler(beta_schedule="linear").alphas_cumprod.double())
+    score = sd.interop.diffusers.DiffusersScore(Net(), table, table, "epsilon")
+    t = table.time_of_timestep(torch.tensor([993.76], dtype=F64)).float()
+    out = score(torch.zeros(1, 2), t)
+    assert out.dtype == torch.float32 and seen[0].dtype == torch.float32
+    assert float(seen[0]) == pytest.approx(993.76, abs=1e-3)
+
+
 @pytest.mark.parametrize("schedule", ["squaredcos_cap_v2", "scaled_linear", "linear"])
 def test_table_sde_is_consistent_and_passes_through_the_table(schedule):
     table = DDPMScheduler(beta_schedule=schedule).alphas_cumprod.double()

@@ -67,14 +67,18 @@ def test_predictor_steps_match_the_sdes_tensor_formulas(name, sde):
     assert not torch.allclose(out, mean)  # the noise term is there
 
 
-def test_langevin_with_a_zero_score_gives_nan_not_an_exception():
+def test_langevin_with_a_zero_score_gives_nan_not_a_zero_division():
     """An untrained network starts at zero output: the step r |z| / |g| is infinite, as tensors
-    compute it (both norms), not a ZeroDivisionError from the batch-mean form."""
+    compute it (both norms), not a ZeroDivisionError from the batch-mean form; the NaN it makes is
+    reported (NonFiniteError by default, counted with nonfinite="count")."""
     sde = sd.VPSDE()
     for norm in ("batch", "sample"):
-        out = sd.sample(lambda x, t: torch.zeros_like(x), sde, (8, 2), sampler="pc", steps=2, corrector="langevin",
-                        langevin_norm=norm, generator=torch.Generator().manual_seed(0))
-        assert out.x.shape == (8, 2) and torch.isnan(out.x).all()
+        kw = dict(sampler="pc", steps=2, corrector="langevin", langevin_norm=norm)
+        with pytest.raises(sd.NonFiniteError, match="sampler 'pc'.*evaluation 2 of 4"):
+            sd.sample(lambda x, t: torch.zeros_like(x), sde, (8, 2), generator=torch.Generator().manual_seed(0), **kw)
+        out = sd.sample(lambda x, t: torch.zeros_like(x), sde, (8, 2), generator=torch.Generator().manual_seed(0),
+                        nonfinite="count", **kw)
+        assert out.x.shape == (8, 2) and torch.isnan(out.x).all() and out.nonfinite == 8
 
 
 def test_langevin_step_batch_rule_is_the_reference_codes_batch_mean():

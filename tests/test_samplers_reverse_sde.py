@@ -67,8 +67,8 @@ def test_srk_is_more_accurate_than_euler_on_the_same_noise():
         k = [0]
 
         class Coarse(orig):
-            def __init__(self, size, h, draw, dtype, device, levy, steps):
-                super().__init__(size, h, draw, dtype, device, levy, steps)
+            def __init__(self, size, h, draw, dtype, device, levy, steps, **kw):
+                super().__init__(size, h, draw, dtype, device, levy, steps, **kw)
 
             def __call__(self, ta, tb=None, return_U=False, return_A=False):
                 j = int(round(float(ta) / self._h))

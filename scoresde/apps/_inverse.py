@@ -343,7 +343,7 @@ def inverse_checkpoint(loaded, options: Dict[str, Any], seed: int = 0, progress:
             "n": n, "samples_per_image": k, "particles_per_draw": per, "batch": int(y_rep.shape[0]),
             "nfe": int(res.nfe), "backward_passes": int(res.backward_passes), "seconds": round(res.seconds, 4),
             "wall_seconds": round(wall, 4), "seed": seed, "observation_shape": list(obs_shape),
-            "original_given": original is not None}
+            "original_given": original is not None, "nonfinite": int(res.nonfinite)}
     if observed is not None:
         info["observed_fraction"] = float(observed.float().mean())
     return {"samples": samples, "observation": y_data, "shown": shown, "original": original,

@@ -100,7 +100,7 @@ def sample_checkpoint(checkpoint, sampler: Dict[str, Any], n: int, batch_size: O
     name = sampler.get("name", "ode")
     sd.build_sampler(name, **opts)   # names and the prior checked before any work
     g = cpu_generator(seed)
-    chunks, nfes, seconds = [], [], 0.0
+    chunks, nfes, seconds, n_bad = [], [], 0.0, 0
     calls = passes = clf_calls = 0
     t0 = time.perf_counter()
     for start in range(0, n, batch_size or n):
@@ -123,12 +123,15 @@ def sample_checkpoint(checkpoint, sampler: Dict[str, Any], n: int, batch_size: O
             passes += fn.forward_passes
         chunks.append(res.x.cpu())
         nfes.append(int(res.nfe))
+        n_bad += int(res.nonfinite)
         seconds += res.seconds
     x = Scaler(**meta["scaler"]).to_data(torch.cat(chunks))
     info = {"step": meta["step"], "data": meta["data_name"], "source": meta["source"],
             "sampler": name, "options": opts, "n": n, "nfe": sum(nfes), "nfe_per_batch": nfes,
             "seconds": round(seconds, 4), "wall_seconds": round(time.perf_counter() - t0, 4),
-            "seed": seed, "ema": ema, "device": str(dev)}
+            "seed": seed, "ema": ema, "device": str(dev),
+            # samples holding a NaN/Inf: 0 unless sampler.nonfinite=count (the default raises)
+            "nonfinite": n_bad}
     if y is not None:
         info.update(labels=y.tolist(), guidance=guide, network_calls=calls, forward_passes=passes)
         if clf is not None:

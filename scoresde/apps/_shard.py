@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from ..metrics.stats import atomic_write_bytes
+from ..atomic import atomic_write_bytes
 from ..plots import save_samples_png
 from ._common import load_app_score
 

@@ -42,7 +42,7 @@ from ..data import build_dataset
 from ..metrics import evaluate, load_stats, markdown, reference_stats
 from ..metrics.digits import DigitsFeatures
 from ..metrics.features import FeatureExtractor
-from ..metrics.stats import atomic_write_bytes
+from ..atomic import atomic_write_bytes
 from . import schema  # noqa: F401  (registers the group schemas)
 from ..checkpoints import load_score
 from ._common import ScoreSdeOptions, check_overrides, config_path, exit_on_user_error, load_app_score, run_dir

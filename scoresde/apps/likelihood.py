@@ -81,7 +81,8 @@ __all__ = ["LikelihoodAppSchema", "checkpoint_likelihood", "run_likelihood", "ta
 
 SPLITS = ("test", "train")
 PROTOCOLS = ("ours", "score_sde")
-DIVERGENCES = ("exact", "hutchinson")
+DIVERGENCES = ("auto", "exact", "hutchinson")
+NONFINITE = ("raise", "count")
 METHODS = ("ode", "elbo", "both")
 ESTIMATORS = ("dsm", "ism")
 
@@ -93,7 +94,7 @@ class LikelihoodAppSchema:
     split: str = "test"
     n: Optional[int] = 2000
     batch_size: int = 1000
-    divergence: Optional[str] = None   # exact | hutchinson (null: exact; hutchinson under protocol=score_sde)
+    divergence: str = "auto"           # auto | exact | hutchinson (auto: hutchinson under protocol=score_sde)
     protocol: str = "ours"             # images: ours | score_sde (the paper's bits/dim, docs/likelihood.md)
     repeats: int = 1                   # images: dequantization passes per image (a solve holds batch x repeats)
     solver: str = "dopri5"             # the ODE's torchdiffeq method, or adams (ours)
@@ -108,6 +109,7 @@ class LikelihoodAppSchema:
     n_t: int = 1000
     estimator: str = "dsm"
     importance_sampling: bool = False
+    nonfinite: str = "raise"
 
 
 ConfigStore.instance().store(name="likelihood_schema", node=LikelihoodAppSchema)
@@ -138,11 +140,11 @@ def _methods(method: Union[str, Sequence[str]]) -> List[str]:
 
 
 def checkpoint_likelihood(checkpoint, split: str = "test", n: Optional[int] = 2000, batch_size: int = 1000,
-                          divergence: Optional[str] = None, rtol: float = 1e-5, atol: float = 1e-5, eps: float = 1e-5,
+                          divergence: str = "auto", rtol: float = 1e-5, atol: float = 1e-5, eps: float = 1e-5,
                           seed: int = 0, device: str = "auto", ema: bool = True,
                           method: Union[str, Sequence[str]] = "ode", n_t: int = 1000, estimator: str = "dsm",
                           importance_sampling: bool = False,
-                          data: Optional[Dict[str, Any]] = None, score_sde_config: Any = None,
+                          data: Optional[Dict[str, Any]] = None, nonfinite: str = "raise", score_sde_config: Any = None,
                           protocol: str = "ours", repeats: int = 1, solver: str = "dopri5") -> Dict[str, Any]:
     """The NLL of ``n`` points of ``split`` under a checkpoint's model, by the probability-flow
     ODE and/or the reverse SDE's variational bound (see the module docstring).
@@ -150,10 +152,15 @@ def checkpoint_likelihood(checkpoint, split: str = "test", n: Optional[int] = 20
     ``checkpoint``: a path, ``diffusers:PATH``, ``score_sde:PATH`` (with ``score_sde_config``), a
     model from :func:`scoresde.load_model` or a :class:`LoadedScore`.  ``data``: a data set config
     (``name`` and its arguments) in place of the checkpoint's own; required for a diffusers or
-    score_sde model.  Images only: ``protocol`` ``"ours"`` (cells of width 1 / (L - 1) centred on
-    the training grid, or the dequantization cells of a dequantized set) or ``"score_sde"`` (the
+    score_sde model.  ``batch_size`` bounds the points a solve takes and the rows of every score
+    call (``max_rows``: an ELBO's n_t draws and Stein pairs are split into calls of at most
+    ``batch_size`` rows).  ``divergence="auto"``: exact up to D = 64, Hutchinson above
+    (``divergence_used`` in the output says which ran).  ``nonfinite``: ``"raise"`` (stop on a
+    NaN/Inf) or ``"count"`` (keep going; ``nonfinite`` and ``elbo_nonfinite`` in the output count
+    the points).  Images only: ``protocol`` ``"ours"`` (cells of width 1 / (L - 1) centred on the
+    training grid, or the dequantization cells of a dequantized set) or ``"score_sde"`` (the
     paper's: cells [k / L, (k + 1) / L) of pixel intensity, i.e. (U + 255 img) / 256, one
-    Rademacher probe per image per pass; ``divergence`` defaults to hutchinson), ``repeats``
+    Rademacher probe per image per pass: ``divergence`` auto means hutchinson), ``repeats``
     dequantization passes (each image's bound averaged over them), ``solver`` the ODE's method.
     """
     import scoresde as sd
@@ -162,8 +169,8 @@ def checkpoint_likelihood(checkpoint, split: str = "test", n: Optional[int] = 20
         raise ValueError(f"unknown split {split!r}; valid splits: {list(SPLITS)}")
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; valid protocols: {list(PROTOCOLS)}")
-    if divergence is None:
-        divergence = "hutchinson" if protocol == "score_sde" else "exact"
+    if protocol == "score_sde" and divergence == "auto":
+        divergence = "hutchinson"
     if protocol == "score_sde" and divergence != "hutchinson":
         raise ValueError(f"protocol=score_sde draws one Rademacher probe per image per pass: divergence must be "
                          f"hutchinson, got {divergence!r}")
@@ -171,6 +178,8 @@ def checkpoint_likelihood(checkpoint, split: str = "test", n: Optional[int] = 20
         raise ValueError(f"repeats must be an integer >= 1, got {repeats!r}")
     if divergence not in DIVERGENCES:
         raise ValueError(f"unknown divergence {divergence!r}; valid estimators: {list(DIVERGENCES)}")
+    if nonfinite not in NONFINITE:
+        raise ValueError(f"unknown nonfinite {nonfinite!r}; valid: {list(NONFINITE)}")
     methods = _methods(method)
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown estimator {estimator!r}; valid estimators: {list(ESTIMATORS)}")
@@ -225,15 +234,16 @@ def checkpoint_likelihood(checkpoint, split: str = "test", n: Optional[int] = 20
     for m in methods:
         g.set_state(state)
         if m == "ode":
-            kwargs: Dict[str, Any] = dict(divergence=divergence, rtol=rtol, atol=atol, eps=eps, generator=g)
+            kwargs: Dict[str, Any] = dict(divergence=divergence, rtol=rtol, atol=atol, eps=eps, generator=g,
+                                          max_rows=batch_size, nonfinite=nonfinite)
             if solver != "dopri5":
                 kwargs["solver" if levels is not None else "method"] = solver
         else:
             kwargs = dict(n_t=n_t, estimator=estimator, importance_sampling=bool(importance_sampling), eps=eps,
-                          generator=g)
+                          generator=g, max_rows=batch_size, nonfinite=nonfinite)
             if estimator == "ism":
                 kwargs["divergence"] = divergence
-        logps, ses, nfes = [], [], []
+        logps, ses, nfes, n_bad, used = [], [], [], 0, None
         t0 = time.perf_counter()
         for start in range(0, x.shape[0], batch_size):
             if levels is None:
@@ -252,6 +262,8 @@ def checkpoint_likelihood(checkpoint, split: str = "test", n: Optional[int] = 20
                 if m == "elbo":
                     ses.append(ll.stderr.detach().double().cpu() * (dims * math.log(2.0)))
             nfes.append(int(ll.nfe))
+            n_bad += int(getattr(ll, "nonfinite", 0))
+            used = getattr(ll, "divergence", used)
         seconds = time.perf_counter() - t0
         logp = torch.cat(logps)
         nll = -(logp + log_det)
@@ -271,6 +283,9 @@ def checkpoint_likelihood(checkpoint, split: str = "test", n: Optional[int] = 20
         out[p + "nfe"] = sum(nfes)
         out[p + "nfe_per_batch"] = nfes
         out[p + "seconds"] = round(seconds, 4)
+        out[p + "nonfinite"] = n_bad
+        if m == "ode" and used:
+            out["divergence_used"] = used
         if m == "elbo":
             se = torch.cat(ses)                 # the Monte Carlo error of the mean over the points
             out["elbo_mc_se"] = float(se.pow(2).mean().div(se.numel()).sqrt())
@@ -310,8 +325,8 @@ def run_likelihood(cfg: DictConfig, out_dir: Path) -> Dict[str, Any]:
     out = checkpoint_likelihood(cfg.checkpoint, cfg.split, cfg.n, cfg.batch_size, cfg.divergence, cfg.rtol,
                                 cfg.atol, cfg.eps, cfg.seed, cfg.device, cfg.ema, method=method, n_t=cfg.n_t,
                                 estimator=cfg.estimator, importance_sampling=cfg.importance_sampling, data=data,
-                                score_sde_config=cfg.score_sde.config, protocol=cfg.protocol, repeats=cfg.repeats,
-                                solver=cfg.solver)
+                                nonfinite=cfg.get("nonfinite", "raise"), score_sde_config=cfg.score_sde.config,
+                                protocol=cfg.protocol, repeats=cfg.repeats, solver=cfg.solver)
     out = {"checkpoint": str(cfg.checkpoint), **out}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "likelihood.json").write_text(json.dumps(out, indent=2))

@@ -117,8 +117,10 @@ def _registries() -> Dict[str, Tuple[Dict[str, Callable], Tuple[str, ...], Tuple
         "sde": (SDES, (), ()),
         "model": (MODELS, ("data_shape",), score_fields),   # data_shape comes from the data set
         "data": (DATASETS, (), ()),
-        # a sampler node may also say where the run starts (scoresde.sample's ``prior``)
-        "sampler": (SAMPLERS, ("score_fn", "sde", "x", "ctx", "t_start"), (("prior", str, "sde"),)),
+        # a sampler node may also say where the run starts (scoresde.sample's ``prior``) and what
+        # a NaN does (``nonfinite``)
+        "sampler": (SAMPLERS, ("score_fn", "sde", "x", "ctx", "t_start"),
+                    (("prior", str, "sde"), ("nonfinite", str, "raise"))),
         "loss": (LOSSES, (), ()),
         # task=classifier: the noisy classifier's options and the training-time floor eps of its loss
         "classifier": ({"mlp": NoisyClassifier}, ("data_shape", "num_classes"),

@@ -168,8 +168,9 @@ class Bench:
         z = self.noise(p, cell.sde, cell.seed)
         g = self.sampler_generator(cell.seed)
         timed = TimedScore(score, self.device)
+        # a method's failures are measured (inf errors), not raised
         out = sampler(timed, sde, z.shape, generator=g, eps=self.eps, device=self.device, dtype=self.dtype,
-                      x_init=z.to(self.device, self.dtype))
+                      x_init=z.to(self.device, self.dtype), nonfinite="count")
         x = out.x.detach().to(torch.float64).cpu()
         nan = float("nan")
         row: Dict[str, Any] = dict(problem=cell.problem, sde=cell.sde if p.own_sde is None else type(sde).__name__,

@@ -111,8 +111,8 @@ class DiffusersScore(nn.Module):
     """A diffusers model as ``score_fn(x, t)`` with ``.sde`` (built by :func:`from_diffusers`).
 
     ``timestep(t)`` is what the model is given at time t: the fractional table index of t's noise
-    level (alphas_cumprod schedulers) or sigma(t) (VE).  The model runs in its own dtype; the
-    score comes back in x's.
+    level (alphas_cumprod schedulers) or sigma(t) (VE), in float32 or wider whatever the model's
+    dtype.  The model runs in its own dtype; the score comes back in x's.
     """
 
     def __init__(self, unet: nn.Module, sde: SDE, table: Optional[DiscreteVPSDE], prediction_type: str,
@@ -141,7 +141,10 @@ class DiffusersScore(nn.Module):
         k = self.timestep(t)
         p = next(iter(self.unet.parameters()), None)
         mdtype = p.dtype if p is not None else x.dtype
-        out = _model_output(self.unet(x.to(mdtype), k.to(mdtype), **self.model_kwargs)).to(x.dtype)
+        # the timestep stays float32 or wider: in bfloat16 timestep 993.76 would become 992
+        # (diffusers' UNets embed a float32 timestep and cast the embedding to their own dtype)
+        k = k.to(torch.promote_types(mdtype, torch.float32))
+        out = _model_output(self.unet(x.to(mdtype), k, **self.model_kwargs)).to(x.dtype)
         if self.table is None:   # ScoreSdeVe models return the score
             return out
         al, sg = self.sde.coefs(t, dtype=x.dtype, device=x.device)

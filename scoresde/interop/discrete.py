@@ -126,9 +126,57 @@ class DiscreteVPSDE(SDE):
         B = self.cum_beta(as_time(t))[0]
         return -0.5 * B - 0.5 * torch.log(-torch.expm1(-B))
 
-    def t_from_log_snr(self, lam: Tensor, iters: int = 60) -> Tensor:
-        """The time of log-SNR ``lam``: B* = log(1 + e^{-2 lam}), its cell by ``searchsorted``,
-        then bisection on the (monotone) cubic of that cell to float64 precision."""
+    # points of the inverse table per table cell.  Its linear interpolation starts Newton within
+    # about 1e-7 in t; two Newton steps reach float64 rounding on DDPM's and Stable Diffusion's
+    # tables, four on every table tried (measured worst 5e-13 against the bisection: a cubic
+    # whose B'' jumps at a knot slows the first steps), so four is the default.
+    _INVERSE_PER_CELL = 16
+
+    def _inverse_table(self, device) -> Tuple[Tensor, Tensor]:
+        """``(t_j, B(t_j))``: ``_INVERSE_PER_CELL`` uniform points a table cell, and below the
+        first of them a geometric grid down to 1e-12 of it, where B ~ c t or c t^2 (PCHIP's end
+        slope may be clipped to 0) and a uniform grid's linear interpolation would start Newton
+        far off in relative terms."""
+        key = ("inverse", str(device))
+        if key not in self._cache:
+            first = self.h / self._INVERSE_PER_CELL
+            geo = first * torch.logspace(-12, 0, 97, dtype=torch.float64)[:-1]
+            uni = torch.linspace(first, self.T, self._INVERSE_PER_CELL * self.N, dtype=torch.float64)
+            tg = torch.cat([torch.zeros(1, dtype=torch.float64), geo, uni])
+            self._cache[key] = (tg.to(device), self.cum_beta(tg)[0].to(device))
+        return self._cache[key]
+
+    def t_from_log_snr(self, lam: Tensor, iters: int = 4) -> Tensor:
+        """The time of log-SNR ``lam``: B* = log(1 + e^{-2 lam}), a first guess by linear
+        interpolation in a precomputed table of (t, B(t)) (:meth:`_inverse_table`), then ``iters``
+        Newton steps t <- t - (B(t) - B*) / B'(t) on the cubic, kept inside the bracketing
+        interval of the table.
+
+        A few dozen tensor ops whatever the table, where the bisection it replaces
+        (:meth:`_t_from_log_snr_bisect`, kept as the reference) took 60 evaluations of the cubic,
+        about 11,000 small ops a call; the two agree to 1e-10 (tests/test_interop.py).
+        """
+        lam = torch.as_tensor(lam)
+        dtype = lam.dtype if lam.is_floating_point() else torch.get_default_dtype()
+        l64 = lam.to(torch.float64)
+        Bk, mk = self._knots(l64.device)
+        tg, Bg = self._inverse_table(l64.device)
+        target = torch.nn.functional.softplus(-2.0 * l64)
+        i = torch.clamp(torch.searchsorted(Bg, target.reshape(-1).contiguous()) - 1, 0,
+                        tg.numel() - 2).reshape(target.shape)
+        lo, hi = tg[i], tg[i + 1]                # B is increasing: the root lies in [lo, hi]
+        w = ((target - Bg[i]) / (Bg[i + 1] - Bg[i])).clamp(0.0, 1.0)
+        t = lo + w * (hi - lo)
+        for _ in range(int(iters)):
+            B, dB = self.cum_beta(t)
+            ok = dB > 0
+            step = torch.where(ok, (B - target) / torch.where(ok, dB, torch.ones_like(dB)), torch.zeros_like(dB))
+            t = torch.minimum(torch.maximum(t - step, lo), hi)
+        t = torch.where(target > Bk[-1], self.T + (target - Bk[-1]) / mk[-1], t)
+        return t.to(dtype)
+
+    def _t_from_log_snr_bisect(self, lam: Tensor, iters: int = 60) -> Tensor:
+        """The reference inverse: the cell by ``searchsorted``, then bisection on its cubic."""
         lam = torch.as_tensor(lam)
         dtype = lam.dtype if lam.is_floating_point() else torch.get_default_dtype()
         l64 = lam.to(torch.float64)

@@ -47,7 +47,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -55,6 +54,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..atomic import atomic_write
 from ..nn.ddpm import DDPM
 from ..nn.ncsnpp import NCSNpp
 from ..score import ScoreModel
@@ -356,21 +356,6 @@ def from_score_sde(path: PathLike, config, ema: bool = True, device=None) -> Sco
 # ---------------------------------------------------------------------------------------------
 # out
 # ---------------------------------------------------------------------------------------------
-def _atomic_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _check_sde(sde: SDE, want: SDE) -> None:
     same = type(sde) is type(want) and all(
         abs(float(getattr(sde, a)) - float(getattr(want, a))) <= 1e-12 * max(1.0, abs(float(getattr(want, a))))
@@ -438,5 +423,5 @@ def to_score_sde(model: nn.Module, path: PathLike, config, ema: Optional[Union[n
                     "shadow_params": shadow},
             "step": int(step)}
     path = Path(path).expanduser()
-    _atomic_save(ckpt, path)
+    atomic_write(path, lambda f: torch.save(ckpt, f))
     return path

@@ -31,6 +31,8 @@ class BitsPerDimResult:
         logp: ``[R, B]`` log-density (nats) of each dequantized copy in the model's data space.
         log_det: the scaling term D log((hi - lo) / levels) in nats per sample.
         nfe: score_fn evaluations; seconds: wall time.
+        divergence: the divergence that ran (the ODE's; ``"stein"`` etc. for the ELBO's ism).
+        nonfinite: points with a NaN/Inf log p (``nonfinite="count"`` in ``kwargs``).
     """
 
     bpd: Tensor
@@ -39,6 +41,8 @@ class BitsPerDimResult:
     log_det: float
     nfe: int
     seconds: float
+    divergence: str = ""
+    nonfinite: int = 0
 
 
 def bits_per_dim(score_fn: ScoreFn, sde: SDE, x: Tensor, *, levels: int = 256,
@@ -96,7 +100,8 @@ def bits_per_dim(score_fn: ScoreFn, sde: SDE, x: Tensor, *, levels: int = 256,
             image per pass), ``eps=1e-5``, ``rtol = atol = 1e-5`` and ``repeats`` passes: its
             dequantized input (U + 255 img) / 256 is x above, and its offset is ``log_det``.
         **kwargs: passed to ``log_likelihood`` or ``elbo`` (divergence, probes, rtol, atol, eps,
-            n_t, ...).
+            n_t, ``max_rows`` (the bound on the rows of one score call; repeats x points are
+            chunked by it), ``nonfinite``, ...).
     """
     start = time.perf_counter()
     if isinstance(levels, bool) or not isinstance(levels, int) or levels < 2:
@@ -157,4 +162,6 @@ def bits_per_dim(score_fn: ScoreFn, sde: SDE, x: Tensor, *, levels: int = 256,
         log_det=log_det,
         nfe=res.nfe,
         seconds=time.perf_counter() - start,
+        divergence=getattr(res, "divergence", ""),
+        nonfinite=int(getattr(res, "nonfinite", 0)),
     )

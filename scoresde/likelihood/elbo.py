@@ -84,10 +84,12 @@ from typing import Callable, Optional
 
 import torch
 
+from ..device import sde_of
 from ..losses import importance_norm, importance_time
-from ..sde import SDE, ScoreFn, expand_to
+from ..score import CountingScore, check_max_rows, check_nonfinite_mode, finish_nonfinite
+from ..sde import SDE, ScoreFn, expand_to, time_dtype
 from .divergence import _exact_trace, _quadratic_forms
-from .ode import check_data
+from .ode import check_data, resolve_divergence
 
 Tensor = torch.Tensor
 
@@ -112,6 +114,7 @@ class ELBOResult:
         nfe: counted ``score_fn`` calls.
         evaluations: score rows per data point (n_t, or 2 n_t with Stein pairs, times probes).
         seconds: wall time.
+        nonfinite: points with a NaN/Inf draw (0 unless ``nonfinite="count"``).
     """
 
     elbo: Tensor
@@ -123,6 +126,7 @@ class ELBOResult:
     nfe: int
     evaluations: int
     seconds: float
+    nonfinite: int = 0
 
 
 def _check_name(value: str, valid, what: str) -> str:
@@ -149,16 +153,6 @@ def _probes(noise: str, shape, x: Tensor, generator) -> Tensor:
     device = generator.device if generator is not None else x.device
     e = torch.randint(0, 2, shape, generator=generator, device=device).to(x.dtype) * 2 - 1
     return e.to(x.device)
-
-
-def _count_score(score_fn: ScoreFn, counter: list) -> ScoreFn:
-    def counted(x: Tensor, t: Tensor) -> Tensor:
-        counter[0] += 1
-        s = score_fn(x, t)
-        if s.shape != x.shape:
-            raise ValueError(f"score_fn returned shape {tuple(s.shape)} for x of shape {tuple(x.shape)}")
-        return s
-    return counted
 
 
 def _integrand(score: ScoreFn, estimator: str, divergence: str, noise: str, probes: int,
@@ -198,11 +192,12 @@ def _integrand(score: ScoreFn, estimator: str, divergence: str, noise: str, prob
     return div.detach() + 0.5 * s.detach().pow(2).reshape(R, -1).sum(-1)
 
 
-def elbo(score_fn: ScoreFn, sde: SDE, x: Tensor, *, n_t: int = 64, estimator: str = "dsm",
+def elbo(score_fn: ScoreFn, sde: Optional[SDE] = None, x: Optional[Tensor] = None, *, n_t: int = 64, estimator: str = "dsm",
          divergence: Optional[str] = None, probes: int = 1, noise: str = "rademacher",
          importance_sampling: bool = False, eps: float = 1e-5,
          prior_logp: Optional[Callable[[Tensor], Tensor]] = None, batch_size: Optional[int] = None,
-         generator: Optional[torch.Generator] = None) -> ELBOResult:
+         generator: Optional[torch.Generator] = None, max_rows: Optional[int] = None,
+         nonfinite: str = "raise") -> ELBOResult:
     r"""A per-point lower bound on log q_eps(x) of the reverse-SDE model, in nats (module docstring).
 
         ELBO(x) = E log pi(x_T) + D log a_T - int_eps^T g^2 E[div s(x_t, t) + |s(x_t, t)|^2 / 2] dt
@@ -213,8 +208,9 @@ def elbo(score_fn: ScoreFn, sde: SDE, x: Tensor, *, n_t: int = 64, estimator: st
         x: points ``[B, ...]`` (any data shape) on the device to compute on, read as data at eps.
         n_t: time draws per point (>= 2, for the standard error).
         estimator: ``"dsm"`` (denoising form, antithetic Stein pairs) or ``"ism"``.
-        divergence: for ``"ism"``: ``"exact"`` (default), ``"hutchinson"`` or ``"stein"``; for
-            ``"dsm"`` only ``"stein"`` (the default).
+        divergence: for ``"ism"``: ``"exact"`` (the default up to D = 64,
+            :data:`~scoresde.likelihood.ode.AUTO_EXACT_MAX_DIM`), ``"hutchinson"`` (the default
+            above) or ``"stein"``; for ``"dsm"`` only ``"stein"`` (the default).
         probes: Hutchinson probes or Stein pairs per draw (``"ism"`` with those divergences only).
         noise: Hutchinson probe law, ``"rademacher"`` or ``"gaussian"``.
         importance_sampling: t ~ q proportional to g^2 / sigma^2 (uniform for VE) instead of
@@ -223,17 +219,31 @@ def elbo(score_fn: ScoreFn, sde: SDE, x: Tensor, *, n_t: int = 64, estimator: st
         prior_logp: log pi in place of the SDE's N(0, prior_std^2 I) (then estimated by MC).
         batch_size: at most this many points at once (each with its ``n_t`` draws).
         generator: all the randomness (times, noise, probes, prior draws).
+        max_rows: the most rows one score call sees (default :data:`scoresde.score.MAX_ROWS`):
+            the ``n_t`` draws of the points (times their Stein pairs or probes) are split into
+            calls of at most this many rows, whatever ``batch_size`` and ``n_t`` are.  The noise
+            is drawn call by call, so a different split gives other (equally valid) draws.
+        nonfinite: ``"raise"`` (default) or ``"count"`` (``.nonfinite``: points whose bound is
+            NaN/Inf), as for :func:`~scoresde.likelihood.log_likelihood`.
 
     Returns:
         :class:`ELBOResult` (``elbo``, ``stderr``, ``prior``, ``drift``, ``diffusion``, ``draws``,
-        ``nfe``, ``evaluations``, ``seconds``).
+        ``nfe``, ``evaluations``, ``seconds``, ``nonfinite``).
     """
     start = time.perf_counter()
+    sde = sde_of(score_fn, sde, "elbo")
+    if not torch.is_tensor(x):
+        raise TypeError(f"x must be a tensor [B, ...], got {type(x).__name__}")
     check_data(sde, x)
+    x = x.to(time_dtype(x.dtype))       # half-precision data: the estimate in float32
+    nonfinite = check_nonfinite_mode(nonfinite)
+    max_rows = check_max_rows(max_rows)
     n_t = _positive_int(n_t, "n_t", 2)
     estimator = _check_name(estimator, ESTIMATORS, "estimator")
     if divergence is None:
-        divergence = "stein" if estimator == "dsm" else "exact"
+        divergence = "stein" if estimator == "dsm" else "auto"
+    if divergence == "auto" and estimator == "ism":
+        divergence = resolve_divergence("auto", x[0].numel() if len(x) else 0)
     divergence = _check_name(divergence, DIVERGENCES, "divergence")
     noise = _check_name(noise, NOISES, "noise")
     probes = _positive_int(probes, "probes")
@@ -267,21 +277,32 @@ def elbo(score_fn: ScoreFn, sde: SDE, x: Tensor, *, n_t: int = 64, estimator: st
     g2 = sde.diffusion(t) ** 2
     v = v.clamp_min(torch.finfo(f64).tiny)     # t == eps exactly: the pair's difference is then 0
 
-    counter = [0]
-    score = _count_score(score_fn, counter)
+    score = CountingScore(score_fn, check_finite=True)
+    rows_per_draw = (2 if (estimator == "dsm" or divergence == "stein") else 1) * \
+        (probes if (estimator == "ism" and divergence == "stein") else 1)
+    if rows_per_draw > max_rows:
+        raise ValueError(f"max_rows={max_rows} is below the {rows_per_draw} score rows one draw needs "
+                         f"(Stein pairs x probes)")
+    per_call = max_rows // rows_per_draw          # draws a score call holds
     bs = B if batch_size is None else batch_size
     vals = []
     with torch.no_grad():
         for i in range(0, B, bs):
             xc = x[i:i + bs]
             b = xc.shape[0]
+            # draw j of point i is row j * b + i of [n_t * b]; a call takes rows [r, r + per_call),
+            # its points gathered by index, so no [n_t * b, ...] copy of the data is ever made
             ac = a[:, i:i + bs].reshape(-1).to(x.dtype)
-            xr = xc.repeat((n_t,) + (1,) * (xc.dim() - 1))              # row j * b + i is point i
-            m = expand_to(ac, xr) * xr
             vc = v[:, i:i + bs].reshape(-1).to(x.dtype)
             tc = t[:, i:i + bs].reshape(-1).to(x.dtype)
-            vals.append(_integrand(score, estimator, divergence, noise, probes, m, vc, tc, generator)
-                        .reshape(n_t, b).to(f64))
+            parts = []
+            for r in range(0, n_t * b, per_call):
+                rows = slice(r, min(r + per_call, n_t * b))
+                idx = torch.arange(rows.start, rows.stop, device=x.device) % b
+                xr = xc[idx]
+                m = expand_to(ac[rows], xr) * xr
+                parts.append(_integrand(score, estimator, divergence, noise, probes, m, vc[rows], tc[rows], generator))
+            vals.append(torch.cat(parts).reshape(n_t, b).to(f64))
     val = torch.cat(vals, 1)                                            # [n_t, B]
     diff_draws = -(weight * g2) * val
 
@@ -299,8 +320,7 @@ def elbo(score_fn: ScoreFn, sde: SDE, x: Tensor, *, n_t: int = 64, estimator: st
         xT = aT.to(x.dtype) * x[None] + torch.sqrt(vT).to(x.dtype) * zT
         prior_draws = prior_logp(xT.reshape((n_t * B,) + tuple(x.shape[1:]))).reshape(n_t, B).to(f64)
     draws = prior_draws + drift[None] + diff_draws
-    rows_per_draw = (2 if (estimator == "dsm" or divergence == "stein") else 1) * \
-        (probes if (estimator == "ism" and divergence == "stein") else 1)
+    n_bad = finish_nonfinite("elbo", score, draws.t(), nonfinite, what="points' draws")
     if x.is_cuda:
         torch.cuda.synchronize(x.device)
     dtype = x.dtype
@@ -311,9 +331,10 @@ def elbo(score_fn: ScoreFn, sde: SDE, x: Tensor, *, n_t: int = 64, estimator: st
         drift=drift.to(dtype),
         diffusion=diff_draws.mean(0).to(dtype),
         draws=draws.to(dtype),
-        nfe=counter[0],
+        nfe=score.calls,
         evaluations=n_t * rows_per_draw,
         seconds=time.perf_counter() - start,
+        nonfinite=n_bad,
     )
 
 

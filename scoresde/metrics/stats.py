@@ -18,7 +18,6 @@ import dataclasses
 import io
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
@@ -26,9 +25,11 @@ from typing import Any, Dict, Optional, Union
 import numpy as np
 import torch
 
+from ..atomic import atomic_write_bytes
+
 Tensor = torch.Tensor
 
-__all__ = ["FeatureStats", "feature_stats", "as_stats", "save_stats", "load_stats", "atomic_write_bytes"]
+__all__ = ["FeatureStats", "feature_stats", "as_stats", "save_stats", "load_stats"]
 
 _META_KEY = "scoresde_meta"
 _CHECKED = ("extractor", "weights_sha256", "resize")     # must agree between two statistics
@@ -109,22 +110,6 @@ def as_stats(x: Union[Tensor, FeatureStats], name: str = "features") -> FeatureS
         return feature_stats(torch.as_tensor(x), keep_features=True)
     except ValueError as e:
         raise ValueError(f"{name}: {e}") from None
-
-
-def atomic_write_bytes(path: Union[str, os.PathLike], data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``,
-    so a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_stats(stats: FeatureStats, path: Union[str, os.PathLike], features: bool = True) -> Path:

@@ -18,8 +18,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .layers_pp import (AttnBlockDDPM, DownsampleDDPM, ResnetBlockDDPM, UpsampleDDPM, conv3x3, default_init_,
-                        group_norm, timestep_embedding)
+from .layers_pp import (AttnBlockDDPM, DownsampleDDPM, ResnetBlockDDPM, UpsampleDDPM, check_image_input, conv3x3,
+                        default_init_, group_norm, timestep_embedding)
 from .ncsnpp import ACTIVATIONS, _choice, reference_sigmas
 
 Tensor = torch.Tensor
@@ -103,14 +103,7 @@ class DDPM(nn.Module):
         self.all_modules = nn.ModuleList(m)
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        if x.ndim != 4 or x.shape[1] != self.num_channels or tuple(x.shape[2:]) != (self.image_size,) * 2:
-            raise ValueError(f"DDPM expects x of shape [B, {self.num_channels}, {self.image_size}, "
-                             f"{self.image_size}], got {list(x.shape)}")
-        t = torch.as_tensor(t, device=x.device)
-        if t.ndim == 0:
-            t = t.expand(x.shape[0])
-        if t.shape != (x.shape[0],):
-            raise ValueError(f"t must have shape [B] = [{x.shape[0]}], got {list(t.shape)}")
+        t = check_image_input("DDPM", x, t, "t", self.num_channels, self.image_size)
         mods = iter(self.all_modules)
         act = self.act
         temb = None

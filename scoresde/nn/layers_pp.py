@@ -39,13 +39,27 @@ from torch import nn
 
 Tensor = torch.Tensor
 
-__all__ = ["default_init_", "conv3x3", "conv1x1", "NIN", "GaussianFourierProjection", "timestep_embedding",
+__all__ = ["check_image_input", "default_init_",
+           "conv3x3", "conv1x1", "NIN", "GaussianFourierProjection", "timestep_embedding",
            "fir_kernel_2d", "upsample_fir", "downsample_fir", "naive_upsample", "naive_downsample",
            "FIRDownConv2d", "Combine", "AttnBlockpp", "Upsample", "Downsample", "ResnetBlockDDPMpp",
            "ResnetBlockBigGANpp", "AttnBlockDDPM", "UpsampleDDPM", "DownsampleDDPM", "ResnetBlockDDPM",
            "groups_pp", "group_norm"]
 
 _SQRT2 = math.sqrt(2.0)
+
+
+def check_image_input(net: str, x: Tensor, t, t_name: str, channels: int, size: int) -> Tensor:
+    """Check ``x`` is ``[B, channels, size, size]`` and return the per-sample ``t`` as ``[B]``
+    (a scalar is broadcast); a mismatch is a ValueError naming ``net`` and the argument."""
+    if x.ndim != 4 or x.shape[1] != channels or tuple(x.shape[2:]) != (size,) * 2:
+        raise ValueError(f"{net} expects x of shape [B, {channels}, {size}, {size}], got {list(x.shape)}")
+    t = torch.as_tensor(t, device=x.device)
+    if t.ndim == 0:
+        t = t.expand(x.shape[0])
+    if t.shape != (x.shape[0],):
+        raise ValueError(f"{t_name} must have shape [B] = [{x.shape[0]}], got {list(t.shape)}")
+    return t
 
 
 def groups_pp(channels: int) -> int:

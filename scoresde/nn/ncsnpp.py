@@ -61,7 +61,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layers_pp import (AttnBlockpp, Combine, Downsample, GaussianFourierProjection, ResnetBlockBigGANpp,
-                        ResnetBlockDDPMpp, Upsample, conv3x3, default_init_, downsample_fir, fir_kernel_2d,
+                        ResnetBlockDDPMpp, Upsample, check_image_input, conv3x3, default_init_, downsample_fir,
+                        fir_kernel_2d,
                         group_norm, naive_downsample, naive_upsample, timestep_embedding, upsample_fir)
 
 Tensor = torch.Tensor
@@ -235,14 +236,7 @@ class NCSNpp(nn.Module):
         return downsample_fir(x, self.fir_kernel) if self.fir else naive_downsample(x)
 
     def forward(self, x: Tensor, c: Tensor) -> Tensor:
-        if x.ndim != 4 or x.shape[1] != self.num_channels or tuple(x.shape[2:]) != (self.image_size,) * 2:
-            raise ValueError(f"NCSNpp expects x of shape [B, {self.num_channels}, {self.image_size}, "
-                             f"{self.image_size}], got {list(x.shape)}")
-        c = torch.as_tensor(c, device=x.device)
-        if c.ndim == 0:
-            c = c.expand(x.shape[0])
-        if c.shape != (x.shape[0],):
-            raise ValueError(f"c must have shape [B] = [{x.shape[0]}], got {list(c.shape)}")
+        c = check_image_input("NCSNpp", x, c, "c", self.num_channels, self.image_size)
         mods = iter(self.all_modules)
         act = self.act
 

@@ -46,13 +46,15 @@ from typing import Callable, Dict, Optional, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ..score import CountingScore
-from ..sde import PRIORS, SDE, ScoreFn, check_prior
+from ..device import batch_shape, device_of, sde_of
+from ..score import CountingScore, NONFINITE, NonFiniteError, check_nonfinite_mode, finish_nonfinite, reraise_nonfinite
+from ..sde import PRIORS, SDE, ScoreFn, check_prior, time_dtype
 
 Tensor = torch.Tensor
 
 __all__ = ["SampleResult", "Sampler", "sample", "build_sampler", "SAMPLERS", "PRIORS", "SAMPLE_ARGS", "register_sampler",
-           "sampler_options", "SamplerContext", "CountingScore", "ItemNoise", "item_seed"]
+           "sampler_options", "SamplerContext", "CountingScore", "ItemNoise", "item_seed", "NONFINITE",
+           "NonFiniteError"]
 
 _MASK64 = (1 << 64) - 1
 
@@ -118,6 +120,8 @@ class SampleResult:
 
     ``x``: the samples ``[B, ...]``;  ``nfe``: the exact number of score evaluations;
     ``seconds``: wall-clock time of the sampling loop (after a CUDA synchronize);
+    ``nonfinite``: the number of samples holding a NaN/Inf (always 0 under ``nonfinite="raise"``,
+    which raises instead);
     ``trajectory`` ``[n_times, B, ...]`` and ``times`` ``[n_times]`` (forward time t, from T down
     to eps) when ``return_trajectory=True``, else None;  ``sampler`` and ``options``: what ran.
     """
@@ -129,6 +133,7 @@ class SampleResult:
     times: Optional[Tensor] = None
     sampler: str = ""
     options: dict = field(default_factory=dict)
+    nonfinite: int = 0
 
 
 class SamplerContext:
@@ -198,7 +203,7 @@ def register_sampler(name: str):
 
 _COMMON = ("score_fn", "sde", "x", "ctx", "eps", "t_start")
 
-SAMPLE_ARGS = ("eps", "prior")
+SAMPLE_ARGS = ("eps", "prior", "nonfinite")
 """Keys a sampler config may hold besides the sampler's options: :func:`sample`'s own arguments."""
 
 
@@ -231,21 +236,26 @@ class Sampler:
             raise ValueError(f"unknown option(s) {unknown} for sampler {name!r}; "
                              f"valid options: {sorted(valid)}")
         self.name = name
-        self.call_defaults = {"eps": float(options.pop("eps", 1e-3)), "prior": options.pop("prior", "sde")}
+        self.call_defaults = {"eps": float(options.pop("eps", 1e-3)), "prior": options.pop("prior", "sde"),
+                              "nonfinite": options.pop("nonfinite", "raise")}
         check_prior(self.call_defaults["prior"])
+        check_nonfinite_mode(self.call_defaults["nonfinite"])
         self.options = dict(options)
 
     def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
         return f"Sampler({self.name!r}{', ' if opts else ''}{opts})"
 
-    def __call__(self, score_fn: ScoreFn, sde: SDE, shape: Sequence[int],
+    def __call__(self, score_fn: ScoreFn, sde: Optional[SDE] = None, shape=None,
                  generator: Optional[torch.Generator] = None, eps: Optional[float] = None,
                  progress: bool = False, device=None, dtype: torch.dtype = torch.float32,
                  return_trajectory: bool = False, x_init: Optional[Tensor] = None,
-                 prior: Optional[str] = None, t_start: Optional[float] = None) -> SampleResult:
+                 prior: Optional[str] = None, t_start: Optional[float] = None,
+                 nonfinite: Optional[str] = None) -> SampleResult:
+        sde = sde_of(score_fn, sde, f"sampler {self.name!r}")
         eps = self.call_defaults["eps"] if eps is None else eps
         prior = check_prior(self.call_defaults["prior"] if prior is None else prior)
+        nonfinite = check_nonfinite_mode(self.call_defaults["nonfinite"] if nonfinite is None else nonfinite)
         if not 0 < eps < sde.T:
             raise ValueError(f"eps must lie in (0, T={sde.T}), got {eps}")
         t0 = float(sde.T) if t_start is None else float(t_start)
@@ -256,26 +266,33 @@ class Sampler:
                 raise ValueError("t_start < T needs x_init, a draw of p_t_start (the prior is p_T's)")
             if prior != "sde":
                 raise ValueError(f"prior={prior!r} shifts a draw at T; with t_start < T give x_init as it is")
-        shape = tuple(int(s) for s in shape)
-        if len(shape) < 1 or min(shape) < 1:
-            raise ValueError(f"shape must be [B, ...] with positive sizes, got {shape}")
+        if shape is None:
+            if x_init is None:
+                raise ValueError("shape is required ([B, *data_shape], or a batch size for a score with "
+                                 "data_shape) unless x_init is given")
+            shape = tuple(x_init.shape)
+        shape = batch_shape(shape, score_fn)
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
         if device is None:
-            device = (x_init.device if x_init is not None
-                      else generator.device if generator is not None else torch.device("cpu"))
+            device = device_of(score_fn, x_init, generator=generator)
         device = torch.device(device)
+        # the solver state, times and coefficients: float32 or wider (half precision belongs to
+        # the network, which ScoreModel feeds in its own dtype); the samples come back in dtype
+        state_dtype = time_dtype(dtype)
         if isinstance(generator, ItemNoise) and len(generator) != shape[0]:
             raise ValueError(f"generator is an ItemNoise of {len(generator)} items for a batch of {shape[0]}")
         if x_init is None and isinstance(generator, ItemNoise):
-            x = (generator.randn(shape, dtype) * sde.prior_std).to(device)     # prior_sample, item by item
+            x = (generator.randn(shape, state_dtype) * sde.prior_std).to(device)     # prior_sample, item by item
         elif x_init is None:
-            x = sde.prior_sample(shape, generator=generator, dtype=dtype,
+            x = sde.prior_sample(shape, generator=generator, dtype=state_dtype,
                                  device=generator.device if generator is not None else device).to(device)
         else:
             if tuple(x_init.shape) != shape:
                 raise ValueError(f"x_init has shape {tuple(x_init.shape)}, expected {shape}")
-            x = x_init.to(device=device, dtype=dtype)
+            x = x_init.to(device=device, dtype=state_dtype)
         bar = tqdm(total=None, desc=self.name, unit="nfe", leave=False) if progress else None
-        counter = CountingScore(score_fn, bar)
+        counter = CountingScore(score_fn, bar, check_finite=True)
         ctx = SamplerContext(generator, return_trajectory, bar)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -284,18 +301,26 @@ class Sampler:
             with torch.no_grad():
                 if prior == "centred":
                     x = x + sde.prior_mean(counter, x)
-                out = self.fn(counter, sde, x, ctx, eps=float(eps), t_start=t0, **self.options)
+                try:
+                    out = self.fn(counter, sde, x, ctx, eps=float(eps), t_start=t0, **self.options)
+                except (AssertionError, RuntimeError, ValueError) as err:
+                    # an adaptive solver fed NaN stops on its own (torchdiffeq: "underflow in dt")
+                    reraise_nonfinite(f"sampler {self.name!r}", counter, err)
+                    raise
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
         finally:
             if bar is not None:
                 bar.close()
         seconds = time.perf_counter() - start
+        n_bad = finish_nonfinite(f"sampler {self.name!r}", counter, out, nonfinite)
         traj = times = None
         if return_trajectory:
             traj = torch.stack(ctx.states) if ctx.states else out[None]
             times = torch.stack(ctx.times) if ctx.times else torch.tensor([eps], dtype=torch.float64)
-        return SampleResult(out, counter.calls, seconds, traj, times, self.name, dict(self.options))
+            traj = traj.to(dtype)
+        return SampleResult(out.to(dtype), counter.calls, seconds, traj, times, self.name, dict(self.options),
+                            nonfinite=n_bad)
 
 
 def build_sampler(name: str, **options) -> Sampler:
@@ -307,25 +332,35 @@ def build_sampler(name: str, **options) -> Sampler:
     return Sampler(name, **options)
 
 
-def sample(score_fn: ScoreFn, sde: SDE, shape: Sequence[int], sampler: str = "pc",
+def sample(score_fn: ScoreFn, sde: Optional[SDE] = None, shape=None, sampler: str = "pc",
            generator: Optional[torch.Generator] = None, eps: float = 1e-3, progress: bool = False,
            device=None, dtype: torch.dtype = torch.float32, return_trajectory: bool = False,
            x_init: Optional[Tensor] = None, prior: str = "sde", t_start: Optional[float] = None,
+           nonfinite: str = "raise",
            **options) -> SampleResult:
     """Draw samples of shape ``shape`` by integrating the reverse process from T down to ``eps``.
 
     Args:
         score_fn: ``score_fn(x, t) -> Tensor`` with ``x [B, ...]`` and ``t [B]``.
-        sde: the forward SDE (its prior gives the starting noise).
-        shape: ``[B, ...]``, the shape of the returned samples.
+        sde: the forward SDE (its prior gives the starting noise); default ``score_fn.sde`` where
+            the score carries one (a loaded model does); a different one warns naming both.
+        shape: ``[B, ...]``, the shape of the returned samples, or a batch size ``B`` alone for a
+            score that carries ``data_shape`` (a loaded model); anything else is a ValueError.
         sampler: a name from :data:`SAMPLERS`; ``options`` are its keyword arguments.
         generator: the only source of randomness (prior draw and every noise); the same seed
-            gives the same samples.  An :class:`ItemNoise` gives each item its own stream from
+            gives the same samples.  The noise is drawn on the generator's device and moved to
+            the samples' device: a CPU generator (the default way) gives the same samples on every
+            device, up to the device's arithmetic; a generator on the sampling device (e.g.
+            ``torch.Generator("cuda")``) avoids the copies and is reproducible on that device
+            only.  An :class:`ItemNoise` gives each item its own stream from
             (seed, index), so samples do not depend on the batching (see the module docstring).
         eps: the smallest time reached (Song et al.: 1e-3).
         progress: show a tqdm bar counting score evaluations.
-        device: where the samples live (default: the generator's device, else CPU).
-        dtype: the samples' dtype.
+        device: where the samples live; default: the score's device when it is (or wraps) a
+            module with parameters, else ``x_init``'s, else the generator's, else the CPU.
+        dtype: the samples' dtype.  The solver's state, times and coefficients stay float32 or
+            wider (float16/bfloat16 run in float32 and are cast at the end); half precision
+            belongs to the network (a bf16 :class:`~scoresde.ScoreModel` casts its input).
         return_trajectory: also return the states along the way (``.trajectory``, ``.times``).
         x_init: start from this prior draw instead of drawing one.
         prior: ``"sde"`` (the SDE's N(0, prior_std^2)) or ``"centred"``: the same draw shifted by
@@ -339,14 +374,21 @@ def sample(score_fn: ScoreFn, sde: SDE, shape: Sequence[int], sampler: str = "pc
             from ``x_init``, a draw of p_t_start (SDEdit, :func:`scoresde.edit.sdedit`).  Every
             sampler's time grid then spans [eps, t_start]: ``steps`` counts the steps from
             t_start down to eps, and a named grid spaces its rule over that interval.
+        nonfinite: ``"raise"`` (default): a NaN/Inf in the state or the score raises
+            :class:`~scoresde.score.NonFiniteError` naming the sampler, the score evaluation and
+            its t; ``"count"``: keep going and report the number of non-finite samples in
+            ``.nonfinite``.  The check costs two reductions an evaluation and one host sync at the
+            end, none per step.  An adaptive solver (``"ode"`` with dopri5) cannot step on a NaN
+            error norm: it raises NonFiniteError under either option.
 
     Returns:
-        :class:`SampleResult` with ``.x``, ``.nfe``, ``.seconds`` and optionally the trajectory.
+        :class:`SampleResult` with ``.x``, ``.nfe``, ``.seconds``, ``.nonfinite`` and optionally
+        the trajectory.
     """
     return build_sampler(sampler, **options)(score_fn, sde, shape, generator=generator, eps=eps,
                                              progress=progress, device=device, dtype=dtype,
                                              return_trajectory=return_trajectory, x_init=x_init, prior=prior,
-                                             t_start=t_start)
+                                             t_start=t_start, nonfinite=nonfinite)
 
 
 # the registry is filled as the sampler modules are imported

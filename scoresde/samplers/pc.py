@@ -110,8 +110,12 @@ def corrector_step(name: str, score_fn, sde: SDE, x: Tensor, t_vec: Tensor, t: f
     if name == "langevin":
         zn, gn = _flat_norm(z), _flat_norm(g)
         if norm == "batch":
-            zm, gm = float(zn.mean()), float(gn.mean())
-            step = 2.0 * a * (snr * zm / gm) ** 2 if gm > 0 else math.inf  # a zero score: as tensors do
+            # one step size for the batch, kept on the device as a 0-dim float64 tensor: reading
+            # the norms on the host would cost a device sync every corrector step.  A zero score
+            # gives an infinite step (as before: zm / 0 = inf).
+            step = 2.0 * a * (snr * zn.mean().double() / gn.mean().double()) ** 2
+            mean = torch.addcmul(x, step.to(x.dtype), g)
+            return torch.addcmul(mean, (2.0 * step).sqrt().to(x.dtype), z), mean
         else:
             # step = c r^2 with r = |z| / |g|, c = 2 a snr^2; the noise scale sqrt(2 step) = sqrt(2 c) r
             c = 2.0 * a * snr ** 2

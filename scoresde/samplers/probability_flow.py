@@ -43,7 +43,7 @@ import torch
 from torchdiffeq import odeint
 
 from ..flow import TIME_VARIABLES, VP_CLOCK, TimeVariable
-from ..sde import SDE
+from ..sde import SDE, time_dtype
 from . import register_sampler
 from .grids import GridLike, resolve_grid
 
@@ -124,37 +124,34 @@ def integrate_probability_flow(score_fn, sde: SDE, x: Tensor, t_start: float, t_
     shape = x.shape
 
     batch = shape[0]
-    cache: dict = {}
+    # The right-hand side's coefficients are computed on the device from torchdiffeq's time
+    # tensor u (a dozen one-element float64 ops): reading u on the host (``float(u)``) would
+    # cost a device sync at every evaluation, stalling the GPU between the stages of a step.
+    # Adaptive solvers (torchdiffeq's dopri5) still sync in their own step control.
+    t_dtype = time_dtype(x.dtype)
 
-    def at(u: float) -> tuple:
-        # (the multiplier of y, the score's factor, t as the score's [B] input): Python floats
-        # from sde.scalars (the same for every sample), kept for the last few times, since steps
-        # revisit some (a fixed-grid step's end is the next step's start)
-        out = cache.get(u)
-        if out is None:
-            # clamp: adaptive solvers probe beyond the interval when choosing the first step
-            uc = min(max(u, lo), hi)
-            t = tv.scalar_t_of_u(uc)
-            c = sde.scalars(t)
-            if time_variable == "t":
-                a, k = c.f, -0.5 * c.g ** 2
-            elif time_variable == "sigma":
-                a, k = c.alpha, -c.sigma
+    def coefs(u: Tensor) -> tuple:
+        # clamp: adaptive solvers probe beyond the interval when choosing the first step
+        uc = u.detach().to(torch.float64).clamp(lo, hi).reshape(1)
+        t = tv.t_of_u(uc)
+        if time_variable == "t":
+            a, k = sde.drift_coef(t), -0.5 * sde.diffusion(t) ** 2
+        else:
+            al, sg = sde.mean_coef(t), sde.std(t)
+            if time_variable == "sigma":
+                a, k = al, -sg
             elif time_variable == "log_sigma":
-                a, k = c.alpha, -c.sigma ** 2 / c.alpha
+                a, k = al, -sg ** 2 / al
             else:  # dx~/dtau = -alpha (sigma~ dsigma~/dtau) score, sigma~ dsigma~/dtau = beta(tau) (1 + sigma~^2) / 2
-                a, k = c.alpha, -c.alpha * 0.5 * VP_CLOCK.beta(uc) * (1.0 + (c.sigma / c.alpha) ** 2)
-            if len(cache) > 8:
-                cache.clear()
-            out = cache[u] = (a, k, torch.full((batch,), t, dtype=x.dtype, device=x.device))
-        return out
+                a, k = al, -al * 0.5 * VP_CLOCK.beta(uc) * (1.0 + (sg / al) ** 2)
+        return a.to(x.dtype), k.to(x.dtype), t.to(t_dtype).expand(batch)
 
     def rhs(u: Tensor, y: Tensor) -> Tensor:
-        a, k, t_vec = at(float(u))
+        a, k, t_vec = coefs(u)
         if time_variable == "t":  # f y - g^2 / 2 score
-            return torch.add(y * a, score_fn(y, t_vec), alpha=k)
+            return torch.addcmul(y * a, score_fn(y, t_vec), k)
         # -c score(alpha y)
-        return score_fn(y if a == 1.0 else y * a, t_vec) * k
+        return score_fn(y * a, t_vec) * k
 
     out_u = [u0]
     if times is not None:

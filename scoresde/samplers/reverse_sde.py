@@ -20,8 +20,10 @@ from a tree of seeded draws, cost more than half of an Euler step at a batch of 
 fixed-step solvers never need more than their own steps.  The last step is not denoised: its
 noise, of variance g(eps)^2 dt, is tiny at eps (about 2e-4 for VP with 500 steps).
 
-The coefficients f(t) and g(t) are Python floats from ``sde.scalars`` (shared by every sample);
-at a batch of 1,000, computing them as one-element tensors cost a tenth of a score evaluation.
+The coefficients f(t) and g(t) are one-element tensors computed on the device from torchsde's
+time tensor (a few small ops a step; reading the time on the host would cost a device sync an
+evaluation).  torchsde's own fixed-step loop compares its time tensors on the host, two syncs a
+step (torchsde 0.2.x); this module adds none per step.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from typing import Optional
 import torch
 import torchsde
 
-from ..sde import SDE
+from ..sde import SDE, time_dtype
 from . import register_sampler
 
 Tensor = torch.Tensor
@@ -59,37 +61,43 @@ class _ReverseTimeSDE:
         self.flat = len(self.shape) == 2  # vectors: torchsde's [B, D] state is the data's shape
         # torchsde asks for f at the same (tau, y) more than once: its contract check evaluates
         # f(ts[0], y0) before the first step does, and its SRK step recomputes earlier stages.
-        # A small cache keyed on (tau, the state tensor) makes each point one score evaluation.
+        # A small cache keyed on the state tensor makes each point one score evaluation.
         self._cache: list = []
-        self._coefs: dict = {}
+        self._coefs_list: list = []
 
-    def _at(self, tau: float, y: Tensor) -> tuple:
-        """``(f(t), g(t), t as the score's [B] input)`` at t = t_start - tau: the coefficients as Python
-        floats from ``sde.scalars`` (shared by every sample), kept for the last few times, since a
-        step asks for the same time several times."""
-        out = self._coefs.get(tau)
-        if out is None:
-            t = self.t_start - tau
-            c = self.sde.scalars(t)
-            if len(self._coefs) > 8:
-                self._coefs.clear()
-            out = self._coefs[tau] = (c.f, c.g, torch.full((self.batch,), t, dtype=y.dtype, device=y.device))
+    def _at(self, tau, y: Tensor) -> tuple:
+        """``(f(t), g(t), t as the score's [B] input, g(t)^2)`` at t = t_start - tau, computed on the device from
+        torchsde's time tensor (reading it on the host would be a device sync an evaluation), kept
+        for the last few time tensors, since a step asks for the same time several times."""
+        key = id(tau)
+        for k, tau_ref, out in self._coefs_list:
+            if k == key and tau_ref is tau:
+                return out
+        tt = torch.as_tensor(tau, dtype=torch.float64, device=y.device).detach().reshape(1)
+        t = self.t_start - tt
+        f, g = self.sde.drift_coef(t), self.sde.diffusion(t)
+        out = (f.to(y.dtype), g.to(y.dtype), t.to(time_dtype(y.dtype)).expand(self.batch), (g * g).to(y.dtype))
+        self._coefs_list = self._coefs_list[-3:] + [(key, tau, out)]  # holding tau keeps its id from reuse
         return out
 
     def f(self, tau, y: Tensor) -> Tensor:
-        key = (float(tau), id(y), y._version)
-        for k, out, _ in self._cache:
-            if k == key:
+        # keyed on the state tensor alone (its identity and version): torchsde's methods evaluate
+        # f at one time per stage state, and a repeated query (the contract check, SRK's
+        # recomputed stages) passes the same state with a new, equal time tensor, whose value
+        # could only be compared on the host
+        key = (id(y), y._version)
+        for k, out, y_ref, _ in self._cache:
+            if k == key and y_ref is y:
                 return out
-        f, g, t_vec = self._at(key[0], y)
+        f, _, t_vec, g2 = self._at(tau, y)
         score = self.score_fn(y if self.flat else y.reshape(self.shape), t_vec)
         # g^2 score - f y
-        out = torch.add(y * -f, score if self.flat else score.reshape(y.shape), alpha=g * g)
-        self._cache = self._cache[-2:] + [(key, out, y)]  # holding y keeps its id from reuse
+        out = torch.addcmul(y * -f, score if self.flat else score.reshape(y.shape), g2)
+        self._cache = self._cache[-2:] + [(key, out, y, tau)]  # holding y and tau keeps their ids from reuse
         return out
 
     def g_prod(self, tau, y: Tensor, v: Tensor) -> Tensor:
-        return v * self._at(float(tau), y)[1]
+        return v * self._at(tau, y)[1]
 
 
 class _DiagonalReverseTimeSDE(_ReverseTimeSDE):
@@ -98,7 +106,7 @@ class _DiagonalReverseTimeSDE(_ReverseTimeSDE):
     noise_type = "diagonal"
 
     def g(self, tau, y: Tensor) -> Tensor:
-        return torch.full_like(y, self._at(float(tau), y)[1])
+        return self._at(tau, y)[1].expand_as(y).clone()
 
 
 class _GridBrownian(torchsde.BaseBrownian):
@@ -115,11 +123,15 @@ class _GridBrownian(torchsde.BaseBrownian):
     """
 
     __slots__ = ("_size", "_h", "_draw", "_dtype", "_device", "_levy", "_k", "_W", "_U", "_per_chunk", "_chunk",
-                 "_used")
+                 "_used", "_ta", "_dts")
 
     def __init__(self, size, h: float, draw, dtype, device, levy: bool, steps: int,
-                 chunk_elements: int = 1 << 20):
+                 chunk_elements: int = 1 << 20, span: Optional[float] = None):
         self._size, self._h, self._draw, self._dtype, self._device = tuple(size), float(h), draw, dtype, device
+        span = float(h) * int(steps) if span is None else float(span)
+        # the steps [k h, min((k + 1) h, span)] of torchsde's fixed-step loop, as host floats
+        self._dts = [min(float(h), span - k * float(h)) for k in range(int(steps))]
+        self._ta = None
         self._levy = bool(levy)
         self._k, self._W, self._U = -1, None, None
         per_step = 2 if self._levy else 1
@@ -135,17 +147,28 @@ class _GridBrownian(torchsde.BaseBrownian):
     def __call__(self, ta, tb=None, return_U=False, return_A=False):
         if tb is None or return_A:
             raise RuntimeError("_GridBrownian answers interval queries, without Levy area A")
-        ta, tb = float(ta), float(tb)
-        k = int(round(ta / self._h))
-        if k != self._k:
-            dt = tb - ta
-            if k != self._k + 1 or abs(ta - k * self._h) > 1e-6 * self._h or not 0 < dt <= self._h * (1 + 1e-6):
+        # a new step when torchsde passes a new start-time object: its fixed-step loop queries each
+        # step's interval with the same tensors; reading them on the host would be a device sync
+        # a step.  The step lengths come from the host-side grid.
+        if torch.is_tensor(ta):
+            new_step = ta is not self._ta
+        else:  # host floats (tests, callers outside torchsde): checked against the grid
+            ta, tb = float(ta), float(tb)
+            new_step = ta != self._ta
+            k, dt = int(round(ta / self._h)), tb - ta
+            if new_step and (k != self._k + 1 or abs(ta - k * self._h) > 1e-6 * self._h
+                             or not 0 < dt <= self._h * (1 + 1e-6)):
                 raise RuntimeError(f"step [{ta}, {tb}] is not the next step of the grid of {self._h}")
+        if new_step:
+            self._ta, self._k = ta, self._k + 1
+            if self._k >= len(self._dts):
+                raise RuntimeError(f"step {self._k + 1} is not the next step of the grid of {self._h}: "
+                                   f"it has {len(self._dts)} steps")
+            dt = self._dts[self._k] if torch.is_tensor(ta) else tb - ta
             self._W = self._normal() * math.sqrt(dt)
             if self._levy:
                 # U = dt (W / 2 + H),  H = sqrt(dt / 12) z2
                 self._U = torch.add(self._W * (0.5 * dt), self._normal(), alpha=dt * math.sqrt(dt / 12.0))
-            self._k = k
         if return_U:
             if not self._levy:
                 raise RuntimeError("this Brownian motion was built without the space-time Levy area")
@@ -200,7 +223,7 @@ def sde(score_fn, sde: SDE, x: Tensor, ctx, *, eps: float = 1e-3, t_start: Optio
     y0 = x.reshape(shape[0], -1)
     n_steps = n if n is not None else math.ceil(span / step * (1 - 1e-9))
     bm = _GridBrownian(tuple(y0.shape), step, lambda m: ctx.randn((m,) + tuple(y0.shape), y0.dtype, y0.device, batch_dim=1),
-                       y0.dtype, y0.device, levy=method == "srk", steps=n_steps)
+                       y0.dtype, y0.device, levy=method == "srk", steps=n_steps, span=span)
     n_out = 2
     if ctx.record_on:
         n_out = (n if n is not None else max(int(round(span / step)), 1)) + 1

@@ -68,7 +68,6 @@ from __future__ import annotations
 import copy
 import csv
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -80,6 +79,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 
+from ..atomic import atomic_write_json
 from ..checkpoints import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, load_checkpoint, save_checkpoint
 from ..data import DataSet
 from ..device import resolve_device
@@ -150,7 +150,7 @@ class TrainConfig:
 @dataclass
 class EvalConfig:
     n_nll: int = 2000               # held-out points for the NLL (0 skips it)
-    divergence: str = "exact"
+    divergence: str = "auto"
     rtol: float = 1e-5
     atol: float = 1e-5
     eps: float = 1e-5
@@ -501,8 +501,7 @@ class Trainer:
         path = self.save()
         if self.is_main:
             marker = {"step": self.step, "signal": signal_name(signum), "checkpoint": str(path)}
-            with open(self.out_dir / "preempted.json", "w") as f:
-                json.dump(marker, f)
+            atomic_write_json(self.out_dir / "preempted.json", marker)
         return TrainingPreempted(self.step, signum, str(path), guard.previous.get(signum))
 
     def _save_best(self) -> None:
@@ -586,8 +585,7 @@ class Trainer:
         self.metrics.update(step=self.step, train_time_s=round(train_time, 3),
                             eval_time_s=round(time.perf_counter() - t_eval, 3))
         if self.is_main:
-            with open(self.out_dir / "metrics.json", "w") as f:
-                json.dump(self.metrics, f, indent=2)
+            atomic_write_json(self.out_dir / "metrics.json", self.metrics, indent=2)
             (self.out_dir / "preempted.json").unlink(missing_ok=True)   # the run is complete
         if tb is not None:
             tb.close()
