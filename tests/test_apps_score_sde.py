@@ -90,3 +90,12 @@ def test_likelihood_protocol_score_sde_refuses_the_exact_divergence(tmp_path, ci
                                              protocol="score_sde", score_sde_config=config,
                                              data=dict(name="torchvision", dataset="CIFAR10", root=str(cifar_root),
                                                        size=16))
+
+
+@pytest.mark.parametrize("app", ["sample", "likelihood", "eval_app"])
+def test_score_sde_config_is_a_key_of_each_app_and_a_typo_names_it(app):
+    from scoresde.apps import eval as _eval_app  # noqa: F401  (stores the eval app's schema)
+    from scoresde.apps._common import unknown_key_error
+    assert unknown_key_error(app, ["checkpoint=score_sde:ck.pth", "score_sde.config=vp/cifar10_ddpmpp_continuous"]) is None
+    msg = unknown_key_error(app, ["checkpoint=score_sde:ck.pth", "score_sde.confg=x"])
+    assert "did you mean 'score_sde.config'" in msg
