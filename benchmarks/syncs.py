@@ -13,16 +13,13 @@ benchmarks/results/syncs.md.
 from __future__ import annotations
 
 import argparse
-import collections
 import os
 import pathlib
-import re
-import traceback
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import scoresde as sd
+from scoresde.bench.syncs import SyncCount
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -33,25 +30,6 @@ RUNS = [("pc", dict()), ("pc", dict(predictor="reverse_diffusion", corrector="la
         ("heun", dict()), ("ipndm", dict()),
         ("ode", dict(method="rk4")), ("ode", dict(method="dopri5")), ("sde", dict(method="euler")),
         ("sde", dict(method="srk"))]
-
-
-class SyncCount(TorchDispatchMode):
-    """Counts aten._local_scalar_dense by the innermost scoresde / torchdiffeq / torchsde frame."""
-
-    def __init__(self):
-        super().__init__()
-        self.by = collections.Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func is torch.ops.aten._local_scalar_dense.default:
-            owner = "other"
-            for f in reversed(traceback.extract_stack()):
-                m = re.search(r"(scoresde|torchdiffeq|torchsde)[/\\]", f.filename)
-                if m:
-                    owner = m.group(1)
-                    break
-            self.by[owner] += 1
-        return func(*args, **(kwargs or {}))
 
 
 def count(sampler: str, steps, opts: dict) -> dict:

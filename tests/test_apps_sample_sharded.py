@@ -121,3 +121,52 @@ def test_class_labels_follow_their_indices_across_shards(tmp_path, monkeypatch):
                                       "noise=per_item", "labels=per_class", "n=2"])
     with pytest.raises(SystemExit):
         sample_app.main()
+
+
+# -- submitit tasks as ranks: no process group; rank 0 waits for the shard files -------------------------------
+def _drop_rank_zero_shards(run):
+    for p in (run / "shards").iterdir():                        # keep rank 1's (batches 1 and 3 of 4)
+        if p.name.split("-")[0] in ("00000000", "00000004"):
+            p.unlink()
+
+
+def test_rank_zero_without_a_process_group_gathers_the_other_tasks_shards(ckpt, tmp_path, monkeypatch, capsys):
+    # as a submitit task: rank 0 of 2 makes its shards, finds the other task's files and gathers
+    args = ("n=8", "batch_size=2")
+    one, _ = _sample(monkeypatch, ckpt, tmp_path / "run", *args)
+    _drop_rank_zero_shards(tmp_path / "run")
+    (tmp_path / "run" / "samples.pt").unlink()
+    monkeypatch.setattr("scoresde.training.distributed.task_rank_world", lambda: (0, 2))
+    two, info = _sample(monkeypatch, ckpt, tmp_path / "run", *args)
+    assert torch.equal(two, one) and info["world_size"] == 2
+    assert [(s["start"], s["rank"]) for s in info["shards"]] == [(0, 0), (2, 0), (4, 0), (6, 0)]
+    _drop_rank_zero_shards(tmp_path / "run")
+    with pytest.raises(SystemExit):                              # the other task's shards are of seed 5, not 6
+        _sample(monkeypatch, ckpt, tmp_path / "run", *args, "seed=6")
+    assert "shards ['2-4', '6-8']" in capsys.readouterr().err
+
+
+def test_waiting_for_shards_returns_when_all_exist_and_gives_up_when_none_appears(tmp_path):
+    from scoresde.apps._shard import _wait_for_shards
+    batches = [(0, 2), (2, 4)]
+    (tmp_path / "00000000-00000002.pt").write_bytes(b"")
+    with pytest.raises(RuntimeError, match="00000002-00000004.pt.*resume"):
+        _wait_for_shards(tmp_path, batches, stall_s=0.2, poll_s=0.05)
+    (tmp_path / "00000002-00000004.pt").write_bytes(b"")
+    _wait_for_shards(tmp_path, batches, stall_s=0.0)
+
+
+def test_two_submitit_local_tasks_are_two_ranks_and_match_one_process(ckpt, tmp_path, monkeypatch):
+    # `hydra/launcher=slurm hydra.launcher.tasks_per_node=2` on a cluster; submitit's local executor here
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    one, _ = _sample(monkeypatch, ckpt, tmp_path / "one", "n=12", "batch_size=3")
+    sweep = tmp_path / "sweep"
+    r = run_python(["-m", "scoresde.apps.sample", "-m", "hydra/launcher=submitit_local",
+                    "hydra.launcher.tasks_per_node=2", "hydra.launcher.timeout_min=5", "hydra.launcher.cpus_per_task=1",
+                    f"hydra.sweep.dir={sweep}", f"checkpoint={ckpt}", "noise=per_item", "seed=5", *SDE_EULER,
+                    "n=12", "batch_size=3"], cwd=tmp_path, timeout=300)
+    logs = "".join(p.read_text() for p in sorted((sweep / ".submitit").rglob("*_log.*")))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:] + logs[-3000:]
+    assert torch.equal(torch.load(sweep / "0" / "samples.pt"), one)      # bit for bit: equal per-rank batches
+    info = json.loads((sweep / "0" / "sample.json").read_text())
+    assert info["world_size"] == 2 and [s["rank"] for s in info["shards"]] == [0, 1, 0, 1]

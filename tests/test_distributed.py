@@ -194,3 +194,41 @@ def test_two_gloo_ranks_with_dropout_sigterm_then_resume_equal_the_uninterrupted
             assert torch.equal(t, b[key][name]), (key, name)
     for x, y in zip(a["rank_rng"], b["rank_rng"]):
         assert torch.equal(x["torch"], y["torch"])
+
+
+# -- submitit tasks as ranks (the sharded sample app under hydra/launcher=slurm or submitit_local) ----------
+_SUBMITIT_VARS = ("SUBMITIT_EXECUTOR", "SLURM_JOB_ID", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID",
+                  "SUBMITIT_LOCAL_JOB_ID", "SUBMITIT_LOCAL_GLOBALID", "SUBMITIT_LOCAL_NTASKS", "SUBMITIT_LOCAL_LOCALID")
+
+
+def _fake_env(monkeypatch, **env):
+    for k in _SUBMITIT_VARS:
+        monkeypatch.delenv(k, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+
+
+def test_submitit_tasks_give_rank_and_world_from_the_job_environment(monkeypatch):
+    pytest.importorskip("submitit")
+    _fake_env(monkeypatch, SUBMITIT_EXECUTOR="slurm", SLURM_JOB_ID="7", SLURM_PROCID="3", SLURM_NTASKS="4",
+              SLURM_LOCALID="1")
+    assert distributed.submitit_task() == (3, 4, 1, "slurm")
+    assert distributed.task_rank_world() == (3, 4)
+    _fake_env(monkeypatch, SUBMITIT_EXECUTOR="local", SUBMITIT_LOCAL_JOB_ID="12", SUBMITIT_LOCAL_GLOBALID="1",
+              SUBMITIT_LOCAL_NTASKS="2", SUBMITIT_LOCAL_LOCALID="1")
+    assert distributed.task_rank_world() == (1, 2)
+    _fake_env(monkeypatch, SUBMITIT_EXECUTOR="slurm", SLURM_JOB_ID="7", SLURM_PROCID="0", SLURM_NTASKS="1")
+    assert distributed.task_rank_world() == (0, 1)                     # one task: one process
+
+
+def test_slurm_variables_without_submitit_are_not_ranks(monkeypatch):
+    # the batch script of `sbatch --ntasks=4` has SLURM_PROCID=0, SLURM_NTASKS=4 and no task beside it
+    _fake_env(monkeypatch, SLURM_JOB_ID="7", SLURM_PROCID="0", SLURM_NTASKS="4")
+    assert distributed.submitit_task() is None and distributed.task_rank_world() == (0, 1)
+
+
+def test_an_initialized_process_group_comes_before_submitit(monkeypatch):
+    _fake_env(monkeypatch, SUBMITIT_EXECUTOR="slurm", SLURM_JOB_ID="7", SLURM_PROCID="3", SLURM_NTASKS="4")
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    monkeypatch.setattr(distributed, "rank", lambda: 1)
+    assert distributed.task_rank_world() == (1, 2)                     # torchrun inside a SLURM job

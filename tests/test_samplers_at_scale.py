@@ -2,42 +2,16 @@
 fixed-step loops, NaN/Inf reported by method, evaluation and t, half precision kept to the
 network, and one rule for devices, SDEs and shapes."""
 
-import collections
-import re
-import traceback
 import warnings
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from scoresde.bench.syncs import SyncCount
 
 import scoresde as sd
 from scoresde.device import batch_shape, device_of
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-class SyncCount(TorchDispatchMode):
-    """Counts aten._local_scalar_dense (what .item(), float(t), bool(t) and int(t) trigger: a
-    device-to-host copy and a sync on a GPU), each attributed to the innermost frame of scoresde,
-    torchdiffeq or torchsde that asked."""
-
-    def __init__(self):
-        super().__init__()
-        self.n = 0
-        self.by = collections.Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func is torch.ops.aten._local_scalar_dense.default:
-            self.n += 1
-            owner = "other"
-            for f in reversed(traceback.extract_stack()):
-                m = re.search(r"(scoresde|torchdiffeq|torchsde)[/\\]", f.filename)
-                if m:
-                    owner = m.group(1)
-                    break
-            self.by[owner] += 1
-        return func(*args, **(kwargs or {}))
 
 
 def _neg(x, t):          # a torch-only score: no host reads of its own

@@ -8,23 +8,10 @@ is host arithmetic, not a transfer from the device."""
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+
+from scoresde.bench.syncs import SyncCount
 
 from test_train import make_trainer, tiny_config
-
-
-class ScalarReads(TorchDispatchMode):
-    """Counts scalar reads of tensors other than ``exclude`` (by identity)."""
-
-    def __init__(self, exclude=()):
-        super().__init__()
-        self.exclude = {id(t) for t in exclude}
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func is torch.ops.aten._local_scalar_dense.default and id(args[0]) not in self.exclude:
-            self.count += 1
-        return func(*args, **(kwargs or {}))
 
 
 def _step_counters(trainer):
@@ -46,10 +33,10 @@ def _cfg(steps):
 def test_training_steps_read_nothing_back_from_the_device(tmp_path, n):
     t = make_trainer(_cfg(100), tmp_path)
     t.train_step()                                   # creates the optimizer state
-    with ScalarReads(_step_counters(t)) as reads:
+    with SyncCount(_step_counters(t)) as reads:
         for _ in range(n):
             t.train_step()
-    assert reads.count == 0
+    assert reads.n == 0
 
 
 def test_a_fit_reads_a_constant_number_of_values_not_one_per_step(tmp_path):
@@ -58,9 +45,9 @@ def test_a_fit_reads_a_constant_number_of_values_not_one_per_step(tmp_path):
         t = make_trainer(_cfg(n), tmp_path / str(n))
         t.train_step()
         t.step = 0                                    # the state exists; fit runs all n steps
-        with ScalarReads(_step_counters(t)) as reads:
+        with SyncCount(_step_counters(t)) as reads:
             t.fit()                                   # one log step, the final checkpoint, no evaluation
-        counts.append(reads.count)
+        counts.append(reads.n)
     assert counts[0] == counts[1] and counts[0] <= 8, counts
 
 

@@ -9,6 +9,12 @@ a fingerprint of everything that determines its samples (checkpoint, sampler and
 n, batch size, labels, guidance, EMA); a rerun with the same command and directory
 (``hydra.run.dir=...``) skips the shards it finds with that fingerprint and refuses shards of
 another run.  The world size is not in the fingerprint: a run killed on 2 ranks may resume on 4.
+The ranks are torchrun's (a gloo or NCCL process group, one barrier before the gather) or the
+tasks of a submitit job (``hydra/launcher=slurm hydra.launcher.tasks_per_node=K``, or
+``submitit_local`` without SLURM; :func:`scoresde.training.distributed.task_rank_world`), which
+share no process group: there rank 0 waits for the others' shard files, since a shard file exists
+only once it is complete, and gives up when none has appeared for ``SCORESDE_DIST_TIMEOUT_S``
+seconds (default 1800; a rerun resumes).
 When every rank is done, rank 0 gathers the shards in index order into
 ``samples.pt`` (data space), ``samples.npz`` for images (uint8 NHWC under ``arr_0``, what FID tools
 read), ``samples.png`` and ``sample.json`` (with ``world_size``, the ``shards`` and who made them).
@@ -25,6 +31,7 @@ import hashlib
 import io
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -72,6 +79,25 @@ def _save_tensor_dict(path: Path, obj: Dict[str, Any]) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def _wait_for_shards(shard_dir: Path, batches: List[Tuple[int, int]], stall_s: float, poll_s: float = 0.5) -> None:
+    """Return when every batch's shard file exists; raise when none has appeared for ``stall_s`` s
+    (another task died or hangs: its shards are missing, the finished ones stay for a rerun)."""
+    missing = [shard_dir / f"{s:08d}-{e:08d}.pt" for s, e in batches]
+    last, count = time.monotonic(), len(missing)
+    while True:
+        missing = [p for p in missing if not p.is_file()]
+        if not missing:
+            return
+        if len(missing) < count:
+            last, count = time.monotonic(), len(missing)
+        elif time.monotonic() - last > stall_s:
+            raise RuntimeError(f"rank 0 waited {stall_s:.0f} s (SCORESDE_DIST_TIMEOUT_S) without a new shard from the "
+                               f"other tasks; missing: {', '.join(p.name for p in missing[:4])}"
+                               f"{' ...' if len(missing) > 4 else ''}; rerun the same command in the same run "
+                               f"directory to resume")
+        time.sleep(poll_s)
+
+
 def run_sharded(cfg: DictConfig, out_dir: Path) -> Dict[str, Any]:
     """The sharded body of the sample app (see the module docstring)."""
     from ..training import distributed
@@ -80,7 +106,7 @@ def run_sharded(cfg: DictConfig, out_dir: Path) -> Dict[str, Any]:
     noise = cfg.get("noise", "stream")
     if noise not in NOISE:
         raise ValueError(f"noise must be one of {NOISE}, got {noise!r}")
-    world, rank = distributed.world_size(), distributed.rank()
+    rank, world = distributed.task_rank_world()
     if noise != "per_item":
         raise ValueError(f"sampling over {world} processes needs noise=per_item (sample i's noise from (seed, i)); "
                          f"set it in one-process runs too to get the same samples")
@@ -122,11 +148,16 @@ def run_sharded(cfg: DictConfig, out_dir: Path) -> Dict[str, Any]:
                                  "start": start, "stop": stop, "rank": rank, "key": key})
     if done:
         log.info("rank %d: %d of its %d shards were already done (resumed)", rank, done, len(mine))
-    if world > 1:
+    if world > 1 and torch.distributed.is_initialized():
         torch.distributed.barrier()
+    elif world > 1 and rank == 0:     # submitit tasks: no process group, the shard files are the signal
+        _wait_for_shards(shard_dir, batches, distributed.process_group_timeout().total_seconds())
     if rank != 0:
         return {}
     parts = [torch.load(shard_dir / f"{s:08d}-{e:08d}.pt", map_location="cpu", weights_only=True) for s, e in batches]
+    foreign = [f"{p['start']}-{p['stop']}" for p in parts if p.get("key") != key]
+    if foreign:
+        raise ValueError(f"shards {foreign} in {shard_dir} belong to another run; use another run directory")
     x = torch.cat([p["x"] for p in parts])
     torch.save(x, out_dir / "samples.pt")
     files = ["samples.pt", "samples.png"]

@@ -106,7 +106,7 @@ def run_sample(cfg: DictConfig, out_dir: Path) -> Dict[str, Any]:
     if cfg.get("edit") is not None and cfg.edit.get("mode") is not None:
         return _edit.run_edit(cfg, out_dir)
     from ..training import distributed
-    if cfg.get("noise", "stream") != "stream" or distributed.world_size() > 1:
+    if cfg.get("noise", "stream") != "stream" or distributed.task_rank_world()[1] > 1:
         from ._shard import run_sharded
         return run_sharded(cfg, out_dir)
     sampler = OmegaConf.to_container(cfg.sampler, resolve=True)

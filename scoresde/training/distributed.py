@@ -31,6 +31,11 @@ What changes under torchrun (detected from the ``RANK``/``WORLD_SIZE`` variables
   reduce the flag (the signal number, MAX), so all stop at the same step and write one checkpoint
   (:mod:`scoresde.training.preemption`).  No collective is added to the other steps: the loss and
   the non-finite check are reduced at log steps and before checkpoints only.
+
+The sharded sample app also runs as the tasks of one submitit job (``hydra/launcher=slurm`` with
+``hydra.launcher.tasks_per_node=K``): :func:`task_rank_world` reads the rank and the number of
+tasks from submitit's job environment; those tasks join no process group (see
+:mod:`scoresde.apps._shard`).
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ import logging
 import os
 import time
 from datetime import timedelta
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 import torch
@@ -53,7 +58,8 @@ from .trainer import Trainer, TrainConfig, _as_config
 log = logging.getLogger("scoresde")
 
 __all__ = ["under_torchrun", "rank", "world_size", "init_process_group", "torchrun_argv",
-           "broadcast_run_dir", "DistributedTrainer", "rank_seed"]
+           "broadcast_run_dir", "DistributedTrainer", "rank_seed", "SubmititTask", "submitit_task",
+           "task_rank_world"]
 
 # Hydra settings for ranks > 0: no run dir of their own (they get rank 0's), no .hydra/, no log file
 _QUIET_RANK_OVERRIDES = ["hydra.run.dir=.", "hydra.output_subdir=null",
@@ -71,6 +77,52 @@ def rank() -> int:
 
 def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+class SubmititTask(NamedTuple):
+    """Where this process sits in a submitit job (``submitit.JobEnvironment``)."""
+    global_rank: int
+    num_tasks: int
+    local_rank: int
+    cluster: str            # "slurm" (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID) or "local"
+
+
+def submitit_task() -> Optional[SubmititTask]:
+    """This process's task in a submitit job, or None outside one.
+
+    submitit marks its jobs with ``SUBMITIT_EXECUTOR`` (``slurm`` under ``hydra/launcher=slurm``,
+    ``local`` under ``hydra/launcher=submitit_local``); only then is submitit imported and its
+    ``JobEnvironment`` read.  A bare ``SLURM_PROCID`` is not taken as a rank: the batch script of
+    an ``sbatch --ntasks=4`` job has one too, with no other task beside it.
+    """
+    if not os.environ.get("SUBMITIT_EXECUTOR"):
+        return None
+    try:
+        import submitit
+    except ImportError:    # the variable leaked into a process that has no submitit: not a task
+        return None
+    env = submitit.JobEnvironment()
+    return SubmititTask(int(env.global_rank), int(env.num_tasks), int(env.local_rank), str(env.cluster))
+
+
+def task_rank_world() -> Tuple[int, int]:
+    """``(rank, world size)`` of this process in a job that shards its work (the sample app):
+    torchrun's process group where one is initialized, else the tasks of a submitit job
+    (``hydra.launcher.tasks_per_node`` times ``nodes``; no process group is needed), else ``(0, 1)``.
+
+    In a submitit job of several tasks on a CUDA machine, each task is also put on its own GPU
+    (``cuda:local_rank``, modulo the GPUs it sees), as :func:`init_process_group` does under torchrun.
+    """
+    if world_size() > 1 or (dist.is_available() and dist.is_initialized()):
+        return rank(), world_size()
+    task = submitit_task()
+    if task is None or task.num_tasks == 1:
+        return 0, 1
+    if not 0 <= task.global_rank < task.num_tasks:
+        raise ValueError(f"submitit task {task.global_rank} of {task.num_tasks}: the rank is out of range")
+    if torch.cuda.is_available():
+        torch.cuda.set_device(task.local_rank % torch.cuda.device_count())
+    return task.global_rank, task.num_tasks
 
 
 DEFAULT_TIMEOUT_S = 1800.0
