@@ -43,6 +43,7 @@ import scoresde as sd  # noqa: E402
 from scoresde.bench.reference import reference_log_likelihood  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
+OUT = "likelihood_network"      # the results files' name (--out)
 LADDER = [3e-5, 1e-4, 2e-4, 3e-4, 5e-4, 7e-4, 1e-3]
 NETS = {
     "unet": ["model=unet", "model.nf=32", "model.ch_mult=[1,2]", "model.num_res_blocks=1",
@@ -161,7 +162,7 @@ def uptime() -> str:
 
 def write(rows, args, elapsed, load_before, load_after):
     RESULTS.mkdir(parents=True, exist_ok=True)
-    with open(RESULTS / "likelihood_network.csv", "w", newline="") as f:
+    with open(RESULTS / f"{OUT}.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
@@ -194,8 +195,8 @@ def render(rows, head):
                          f"{'reached' if g['speedup'] >= 2.5 else 'NOT reached'}.")
         else:
             lines.append(f"- {net}: no adams tolerance of the ladder reached the reference's accuracy.")
-    (RESULTS / "likelihood_network.md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {RESULTS / 'likelihood_network.md'}")
+    (RESULTS / f"{OUT}.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {RESULTS / (OUT + '.md')}")
 
 
 def main():
@@ -207,10 +208,13 @@ def main():
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quick", action="store_true", help="200 steps, 8 points, 1 repeat (~12 minutes)")
     p.add_argument("--render", action="store_true", help="rewrite the .md from the .csv (same header), no run")
+    p.add_argument("--out", default="likelihood_network", help="results file name (without .md / .csv)")
     args = p.parse_args()
+    global OUT
+    OUT = args.out
     if args.render:
-        md = (RESULTS / "likelihood_network.md").read_text().splitlines()
-        with open(RESULTS / "likelihood_network.csv") as f:
+        md = (RESULTS / f"{OUT}.md").read_text().splitlines()
+        with open(RESULTS / f"{OUT}.csv") as f:
             rows = [{k: (float(v) if k in ("rtol", "seconds", "speedup", "err") else
                          int(v) if k in ("threads", "n", "nfe") else v) for k, v in r.items()} for r in csv.DictReader(f)]
         mark_goal(rows)
