@@ -238,8 +238,8 @@ def test_a_missing_checkpoint_value_is_one_line_without_a_traceback(tmp_path, mo
         err = capsys.readouterr().err
         assert info.value.code == 1 and "Traceback" not in err
         assert err.splitlines() == ["error: checkpoint=... is required: give the path of a checkpoint written by "
-                                    "scoresde-train (e.g. checkpoint=outputs/train/<date>/<time>/checkpoints/last.pt) "
-                                    "or checkpoint=diffusers:FOLDER"]
+                                    "scoresde-train (e.g. checkpoint=outputs/train/<date>/<time>/checkpoints/last.pt)"
+                                    ", checkpoint=diffusers:FOLDER or checkpoint=score_sde:FILE score_sde.config=NAME"]
 
 
 def _help_groups(app):

@@ -64,11 +64,14 @@ def test_every_sampler_config_builds_its_sampler_and_runs_on_the_exact_score():
 
 
 @pytest.mark.parametrize("preset", _options("experiment"))
-def test_every_experiment_preset_composes_and_builds(preset):
+def test_every_experiment_preset_composes_and_builds(preset, tmp_path):
     text = (CONF / "experiment" / f"{preset}.yaml").read_text()
     assert text.startswith("# @package _global_"), preset
     cfg = OmegaConf.to_container(_compose(overrides=[f"experiment={preset}"]), resolve=True)
     cfg["data"]["n_test"] = 8
+    if cfg["data"].get("dataset") == "CIFAR10":     # the CIFAR-10 recipes: a tiny set in its layout
+        from _cifar import write_tiny_cifar10
+        cfg["data"]["root"] = str(write_tiny_cifar10(tmp_path)[0])
     if cfg.get("task") == "classifier":   # a noisy-classifier preset (scoresde.training.classifier)
         from scoresde.training.classifier import build_classifier_from_config
 
@@ -76,7 +79,7 @@ def test_every_experiment_preset_composes_and_builds(preset):
         assert clf.num_classes == data.num_classes and clf.sde.__class__ is sd.build_sde(cfg["sde"]["name"]).__class__
         return
     model, data, loss = build_from_config(cfg)
-    assert data.name == cfg["data"]["name"] and model.sde.__class__ is sd.build_sde(cfg["sde"]["name"]).__class__
+    assert data.name in (cfg["data"]["name"], cfg["data"].get("dataset")) and model.sde.__class__ is sd.build_sde(cfg["sde"]["name"]).__class__
     assert model.num_classes == (cfg["model"].get("num_classes") or 0)
 
 
@@ -93,7 +96,8 @@ def test_sample_and_likelihood_configs_compose_with_their_defaults():
     s = _compose("sample", ["checkpoint=ck.pt"])
     assert (s.checkpoint, s.n, s.sampler.name) == ("ck.pt", 1000, "ode")
     lk = _compose("likelihood", ["checkpoint=ck.pt"])
-    assert (lk.split, lk.divergence, lk.eps) == ("test", "auto", 1e-5)
+    # divergence auto: exact up to D = 64, hutchinson above and under protocol=score_sde
+    assert (lk.split, lk.divergence, lk.protocol, lk.eps) == ("test", "auto", "ours", 1e-5)
 
 
 @pytest.mark.parametrize("name, override, key", [

@@ -201,6 +201,25 @@ def test_bits_per_dim_scaling_term_is_the_reference_offset():
     assert torch.allclose(res.bpd.double(), bpd, atol=1e-5)
 
 
+def test_bits_per_dim_uncentered_offset_is_8_bits_and_solver_picks_the_ode_method():
+    sde = sd.VPSDE()
+    mix = sd.GaussianMixture([1.0], [[0.5, 0.5]], [0.2 ** 2])
+    k = torch.randint(0, 256, (4, 2), generator=torch.Generator().manual_seed(11), dtype=torch.int64)
+    kw = dict(data_range=(0.0, 1.0), divergence="hutchinson", rtol=1e-4, atol=1e-4)
+    a = sd.bits_per_dim(mix.score_fn(sde), sde, k, generator=torch.Generator().manual_seed(0), **kw)
+    assert a.log_det / (2 * math.log(2)) == pytest.approx(-8.0)   # log2(256 / 1): the uncentered offset
+    b = sd.bits_per_dim(mix.score_fn(sde), sde, k, generator=torch.Generator().manual_seed(0), solver="adams", **kw)
+    g = torch.Generator().manual_seed(0)        # the same draws by hand: u, then the probes
+    x = ((k + torch.rand(k.shape, generator=g, dtype=torch.float64)) / 256).float()
+    direct = sd.log_likelihood(mix.score_fn(sde), sde, x, method="adams", generator=g, divergence="hutchinson",
+                               rtol=1e-4, atol=1e-4)
+    assert b.nfe == direct.nfe and b.nfe != a.nfe
+    assert torch.allclose(b.logp[0], direct.logp.double(), rtol=1e-6)
+    assert torch.allclose(b.bpd.double(), a.bpd.double(), atol=1e-2)
+    with pytest.raises(ValueError, match="solver"):
+        sd.bits_per_dim(mix.score_fn(sde), sde, k, solver="adams", method="elbo")
+
+
 @pytest.mark.parametrize("kwargs,match", [
     (dict(rtol=0.0), "rtol"),
     (dict(atol=-1e-5), "atol"),

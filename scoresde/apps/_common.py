@@ -9,6 +9,7 @@ import functools
 import importlib.util
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -17,7 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from ..checkpoints import CheckpointError
+from ..checkpoints import CheckpointError, LoadedScore, load_score
 from ..training import TrainingDiverged
 from . import schema  # noqa: F401  (registers every group's schema: conf/ cannot compose without it)
 
@@ -57,7 +58,8 @@ def report_user_error(e: BaseException) -> int:
 # what to say about a mandatory value (``???`` in conf/) left unset, by its key
 REQUIRED_HINTS = {
     "checkpoint": "give the path of a checkpoint written by scoresde-train (e.g. "
-                  "checkpoint=outputs/train/<date>/<time>/checkpoints/last.pt) or checkpoint=diffusers:FOLDER",
+                  "checkpoint=outputs/train/<date>/<time>/checkpoints/last.pt), checkpoint=diffusers:FOLDER or "
+                  "checkpoint=score_sde:FILE score_sde.config=NAME",
     "data.root": "give the folder the data set lies in (data.root=/path/to/data)",
 }
 
@@ -318,3 +320,21 @@ def run_dir() -> Path:
 def cpu_generator(seed: int) -> torch.Generator:
     """A CPU generator: the samplers draw on it and move the noise, so results match across devices."""
     return torch.Generator().manual_seed(int(seed))
+
+
+@dataclass
+class ScoreSdeOptions:
+    """The ``score_sde`` node of the apps that load a score: ``score_sde.config`` is the
+    score_sde_pytorch config of a ``checkpoint=score_sde:PATH`` (a reference config name such as
+    ``vp/cifar10_ddpmpp_continuous``, or a JSON / YAML file of the config dict); ignored otherwise."""
+
+    config: Optional[str] = None
+
+
+def load_app_score(cfg: DictConfig, device: Optional[str] = None) -> LoadedScore:
+    """:func:`scoresde.checkpoints.load_score` of an app's ``checkpoint`` (``device``, ``ema`` and
+    ``score_sde.config`` from ``cfg``; ``device`` overrides the config's)."""
+    node = cfg.get("score_sde")
+    config = node.get("config") if node is not None else None
+    return load_score(cfg.checkpoint, cfg.device if device is None else device, cfg.get("ema", True),
+                      score_sde_config=config)

@@ -201,13 +201,13 @@ def run_edit(cfg, out_dir: Path) -> Dict[str, Any]:
     """The sample app with ``edit.mode`` set: the tensors, edit.png and sample.json in ``out_dir``."""
     from omegaconf import OmegaConf
 
-    from ..checkpoints import load_score
+    from ._common import load_app_score
 
     options = OmegaConf.to_container(cfg.edit, resolve=True)
     opts = edit_options(**options)   # names checked before the checkpoint loads
     labels = OmegaConf.to_container(cfg.labels) if OmegaConf.is_config(cfg.labels) else cfg.labels
     guidance = OmegaConf.to_container(cfg.guidance, resolve=True)
-    loaded = load_score(cfg.checkpoint, cfg.device, cfg.ema)
+    loaded = load_app_score(cfg)
     out = edit_checkpoint(loaded, options, cfg.seed, labels, guidance)
     info = {"checkpoint": str(cfg.checkpoint), "step": loaded.meta["step"], "data": loaded.meta["data_name"],
             **out["info"]}

@@ -404,11 +404,11 @@ def run_inverse(cfg, out_dir: Path) -> Dict[str, Any]:
     """The sample app with ``inverse.op`` set: samples.pt, observation.pt, inverse.png, sample.json."""
     from omegaconf import OmegaConf
 
-    from ..checkpoints import load_score
+    from ._common import load_app_score
 
     options = OmegaConf.to_container(cfg.inverse, resolve=True)
     inverse_options(**options)   # names checked before the checkpoint loads
-    loaded = load_score(cfg.checkpoint, cfg.device, cfg.ema)
+    loaded = load_app_score(cfg)
     out = inverse_checkpoint(loaded, options, cfg.seed, cfg.progress)
     info = {"checkpoint": str(cfg.checkpoint), "step": loaded.meta["step"], "data": loaded.meta["data_name"],
             **out["info"]}

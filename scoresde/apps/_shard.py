@@ -41,7 +41,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..atomic import atomic_write_bytes
 from ..plots import save_samples_png
-from ..checkpoints import load_score
+from ._common import load_app_score
 
 log = logging.getLogger("scoresde")
 
@@ -167,7 +167,7 @@ def run_sharded(cfg: DictConfig, out_dir: Path) -> Dict[str, Any]:
     shard_dir = out_dir / "shards"
     sampler = OmegaConf.to_container(cfg.sampler, resolve=True)
     guidance = OmegaConf.to_container(cfg.guidance, resolve=True) if cfg.get("guidance") is not None else None
-    loaded = load_score(cfg.checkpoint, cfg.device, cfg.ema)
+    loaded = load_app_score(cfg)
 
     def compute(start: int, stop: int) -> Dict[str, Any]:
         x, info = sample_checkpoint(loaded, sampler, stop - start, stop - start, cfg.seed, cfg.device, cfg.ema,

@@ -42,12 +42,11 @@ from typing import Any, Dict
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from ..checkpoints import load_score
 from ..data import build_dataset
 from ..data.images import from_model_range
-from ..metrics.stats import atomic_write_bytes
+from ..atomic import atomic_write_bytes
 from ..samplers import item_seed
-from ._common import cpu_generator
+from ._common import cpu_generator, load_app_score
 from ._shard import fingerprint, load_shards, plan, run_shards
 
 log = logging.getLogger("scoresde")
@@ -75,6 +74,9 @@ def run_sharded_likelihood(cfg: DictConfig, out_dir: Path) -> Dict[str, Any]:
     if noise != "per_item":
         raise ValueError(f"the likelihood over {world} processes needs noise=per_item (point i's dequantization "
                          f"and probes from (seed, i)); set it in one-process runs too to get the same values")
+    if cfg.get("protocol", "ours") != "ours" or int(cfg.get("repeats", 1)) != 1:
+        raise ValueError("sharded likelihood runs take protocol=ours and repeats=1 (one dequantization draw a "
+                         "point from (seed, i)); run protocol=score_sde in one process")
     if cfg.split not in ("test", "train"):
         raise ValueError(f"unknown split {cfg.split!r}; valid splits: ['test', 'train']")
     if cfg.divergence not in DIVERGENCES:
@@ -85,7 +87,7 @@ def run_sharded_likelihood(cfg: DictConfig, out_dir: Path) -> Dict[str, Any]:
         raise ValueError(f"n must be positive or null (the whole split), got {cfg.n}")
     methods = _methods(cfg.method if isinstance(cfg.method, str) else list(cfg.method))
     out_dir = Path(distributed.broadcast_run_dir(str(out_dir)))
-    loaded = load_score(cfg.checkpoint, cfg.device, cfg.ema)
+    loaded = load_app_score(cfg)
     score_fn, sde, event_shape, meta = loaded
     dev = next(score_fn.parameters()).device
     data_cfg = dict(OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") is not None

@@ -45,7 +45,7 @@ from ..metrics.features import FeatureExtractor
 from ..atomic import atomic_write_bytes
 from . import schema  # noqa: F401  (registers the group schemas)
 from ..checkpoints import load_score
-from ._common import check_overrides, config_path, exit_on_user_error, run_dir
+from ._common import ScoreSdeOptions, check_overrides, config_path, exit_on_user_error, load_app_score, run_dir
 
 log = logging.getLogger("scoresde")
 
@@ -59,6 +59,7 @@ NPZ_KEYS = ("arr_0", "samples", "images")
 class EvalAppSchema:
     samples: Optional[str] = None
     checkpoint: Optional[str] = None
+    score_sde: ScoreSdeOptions = field(default_factory=ScoreSdeOptions)   # checkpoint=score_sde:PATH
     n: int = 1000
     batch_size: Optional[int] = None
     seed: int = 0
@@ -159,7 +160,7 @@ def _data_images(data_cfg: Dict[str, Any], split: str) -> torch.Tensor:
 
 def _sample_here(cfg: DictConfig, out_dir: Path) -> Tuple[torch.Tensor, Dict[str, Any], Optional[Dict[str, Any]]]:
     from .sample import sample_checkpoint
-    loaded = load_score(cfg.checkpoint, cfg.device, cfg.ema)
+    loaded = load_app_score(cfg)
     sampler = OmegaConf.to_container(cfg.sampler, resolve=True)
     x, info = sample_checkpoint(loaded, sampler, cfg.n, cfg.batch_size, cfg.seed, cfg.device, cfg.ema)
     info = {"checkpoint": str(cfg.checkpoint), **info}

@@ -4,12 +4,19 @@
     scoresde-likelihood checkpoint=... split=train n=500 divergence=hutchinson seed=1
     python -m scoresde.apps.likelihood checkpoint=... rtol=1e-6 atol=1e-6
     scoresde-likelihood checkpoint=diffusers:/models/ddpm data=image_folder data.root=/my/images data.size=32
+    scoresde-likelihood checkpoint=score_sde:checkpoint_26.pth score_sde.config=vp/cifar10_ddpmpp_continuous \
+        data=cifar10 data.root=/data protocol=score_sde repeats=5 n=null     # the paper's bits/dim
 
 The data set is rebuilt from the checkpoint's config (same seed: the same held-out points the
 trainer evaluated); ``data=NAME data.KEY=...`` scores another data set instead (it must live in
 the model's space).  ``checkpoint=diffusers:PATH`` is a local diffusers model folder
 (:func:`scoresde.checkpoints.load_score`): it carries no data set, so ``data=`` is required (an
-image data set: 8-bit levels on the grid x = 2 k / 255 - 1, the DDPM convention).
+image data set: 8-bit levels on the grid x = 2 k / 255 - 1, the DDPM convention); so does
+``checkpoint=score_sde:PATH`` with ``score_sde.config=NAME_OR_FILE`` (a score_sde_pytorch checkpoint).
+``protocol=score_sde`` is the paper's bits/dim (cells [k/256, (k+1)/256) of pixel intensity in the
+model's data range, one Rademacher probe per image per pass, ``repeats`` passes; ``log_det_bits``
+is the reference's 7 / 8 bits "offset"); ``protocol=ours`` centres the cells on the training grid
+(docs/likelihood.md says how the two relate).
 ``sd.log_likelihood`` gives log p in the model's space; the density of the
 data as given is
 
@@ -52,7 +59,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence, Union
 
@@ -61,28 +68,33 @@ import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from ..data import build_dataset
+from ..data import Scaler, build_dataset
 from ..data.images import from_model_range
 from . import schema  # noqa: F401  (registers the group schemas)
 from ..checkpoints import LoadedScore, load_score, loaded_model
 from ._likelihood_parts import (DIVERGENCES, ESTIMATORS, METHODS, NONFINITE, SPLITS, _methods,  # noqa: F401
                                 _points, table)
-from ._common import check_overrides, config_path, cpu_generator, exit_on_user_error, run_dir
+from ._common import ScoreSdeOptions, check_overrides, config_path, cpu_generator, exit_on_user_error, run_dir
 
 log = logging.getLogger("scoresde")
 
 __all__ = ["LikelihoodAppSchema", "checkpoint_likelihood", "run_likelihood", "table", "main", "SPLITS",
-           "DIVERGENCES", "METHODS", "ESTIMATORS"]
+           "DIVERGENCES", "METHODS", "ESTIMATORS", "PROTOCOLS"]
 
+PROTOCOLS = ("ours", "score_sde")
 
 
 @dataclass
 class LikelihoodAppSchema:
     checkpoint: str = MISSING
+    score_sde: ScoreSdeOptions = field(default_factory=ScoreSdeOptions)   # checkpoint=score_sde:PATH
     split: str = "test"
     n: Optional[int] = 2000
     batch_size: int = 1000
-    divergence: str = "auto"
+    divergence: str = "auto"           # auto | exact | hutchinson (auto: hutchinson under protocol=score_sde)
+    protocol: str = "ours"             # images: ours | score_sde (the paper's bits/dim, docs/likelihood.md)
+    repeats: int = 1                   # images: dequantization passes per image (a solve holds batch x repeats)
+    solver: str = "dopri5"             # the ODE's torchdiffeq method, or adams (ours)
     rtol: float = 1e-5
     atol: float = 1e-5
     eps: float = 1e-5
@@ -106,23 +118,38 @@ def checkpoint_likelihood(checkpoint, split: str = "test", n: Optional[int] = 20
                           seed: int = 0, device: str = "auto", ema: bool = True,
                           method: Union[str, Sequence[str]] = "ode", n_t: int = 1000, estimator: str = "dsm",
                           importance_sampling: bool = False,
-                          data: Optional[Dict[str, Any]] = None, nonfinite: str = "raise") -> Dict[str, Any]:
+                          data: Optional[Dict[str, Any]] = None, nonfinite: str = "raise", score_sde_config: Any = None,
+                          protocol: str = "ours", repeats: int = 1, solver: str = "dopri5") -> Dict[str, Any]:
     """The NLL of ``n`` points of ``split`` under a checkpoint's model, by the probability-flow
     ODE and/or the reverse SDE's variational bound (see the module docstring).
 
-    ``checkpoint``: a path, ``diffusers:PATH``, a model from :func:`scoresde.load_model` or a
-    :class:`LoadedScore`.  ``data``: a data set config (``name`` and its arguments) in place of
-    the checkpoint's own; required for a diffusers model.  ``batch_size`` bounds the points a
-    solve takes and the rows of every score call (``max_rows``: an ELBO's n_t draws and Stein
-    pairs are split into calls of at most ``batch_size`` rows).  ``divergence="auto"``: exact up
-    to D = 64, Hutchinson above (``divergence_used`` in the output says which ran).
-    ``nonfinite``: ``"raise"`` (stop on a NaN/Inf) or ``"count"`` (keep going; ``nonfinite`` and
-    ``elbo_nonfinite`` in the output count the points).
+    ``checkpoint``: a path, ``diffusers:PATH``, ``score_sde:PATH`` (with ``score_sde_config``), a
+    model from :func:`scoresde.load_model` or a :class:`LoadedScore`.  ``data``: a data set config
+    (``name`` and its arguments) in place of the checkpoint's own; required for a diffusers or
+    score_sde model.  ``batch_size`` bounds the points a solve takes and the rows of every score
+    call (``max_rows``: an ELBO's n_t draws and Stein pairs are split into calls of at most
+    ``batch_size`` rows).  ``divergence="auto"``: exact up to D = 64, Hutchinson above
+    (``divergence_used`` in the output says which ran).  ``nonfinite``: ``"raise"`` (stop on a
+    NaN/Inf) or ``"count"`` (keep going; ``nonfinite`` and ``elbo_nonfinite`` in the output count
+    the points).  Images only: ``protocol`` ``"ours"`` (cells of width 1 / (L - 1) centred on the
+    training grid, or the dequantization cells of a dequantized set) or ``"score_sde"`` (the
+    paper's: cells [k / L, (k + 1) / L) of pixel intensity, i.e. (U + 255 img) / 256, one
+    Rademacher probe per image per pass: ``divergence`` auto means hutchinson), ``repeats``
+    dequantization passes (each image's bound averaged over them), ``solver`` the ODE's method.
     """
     import scoresde as sd
 
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; valid splits: {list(SPLITS)}")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; valid protocols: {list(PROTOCOLS)}")
+    if protocol == "score_sde" and divergence == "auto":
+        divergence = "hutchinson"
+    if protocol == "score_sde" and divergence != "hutchinson":
+        raise ValueError(f"protocol=score_sde draws one Rademacher probe per image per pass: divergence must be "
+                         f"hutchinson, got {divergence!r}")
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats must be an integer >= 1, got {repeats!r}")
     if divergence not in DIVERGENCES:
         raise ValueError(f"unknown divergence {divergence!r}; valid estimators: {list(DIVERGENCES)}")
     if nonfinite not in NONFINITE:
@@ -137,7 +164,8 @@ def checkpoint_likelihood(checkpoint, split: str = "test", n: Optional[int] = 20
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     loaded = checkpoint if isinstance(checkpoint, LoadedScore) else (
-        loaded_model(checkpoint) if isinstance(checkpoint, torch.nn.Module) else load_score(checkpoint, device, ema))
+        loaded_model(checkpoint) if isinstance(checkpoint, torch.nn.Module) else
+        load_score(checkpoint, device, ema, score_sde_config=score_sde_config))
     score_fn, sde, event_shape, meta = loaded
     dev = next(score_fn.parameters()).device
     data_cfg = dict(data or meta["data"] or {})
@@ -155,7 +183,12 @@ def checkpoint_likelihood(checkpoint, split: str = "test", n: Optional[int] = 20
         levels = int(levels)
         dequantized = bool(data.info.get("dequantize", False))
         k = from_model_range(x, levels, dequantized=dequantized)
-        grid = (-1.0, 1.0) if dequantized else (-levels / (levels - 1), levels / (levels - 1))
+        # the cells in pixel intensity (the image sets' data space, [0, 1]), then in the model's space
+        half = 0.0 if dequantized or protocol == "score_sde" else 0.5 / (levels - 1)
+        to_model = Scaler(**meta["scaler"]) if meta["source"] == "score_sde" else data.scaler
+        grid = (float(to_model.to_model(torch.tensor(-half))), float(to_model.to_model(torch.tensor(1.0 + half))))
+    elif protocol != "ours" or repeats != 1:
+        raise ValueError(f"protocol and repeats are for images (dequantized levels); {data.name} is continuous")
     dims = math.prod(data.event_shape)
     log_det = data.scaler.log_det(data.event_shape) if levels is None else 0.0
     out: Dict[str, Any] = {
@@ -164,7 +197,10 @@ def checkpoint_likelihood(checkpoint, split: str = "test", n: Optional[int] = 20
         "rtol": rtol, "atol": atol, "eps": eps, "seed": seed, "ema": ema, "device": str(dev),
     }
     if levels is not None:
-        out["levels"] = levels
+        out.update(levels=levels, protocol=protocol, repeats=repeats, data_range=list(grid),
+                   log_det_bits=-dims * math.log((grid[1] - grid[0]) / levels) / (dims * math.log(2.0)))
+    if "ode" in methods:
+        out["solver"] = solver
     if "elbo" in methods:
         out.update(n_t=n_t, estimator=estimator, importance_sampling=bool(importance_sampling))
     state = g.get_state()       # after the points: each method draws the same dequantization / probes
@@ -174,6 +210,8 @@ def checkpoint_likelihood(checkpoint, split: str = "test", n: Optional[int] = 20
         if m == "ode":
             kwargs: Dict[str, Any] = dict(divergence=divergence, rtol=rtol, atol=atol, eps=eps, generator=g,
                                           max_rows=batch_size, nonfinite=nonfinite)
+            if solver != "dopri5":
+                kwargs["solver" if levels is not None else "method"] = solver
         else:
             kwargs = dict(n_t=n_t, estimator=estimator, importance_sampling=bool(importance_sampling), eps=eps,
                           generator=g, max_rows=batch_size, nonfinite=nonfinite)
@@ -193,8 +231,8 @@ def checkpoint_likelihood(checkpoint, split: str = "test", n: Optional[int] = 20
                     ses.append(ll.stderr.detach().double().cpu())
             else:  # the dequantization bound on log P(k), in nats
                 ll = sd.bits_per_dim(score_fn, sde, k[start:start + batch_size].to(dev), levels=levels,
-                                     data_range=grid, method=m, **kwargs)
-                logps.append(ll.logp[0].detach().double().cpu() + ll.log_det)
+                                     data_range=grid, method=m, repeats=repeats, **kwargs)
+                logps.append(ll.logp.mean(0).detach().double().cpu() + ll.log_det)
                 if m == "elbo":
                     ses.append(ll.stderr.detach().double().cpu() * (dims * math.log(2.0)))
             nfes.append(int(ll.nfe))
@@ -248,7 +286,8 @@ def run_likelihood(cfg: DictConfig, out_dir: Path) -> Dict[str, Any]:
     out = checkpoint_likelihood(cfg.checkpoint, cfg.split, cfg.n, cfg.batch_size, cfg.divergence, cfg.rtol,
                                 cfg.atol, cfg.eps, cfg.seed, cfg.device, cfg.ema, method=method, n_t=cfg.n_t,
                                 estimator=cfg.estimator, importance_sampling=cfg.importance_sampling, data=data,
-                                nonfinite=cfg.get("nonfinite", "raise"))
+                                nonfinite=cfg.get("nonfinite", "raise"), score_sde_config=cfg.score_sde.config,
+                                protocol=cfg.protocol, repeats=cfg.repeats, solver=cfg.solver)
     out = {"checkpoint": str(cfg.checkpoint), **out}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "likelihood.json").write_text(json.dumps(out, indent=2))

@@ -4,6 +4,7 @@
     scoresde-sample checkpoint=... sampler=dpm_solver sampler.steps=10 n=5000 seed=1
     python -m scoresde.apps.sample checkpoint=... sampler=pc sampler.corrector=langevin
     scoresde-sample checkpoint=diffusers:/models/ddpm sampler=sde n=16     # a diffusers model folder
+    scoresde-sample checkpoint=score_sde:checkpoint_26.pth score_sde.config=vp/cifar10_ddpmpp_continuous n=16
 
 Writes to the run directory: ``samples.pt`` (a tensor ``[n, ...]`` in data space: the inverse
 of the data set's scaler, so pixels in [0, 1] for images), ``samples.png`` (a scatter plot over
@@ -69,8 +70,7 @@ from . import _inverse  # noqa: F401  (stores the inverse group's schema)
 from . import _edit  # noqa: F401  (stores the edit group's schema)
 from ._guidance import guidance_options  # noqa: F401  (re-exported; stores the guidance schema)
 from ._sampling import _reference, sample_checkpoint
-from ..checkpoints import load_score
-from ._common import check_overrides, config_path, exit_on_user_error, run_dir
+from ._common import ScoreSdeOptions, check_overrides, config_path, exit_on_user_error, load_app_score, run_dir
 
 log = logging.getLogger("scoresde")
 
@@ -79,6 +79,7 @@ __all__ = ["SampleAppSchema", "guidance_options", "sample_checkpoint", "run_samp
 @dataclass
 class SampleAppSchema:
     checkpoint: str = MISSING
+    score_sde: ScoreSdeOptions = field(default_factory=ScoreSdeOptions)   # checkpoint=score_sde:PATH
     n: int = 1000
     batch_size: Optional[int] = None
     seed: int = 0
@@ -109,7 +110,7 @@ def run_sample(cfg: DictConfig, out_dir: Path) -> Dict[str, Any]:
         from ._shard import run_sharded
         return run_sharded(cfg, out_dir)
     sampler = OmegaConf.to_container(cfg.sampler, resolve=True)
-    loaded = load_score(cfg.checkpoint, cfg.device, cfg.ema)
+    loaded = load_app_score(cfg)
     labels = OmegaConf.to_container(cfg.labels) if OmegaConf.is_config(cfg.labels) else cfg.labels
     guidance = OmegaConf.to_container(cfg.guidance, resolve=True)
     x, info = sample_checkpoint(loaded, sampler, cfg.n, cfg.batch_size, cfg.seed, cfg.device, cfg.ema,

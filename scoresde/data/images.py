@@ -3,7 +3,10 @@
 Every loader returns a float tensor ``[N, C, H, W]`` in the model's range [-1, 1] (Song et al.'s
 ``data.centered = True``), plus labels where the source has them.  Nothing is downloaded: the
 digits ship with scikit-learn, image folders are read from disk, torchvision data sets are opened
-with ``download=False`` and a missing one is a clear error.
+with ``download=False`` and a missing one is a clear error.  CIFAR-10 and CIFAR-100 are read from
+their python pickles (the layout torchvision reads, ``ROOT/cifar-10-batches-py/data_batch_1..5``
+and ``test_batch``; :class:`CifarPickles`) without torchvision, whose PyPI wheels do not import
+beside a CPU-only torch build.
 
 Scaling.  Images are stored as integer levels k in {0, ..., L-1} (L = 256 for 8-bit images,
 L = 17 for the digits, whose pixels count 0..16).  Two maps take them to [-1, 1]:
@@ -34,7 +37,7 @@ Tensor = torch.Tensor
 
 __all__ = [
     "to_model_range", "from_model_range", "load_digits", "digits_split", "load_image_folder",
-    "load_torchvision", "IMAGE_EXTENSIONS", "DIGITS_LEVELS",
+    "load_torchvision", "IMAGE_EXTENSIONS", "DIGITS_LEVELS", "CifarPickles", "CIFAR_LAYOUTS",
 ]
 
 DIGITS_LEVELS = 17                      # sklearn's digits count 0..16 per pixel
@@ -214,7 +217,8 @@ def load_torchvision(name: str, root: Union[str, os.PathLike], train: bool = Tru
     and a data set missing from ``root`` raises FileNotFoundError saying so.  Each item's PIL
     image is converted to ``channels`` (default: as stored; 1 or 3) and resized to ``size``
     (default: as stored).  Returns ``(x [N, C, H, W], y [N] int64)``.  Needs torchvision
-    (``pip install torchvision``); without it this raises ImportError.
+    (``pip install torchvision``; without it this raises ImportError), except ``"CIFAR10"`` and
+    ``"CIFAR100"``, read from their python pickles under ``root`` (:class:`CifarPickles`).
     """
     k, y = _read_torchvision(name, root, train, size, channels, dataset_kwargs)
     return to_model_range(k, levels=256, dequantize=dequantize, generator=generator), y
@@ -226,6 +230,9 @@ def _read_torchvision(name: str, root, train: bool = True, size: Optional[int] =
     """:func:`load_torchvision` before scaling: uint8 levels ``[N, C, H, W]`` and labels (the
     first ``limit`` items only, when given)."""
     ds = _open_torchvision(name, root, train, dataset_kwargs)
+    if isinstance(ds, CifarPickles) and size in (None, 32, (32, 32)) and channels in (None, 3):
+        stop = len(ds) if limit is None else min(limit, len(ds))   # as stored: no PIL round trip
+        return ds.levels[:stop].clone(), ds.targets[:stop].clone()
     levels, labels = [], []
     for i in range(len(ds) if limit is None else min(limit, len(ds))):
         img, target = ds[i]
@@ -239,8 +246,106 @@ def _read_torchvision(name: str, root, train: bool = True, size: Optional[int] =
     return torch.stack(levels), torch.tensor(labels, dtype=torch.int64)
 
 
+# name -> (folder under root, train files, test files, label key, meta file, class-names key)
+CIFAR_LAYOUTS = {
+    "CIFAR10": ("cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",),
+                "labels", "batches.meta", "label_names"),
+    "CIFAR100": ("cifar-100-python", ("train",), ("test",), "fine_labels", "meta", "fine_label_names"),
+}
+
+
+class _ArrayUnpickler:
+    """``pickle.Unpickler`` that builds only NumPy arrays (and the built-in containers): a CIFAR
+    pickle needs no other global, so a foreign or tampered file cannot run code."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar"),
+               ("_codecs", "encode")}   # bytes in a protocol-2 pickle written by Python 3
+
+    @classmethod
+    def load(cls, path: Path):
+        import pickle
+
+        allowed = cls.ALLOWED
+
+        class _Restricted(pickle.Unpickler):
+            def find_class(self, module, name):
+                if (module, name) in allowed:
+                    return super().find_class(module, name)
+                raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a CIFAR pickle")
+
+        with open(path, "rb") as f:
+            return _Restricted(f, encoding="bytes").load()
+
+
+class CifarPickles:
+    """One split of CIFAR-10 / CIFAR-100 read from its python pickles (the files torchvision's
+    ``CIFAR10`` reads; no torchvision needed): ``ds[i] = (PIL image, label)`` as torchvision's,
+    with the whole split in ``levels`` (uint8 ``[N, 3, 32, 32]``), ``targets`` and ``classes``.
+
+    ``root`` holds the extracted archive (``cifar-10-python.tar.gz`` from
+    https://www.cs.toronto.edu/~kriz/cifar.html): ``root/cifar-10-batches-py/data_batch_1`` ..
+    ``data_batch_5``, ``test_batch`` and ``batches.meta`` (CIFAR-100: ``root/cifar-100-python/
+    train``, ``test``, ``meta``).  A missing file is a FileNotFoundError saying where to put it;
+    nothing is downloaded.  The pickles are read with an unpickler that builds NumPy arrays only.
+    """
+
+    def __init__(self, name: str, root: Union[str, os.PathLike], train: bool = True):
+        if name not in CIFAR_LAYOUTS:
+            raise ValueError(f"unknown CIFAR data set {name!r}; valid: {sorted(CIFAR_LAYOUTS)}")
+        folder, train_files, test_files, label_key, meta_file, names_key = CIFAR_LAYOUTS[name]
+        base = Path(root).expanduser() / folder
+        files = train_files if train else test_files
+        missing = [f for f in files if not (base / f).is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"{name} is not under {str(root)!r}: {', '.join(str(base / f) for f in missing)} missing. "
+                f"scoresde never downloads: extract the python version of the data set "
+                f"(https://www.cs.toronto.edu/~kriz/cifar.html) so that {base}/ holds "
+                f"{', '.join(train_files + test_files)}, and pass its parent folder as root")
+        arrays, labels = [], []
+        for fname in files:
+            try:
+                batch = _ArrayUnpickler.load(base / fname)
+                data = np.asarray(batch[b"data"], dtype=np.uint8)
+                lab = np.asarray(batch[label_key.encode()], dtype=np.int64)
+            except Exception as e:   # a truncated or foreign file
+                raise ValueError(f"cannot read {base / fname} as a {name} python pickle ({type(e).__name__}: {e})"
+                                 ) from e
+            if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or lab.shape != (data.shape[0],):
+                raise ValueError(f"{base / fname}: expected data [N, 3072] and N labels, got {data.shape} "
+                                 f"and {lab.shape}")
+            arrays.append(data.reshape(-1, 3, 32, 32))
+            labels.append(lab)
+        self.name, self.root, self.train = name, str(root), train
+        self.levels = torch.from_numpy(np.concatenate(arrays))
+        self.targets = torch.from_numpy(np.concatenate(labels))
+        self.classes: List[str] = []
+        if (base / meta_file).is_file():
+            try:
+                meta = _ArrayUnpickler.load(base / meta_file)
+                self.classes = [c.decode() if isinstance(c, bytes) else str(c) for c in meta[names_key.encode()]]
+            except Exception:   # the class names are a nicety: the images and labels are what count
+                self.classes = []
+
+    def __len__(self) -> int:
+        return int(self.levels.shape[0])
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        return Image.fromarray(self.levels[i].permute(1, 2, 0).numpy(), mode="RGB"), int(self.targets[i])
+
+
 def _open_torchvision(name: str, root, train: bool = True, dataset_kwargs: Optional[dict] = None):
-    """``torchvision.datasets.<name>`` opened from disk (never downloaded), a clear error if absent."""
+    """``torchvision.datasets.<name>`` opened from disk (never downloaded), a clear error if absent;
+    CIFAR-10 / CIFAR-100 from their python pickles (:class:`CifarPickles`), without torchvision."""
+    if name in CIFAR_LAYOUTS:
+        if dataset_kwargs:
+            raise ValueError(f"dataset_kwargs are torchvision's; {name} is read from its pickles and takes none, "
+                             f"got {sorted(dataset_kwargs)}")
+        return CifarPickles(name, root, train)
     try:
         import torchvision.datasets as tvd
     except ImportError as e:

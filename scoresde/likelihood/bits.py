@@ -48,7 +48,7 @@ class BitsPerDimResult:
 def bits_per_dim(score_fn: ScoreFn, sde: SDE, x: Tensor, *, levels: int = 256,
                  data_range: Tuple[float, float] = (-1.0, 1.0), repeats: int = 1,
                  generator: Optional[torch.Generator] = None, method: str = "ode",
-                 decoder: str = "dequantize", **kwargs) -> BitsPerDimResult:
+                 decoder: str = "dequantize", solver: Optional[str] = None, **kwargs) -> BitsPerDimResult:
     r"""Bits/dim of discrete data under the probability-flow ODE, with uniform dequantization.
 
     The data are integers k in {0, ..., L - 1}^D (L = ``levels``; 256 for 8-bit images).  Each
@@ -91,6 +91,14 @@ def bits_per_dim(score_fn: ScoreFn, sde: SDE, x: Tensor, *, levels: int = 256,
             sigma_eps, so it pays about log(bin / (sqrt(2 pi e) sigma_eps)) nats/dim more than the
             dequantized bound: at eps = 1e-5 on VP (sigma_eps ~ 1e-3) with 256 levels on (-1, 1),
             about 0.9 bits/dim; on VE (sigma_min = 0.01 > bin / 2) the decoder itself is lossy.
+        solver: the ODE's method (``log_likelihood``'s ``method``: ``"dopri5"`` by default,
+            ``"adams"``, ...), for ``method="ode"``.
+
+            The protocol of Song et al. (2021, score_sde_pytorch's ``likelihood.py``) on a model of
+            8-bit images in [lo, hi] is this function with ``levels=256``, ``data_range=(lo, hi)``
+            ((-1, 1) centered, (0, 1) not), ``divergence="hutchinson"`` (one Rademacher probe per
+            image per pass), ``eps=1e-5``, ``rtol = atol = 1e-5`` and ``repeats`` passes: its
+            dequantized input (U + 255 img) / 256 is x above, and its offset is ``log_det``.
         **kwargs: passed to ``log_likelihood`` or ``elbo`` (divergence, probes, rtol, atol, eps,
             n_t, ``max_rows`` (the bound on the rows of one score call; repeats x points are
             chunked by it), ``nonfinite``, ...).
@@ -125,6 +133,10 @@ def bits_per_dim(score_fn: ScoreFn, sde: SDE, x: Tensor, *, levels: int = 256,
         xq = al_e * (lo + (hi - lo) * k[None] / (levels - 1)) + sg_e * z.to(x.device)
         log_det = 0.0
     xq = xq.reshape((repeats * B,) + tuple(x.shape[1:])).to(dtype)
+    if solver is not None:
+        if method != "ode":
+            raise ValueError(f"solver is the probability-flow ODE's method; method={method!r} solves none")
+        kwargs["method"] = solver
     if method == "ode":
         res = log_likelihood(score_fn, sde, xq, generator=generator, **kwargs)
         logp, mc_err = res.logp, None
