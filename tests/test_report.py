@@ -81,3 +81,20 @@ def test_the_plot_fits_its_axis_so_a_0009_nat_difference_fills_the_panel_and_sta
     lo, hi = w2_ax.get_ylim()
     assert lo < 0.0201 < 0.0450 < hi and "floor (exact samples)" in [t.get_text() for t in w2_ax.get_legend().texts]
     fig.savefig(tmp_path / "report.png")
+
+
+def test_the_plot_takes_undefined_values_errors_and_floors(tmp_path):
+    """A sweep's metrics can hold NaN or infinity (a W2 over too few samples, an undefined standard
+    error): the axis is fitted to the finite values, and the figure is drawn (the report exited with
+    'Axis limits cannot be NaN or Inf' before)."""
+    inf, nan = float("inf"), float("nan")
+    rows = [(["sde=vp"], {"nll": 2.12, "nll_se": nan, "mode_w2": inf, "mode_w2_floor": 0.02}),
+            (["sde=ve"], {"nll": 2.13, "nll_se": 0.001, "mode_w2": 0.04, "mode_w2_floor": inf})]
+    runs = report.collect_runs(_fake_sweep(tmp_path, rows))
+    table = report.report_table(runs, ["nll", "mode_w2"])
+    fig = report.report_figure(runs, table, table.metrics)
+    nll_ax, w2_ax = fig.axes
+    assert 2.1 < nll_ax.get_ylim()[0] < 2.12 and 2.13 < nll_ax.get_ylim()[1] < 2.15
+    lo, hi = w2_ax.get_ylim()
+    assert lo < 0.02 < 0.04 < hi and hi < 1
+    fig.savefig(tmp_path / "report.png")

@@ -158,7 +158,8 @@ def report_figure(runs, table: Table, cols: Sequence[str]):
         j = header.index(m)
         xs = list(range(len(rows)))
         vals = [float(row[j]) if row[j] is not None else math.nan for row in rows]
-        err = [float(by_run[row[0]]["metrics"].get(f"{m}_se", 0.0)) for row in rows]
+        err = [float(by_run[row[0]]["metrics"].get(f"{m}_se", 0.0) or 0.0) for row in rows]
+        err = [e if math.isfinite(e) else 0.0 for e in err]     # an undefined error bar draws as none
         floors = [by_run[row[0]]["metrics"].get(f"{m}_floor") for row in rows]
         ok = [i for i in xs if math.isfinite(vals[i])]
         ax.errorbar(xs, vals, yerr=err if any(err) else None, fmt="o", color="C0", capsize=4, markersize=6,
@@ -169,15 +170,17 @@ def report_figure(runs, table: Table, cols: Sequence[str]):
             fx = [i for i in xs if floors[i] is not None]
             ax.scatter(fx, [floors[i] for i in fx], marker="_", s=400, color="0.45", linewidths=2,
                        label="floor (exact samples)")
-            lows += [floors[i] for i in fx]
-            highs += [floors[i] for i in fx]
+            finite = [float(floors[i]) for i in fx if math.isfinite(float(floors[i]))]
+            lows += finite
+            highs += finite
             ax.legend(fontsize=7, loc="best")
         title = m
         if lows:
             lo, hi = _fitted_range(lows, highs)
             ax.set_ylim(lo, hi)
-            spread = max(vals[i] for i in ok) - min(vals[i] for i in ok)
-            title += f"\naxis {_fmt(lo)} to {_fmt(hi)} (not from 0), spread {spread:.3g}"
+            title += f"\naxis {_fmt(lo)} to {_fmt(hi)} (not from 0)"
+            if ok:
+                title += f", spread {max(vals[i] for i in ok) - min(vals[i] for i in ok):.3g}"
         ax.yaxis.get_major_formatter().set_useOffset(False)   # tick labels are the values themselves
         ax.set_xticks(xs)
         ax.set_xticklabels(labels, rotation=45, ha="right", fontsize=8)
