@@ -338,3 +338,20 @@ def load_app_score(cfg: DictConfig, device: Optional[str] = None) -> LoadedScore
     config = node.get("config") if node is not None else None
     return load_score(cfg.checkpoint, cfg.device if device is None else device, cfg.get("ema", True),
                       score_sde_config=config)
+
+
+def run_app(app: Callable[[], None], config_name: str) -> None:
+    """A console script's body: refuse unknown keys and bad values (:func:`check_overrides`), then
+    run the Hydra ``app``; under torchrun as one rank (ranks above 0 write no run directory of
+    their own), the process group closed at the end."""
+    from ..training import distributed
+
+    check_overrides(config_name)
+    if not distributed.under_torchrun():
+        app()
+        return
+    sys.argv = exit_on_user_error(distributed.torchrun_argv)(sys.argv)
+    try:
+        app()
+    finally:
+        distributed.finish()

@@ -74,7 +74,7 @@ from . import schema  # noqa: F401  (registers the group schemas)
 from ..checkpoints import LoadedScore, load_score, loaded_model
 from ._likelihood_parts import (DIVERGENCES, ESTIMATORS, METHODS, NONFINITE, SPLITS, _methods,  # noqa: F401
                                 _points, table)
-from ._common import ScoreSdeOptions, check_overrides, config_path, cpu_generator, exit_on_user_error, run_dir
+from ._common import ScoreSdeOptions, config_path, cpu_generator, exit_on_user_error, run_app, run_dir
 
 log = logging.getLogger("scoresde")
 
@@ -308,18 +308,7 @@ def _app(cfg: DictConfig) -> None:
 def main() -> None:
     """Console script ``scoresde-likelihood``; under torchrun, one rank of a sharded run
     (``_shard_likelihood.py``)."""
-    import sys
-    from ..training import distributed
-
-    check_overrides("likelihood")
-    if not distributed.under_torchrun():
-        _app()
-        return
-    sys.argv = exit_on_user_error(distributed.torchrun_argv)(sys.argv)
-    try:
-        _app()
-    finally:
-        distributed.finish()
+    run_app(_app, "likelihood")
 
 
 if __name__ == "__main__":

@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -70,7 +69,8 @@ from . import _inverse  # noqa: F401  (stores the inverse group's schema)
 from . import _edit  # noqa: F401  (stores the edit group's schema)
 from ._guidance import guidance_options  # noqa: F401  (re-exported; stores the guidance schema)
 from ._sampling import _reference, sample_checkpoint
-from ._common import ScoreSdeOptions, check_overrides, config_path, exit_on_user_error, load_app_score, run_dir
+from ._common import (ScoreSdeOptions, config_path, exit_on_user_error, load_app_score, run_app,
+                      run_dir)
 
 log = logging.getLogger("scoresde")
 
@@ -137,17 +137,7 @@ def _app(cfg: DictConfig) -> None:
 
 def main() -> None:
     """Console script ``scoresde-sample``; under torchrun, one rank of a sharded run (``_shard.py``)."""
-    from ..training import distributed
-
-    check_overrides("sample")
-    if not distributed.under_torchrun():
-        _app()
-        return
-    sys.argv = exit_on_user_error(distributed.torchrun_argv)(sys.argv)
-    try:
-        _app()
-    finally:
-        distributed.finish()
+    run_app(_app, "sample")
 
 
 if __name__ == "__main__":
