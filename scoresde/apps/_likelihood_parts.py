@@ -7,7 +7,9 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
 
-__all__ = ["SPLITS", "DIVERGENCES", "NONFINITE", "METHODS", "ESTIMATORS", "table"]
+from ..data import build_dataset
+
+__all__ = ["SPLITS", "DIVERGENCES", "NONFINITE", "METHODS", "ESTIMATORS", "table", "dataset_to_score"]
 
 SPLITS = ("test", "train")
 DIVERGENCES = ("auto", "exact", "hutchinson")
@@ -56,3 +58,18 @@ def table(out: Dict[str, Any]) -> str:
     if "elbo_minus_ode" in out:
         rows.append(f"\nelbo - ode: {out['elbo_minus_ode']:+.4f} +- {out['elbo_minus_ode_se']:.4f} nats (paired)")
     return "\n".join(rows)
+
+
+def dataset_to_score(data_cfg: Optional[Dict[str, Any]], meta: Dict[str, Any], event_shape):
+    """The data set whose points are scored: ``data_cfg`` (a ``data`` node), else the one the
+    checkpoint was trained on (``meta["data"]``); a clear error when there is none or its samples
+    do not have the model's ``event_shape``."""
+    cfg = dict(data_cfg or meta["data"] or {})
+    if "name" not in cfg:
+        raise ValueError(f"{meta['path']} carries no data set to score: give one, e.g. data=image_folder "
+                         "data.root=/my/images data.size=32 (or data=torchvision ...)")
+    data = build_dataset(cfg.pop("name"), **cfg)
+    if event_shape is not None and tuple(data.event_shape) != tuple(event_shape):
+        raise ValueError(f"data set {data.name!r} has samples of shape {tuple(data.event_shape)}, the model "
+                         f"takes {tuple(event_shape)}: set data.size / data.channels to match")
+    return data

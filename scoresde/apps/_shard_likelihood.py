@@ -42,7 +42,6 @@ from typing import Any, Dict
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from ..data import build_dataset
 from ..data.images import from_model_range
 from ..atomic import atomic_write_bytes
 from ..samplers import item_seed
@@ -67,7 +66,7 @@ def run_sharded_likelihood(cfg: DictConfig, out_dir: Path) -> Dict[str, Any]:
     import scoresde as sd
     from ..training import distributed
     from ..likelihood.ode import resolve_divergence
-    from ._likelihood_parts import DIVERGENCES, ESTIMATORS, _methods, _points, table
+    from ._likelihood_parts import DIVERGENCES, ESTIMATORS, _methods, _points, dataset_to_score, table
 
     noise = cfg.get("noise", "stream")
     world, rank = distributed.world_size(), distributed.rank()
@@ -90,15 +89,8 @@ def run_sharded_likelihood(cfg: DictConfig, out_dir: Path) -> Dict[str, Any]:
     loaded = load_app_score(cfg)
     score_fn, sde, event_shape, meta = loaded
     dev = next(score_fn.parameters()).device
-    data_cfg = dict(OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") is not None
-                    else (meta["data"] or {}))
-    if "name" not in data_cfg:
-        raise ValueError(f"{meta['path']} carries no data set to score: give one, e.g. data=image_folder "
-                         "data.root=/my/images data.size=32")
-    data = build_dataset(data_cfg.pop("name"), **data_cfg)
-    if event_shape is not None and tuple(data.event_shape) != tuple(event_shape):
-        raise ValueError(f"data set {data.name!r} has samples of shape {tuple(data.event_shape)}, the model "
-                         f"takes {tuple(event_shape)}: set data.size / data.channels to match")
+    data = dataset_to_score(OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") is not None
+                            else None, meta, event_shape)
     x = _points(data, cfg.split, cfg.n, cpu_generator(cfg.seed))   # every rank draws the same points
     n = int(x.shape[0])
     batches = plan(n, cfg.batch_size, world)

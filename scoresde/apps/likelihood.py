@@ -68,12 +68,12 @@ import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from ..data import Scaler, build_dataset
+from ..data import Scaler
 from ..data.images import from_model_range
 from . import schema  # noqa: F401  (registers the group schemas)
 from ..checkpoints import LoadedScore, load_score, loaded_model
 from ._likelihood_parts import (DIVERGENCES, ESTIMATORS, METHODS, NONFINITE, SPLITS, _methods,  # noqa: F401
-                                _points, table)
+                                _points, dataset_to_score, table)
 from ._common import ScoreSdeOptions, config_path, cpu_generator, exit_on_user_error, run_app, run_dir
 
 log = logging.getLogger("scoresde")
@@ -168,14 +168,7 @@ def checkpoint_likelihood(checkpoint, split: str = "test", n: Optional[int] = 20
         load_score(checkpoint, device, ema, score_sde_config=score_sde_config))
     score_fn, sde, event_shape, meta = loaded
     dev = next(score_fn.parameters()).device
-    data_cfg = dict(data or meta["data"] or {})
-    if "name" not in data_cfg:
-        raise ValueError(f"{meta['path']} carries no data set to score: give one, e.g. data=image_folder "
-                         "data.root=/my/images data.size=32 (or data=torchvision ...)")
-    data = build_dataset(data_cfg.pop("name"), **data_cfg)
-    if event_shape is not None and tuple(data.event_shape) != tuple(event_shape):
-        raise ValueError(f"data set {data.name!r} has samples of shape {tuple(data.event_shape)}, the model "
-                         f"takes {tuple(event_shape)}: set data.size / data.channels to match")
+    data = dataset_to_score(data, meta, event_shape)
     g = cpu_generator(seed)
     x = _points(data, split, n, g)
     levels = data.info.get("levels") if len(data.event_shape) == 3 else None
